@@ -1,0 +1,1 @@
+"""dotdo: Durable Objects for Python."""

@@ -1,0 +1,8 @@
+"""The ``dotdo`` command."""
+
+import sys
+
+
+def main() -> None:
+    print("dotdo: no commands yet", file=sys.stderr)
+    sys.exit(2)

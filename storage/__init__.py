@@ -1,0 +1,50 @@
+"""One actor's private SQLite database, through apsw. Synchronous: no trio, no sockets.
+
+This package is internal to dotdo; the public names are re-exported by ``dotdo``.
+"""
+
+from storage.address import Address, validate_id, validate_namespace
+from storage.database import ActorDatabase, DatabaseStats, Durability, StorageOptions
+from storage.errors import (
+    DatabaseLocked,
+    DotdoError,
+    InvalidId,
+    InvalidInput,
+    InvalidKey,
+    InvalidNamespace,
+    InvalidQuery,
+    InvalidValue,
+    RowCountError,
+    SqlError,
+    StorageError,
+    StorageLimitExceeded,
+    TransactionError,
+)
+from storage.kv import KVStore
+from storage.sql import Cursor, SqlStore
+
+__all__ = [
+    "ActorDatabase",
+    "Address",
+    "Cursor",
+    "DatabaseLocked",
+    "DatabaseStats",
+    "DotdoError",
+    "Durability",
+    "InvalidId",
+    "InvalidInput",
+    "InvalidKey",
+    "InvalidNamespace",
+    "InvalidQuery",
+    "InvalidValue",
+    "KVStore",
+    "RowCountError",
+    "SqlError",
+    "SqlStore",
+    "StorageError",
+    "StorageLimitExceeded",
+    "StorageOptions",
+    "TransactionError",
+    "validate_id",
+    "validate_namespace",
+]

@@ -1,0 +1,61 @@
+"""Encoding of stored values: msgpack, with the types it supports made explicit.
+
+Values round-trip as follows:
+
+======================  =================================================
+stored                  read back
+======================  =================================================
+None, bool, int, float  the same (ints must fit in 64 bits)
+str, bytes              the same
+list, tuple             list
+dict                    dict (keys may be str, int, bytes, bool or None)
+datetime (aware)        datetime in UTC with the same instant
+======================  =================================================
+
+Naive datetimes are refused (their instant is ambiguous); sets, custom objects and
+ints beyond 64 bits are refused with ``InvalidValue``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any
+
+import msgpack
+
+from storage.errors import InvalidValue
+
+
+def _default(obj: object) -> object:
+    if isinstance(obj, int):
+        raise InvalidValue(f"cannot store the integer {obj}: integers must fit in 64 bits")
+    if isinstance(obj, _dt.datetime):
+        raise InvalidValue(
+            "cannot store a naive datetime: give it a timezone (e.g. tzinfo=datetime.UTC)"
+        )
+    raise InvalidValue(
+        f"cannot store a value of type {type(obj).__name__}: use None, bool, int, float, "
+        "str, bytes, list, dict or an aware datetime"
+    )
+
+
+def encode(value: Any) -> bytes:
+    """Encode ``value`` for storage.
+
+    Raises:
+        InvalidValue: The value (or something inside it) is not storable.
+    """
+    try:
+        return msgpack.packb(value, use_bin_type=True, datetime=True, default=_default)
+    except InvalidValue:
+        raise
+    except (TypeError, ValueError, OverflowError) as exc:
+        # Naive datetimes nested in containers reach msgpack's own check first.
+        if "tzinfo" in str(exc):
+            _default(_dt.datetime.now())
+        raise InvalidValue(f"cannot store this value: {exc}") from None
+
+
+def decode(raw: bytes) -> Any:
+    """Decode a value written by ``encode``."""
+    return msgpack.unpackb(raw, raw=False, timestamp=3, strict_map_key=False)

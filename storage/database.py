@@ -1,0 +1,470 @@
+"""One actor's SQLite database: opening, turns, savepoints, statistics, closing.
+
+The database is opened in WAL mode with ``locking_mode=EXCLUSIVE``: the connection takes
+the file's write lock when it opens and keeps it until it closes. That makes "at most
+one activation of an address" a property of the file itself: a second connection, from
+this process or another, gets ``DatabaseLocked`` instead of a second view of the data.
+It also keeps the WAL index in heap memory, so an open actor holds two file descriptors
+(the database and its ``-wal``), not three.
+
+Turns (used by the runtime around each message)::
+
+    with db.turn():              # or begin_turn() / commit() / rollback() / end_turn()
+        db.kv.put("a", 1)        # joins the turn's transaction
+        db.commit()              # an output point: everything so far is durable
+        db.kv.put("b", 2)
+        raise Boom               # rolls back "b" only; "a" stays
+
+Inside a turn, a transaction starts lazily at the first write, so turns that only read
+cost no BEGIN/COMMIT. Outside a turn every write commits on its own. ``transaction()``
+is a savepoint: an exception inside rolls back only that block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import apsw
+
+from storage import schema
+from storage.address import Address
+from storage.errors import DatabaseLocked, StorageError, TransactionError
+
+if TYPE_CHECKING:
+    from storage.kv import KVStore
+    from storage.sql import SqlStore
+
+
+class Durability(enum.StrEnum):
+    """How far a commit must reach before it returns.
+
+    ``NORMAL``: the commit is in the operating system when it returns; it survives the
+    process being killed (``kill -9``), not a power loss. ``FULL``: the WAL is fsynced on
+    every commit; it survives power loss, at the cost of one fsync per committed turn.
+    """
+
+    NORMAL = "normal"
+    FULL = "full"
+
+
+@dataclass(frozen=True, slots=True)
+class StorageOptions:
+    """Settings applied to every actor database a process opens.
+
+    Attributes:
+        durability: See ``Durability``.
+        cache_kib: Page cache per connection. Small by design: thousands of warm actors
+            share the operating system's file cache instead of each holding their own.
+        statement_cache: Prepared statements kept per connection.
+    """
+
+    durability: Durability = Durability.NORMAL
+    cache_kib: int = 256
+    statement_cache: int = 24
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseStats:
+    """Size figures for one database, for compaction and metrics."""
+
+    path: str
+    file_bytes: int
+    wal_bytes: int
+    page_size: int
+    page_count: int
+    freelist_count: int
+    schema_version: int
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes on disk, database file plus WAL."""
+        return self.file_bytes + self.wal_bytes
+
+
+def translate(exc: apsw.Error, address: Address | None = None) -> StorageError:
+    """Map an apsw error to the storage error that says what happened and what to do."""
+    where = f" ({address})" if address is not None else ""
+    addr = (address.namespace, address.id) if address is not None else None
+    if isinstance(exc, apsw.BusyError | apsw.LockedError):
+        return DatabaseLocked(
+            f"the database{where} is held by another activation; "
+            "only one process may serve an address at a time",
+            address=addr,
+        )
+    if isinstance(exc, apsw.FullError):
+        return StorageError(f"the disk is full{where}; the write was rolled back", address=addr)
+    if isinstance(exc, apsw.ReadOnlyError):
+        return StorageError(
+            f"the database{where} is read-only (check the data directory's permissions)",
+            address=addr,
+        )
+    if isinstance(exc, apsw.CorruptError | apsw.NotADBError):
+        return StorageError(f"the database file{where} is damaged or not SQLite", address=addr)
+    if isinstance(exc, apsw.CantOpenError | apsw.IOError):
+        return StorageError(f"cannot read or write the database{where}: {exc}", address=addr)
+    return StorageError(f"storage failed{where}: {type(exc).__name__}: {exc}", address=addr)
+
+
+class ActorDatabase:
+    """The private SQLite database of one actor. Synchronous; one owner at a time.
+
+    Use ``ActorDatabase.open`` to get one, and ``close`` (or ``with``) when done.
+    """
+
+    __slots__ = (
+        "address",
+        "path",
+        "options",
+        "_conn",
+        "_turn_depth",
+        "_savepoints",
+        "_kv",
+        "_sql",
+        "_vectors_loaded",
+    )
+
+    def __init__(self, conn: apsw.Connection, address: Address, path: Path, options: StorageOptions):
+        self.address = address
+        self.path = path
+        self.options = options
+        self._conn = conn
+        self._turn_depth = 0
+        self._savepoints = 0
+        self._kv: KVStore | None = None
+        self._sql: SqlStore | None = None
+        self._vectors_loaded = False
+
+    # -- opening and closing ---------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls, data_dir: Path | str, address: Address, options: StorageOptions | None = None
+    ) -> ActorDatabase:
+        """Open (creating if needed) the database of ``address`` under ``data_dir``.
+
+        Runs pending schema migrations. On a new database, records the address.
+
+        Raises:
+            DatabaseLocked: Another activation holds this database.
+            StorageError: The file cannot be created, opened or migrated.
+        """
+        options = options or StorageOptions()
+        path = address.path(Path(data_dir))
+        try:
+            try:
+                conn = apsw.Connection(
+                    str(path),
+                    flags=apsw.SQLITE_OPEN_READWRITE,
+                    statementcachesize=options.statement_cache,
+                )
+                created = False
+            except apsw.CantOpenError:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                conn = apsw.Connection(
+                    str(path),
+                    flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE,
+                    statementcachesize=options.statement_cache,
+                )
+                created = True
+        except apsw.Error as exc:
+            raise translate(exc, address) from None
+        except OSError as exc:
+            raise StorageError(f"cannot create the data directory for {address}: {exc}") from None
+        try:
+            _configure(conn, options, created)
+            _lock_and_migrate(conn, address)
+        except apsw.Error as exc:
+            conn.close()
+            raise translate(exc, address) from None
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, address, path, options)
+
+    def close(self) -> None:
+        """Roll back anything uncommitted and close the file (checkpointing the WAL).
+
+        Safe to call twice.
+        """
+        conn = self._conn
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except apsw.ConnectionClosedError:
+            return
+        except apsw.Error:
+            pass
+        self._turn_depth = 0
+        self._savepoints = 0
+        try:
+            conn.close()
+        except apsw.Error as exc:
+            raise translate(exc, self.address) from None
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close`` has been called."""
+        try:
+            self._conn.in_transaction
+        except apsw.ConnectionClosedError:
+            return True
+        return False
+
+    def __enter__(self) -> ActorDatabase:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<ActorDatabase {self.address}>"
+
+    # -- the stores ------------------------------------------------------------------
+
+    @property
+    def kv(self) -> KVStore:
+        """The key-value API over this database."""
+        if self._kv is None:
+            from storage.kv import KVStore
+
+            self._kv = KVStore(self)
+        return self._kv
+
+    @property
+    def sql(self) -> SqlStore:
+        """The SQL API over this database."""
+        if self._sql is None:
+            from storage.sql import SqlStore
+
+            self._sql = SqlStore(self)
+        return self._sql
+
+    @property
+    def connection(self) -> apsw.Connection:
+        """The underlying apsw connection, for the engine's own stores. Not for user SQL."""
+        return self._conn
+
+    # -- turns -----------------------------------------------------------------------
+
+    @property
+    def in_turn(self) -> bool:
+        """Whether a turn is open (writes then join one transaction until an output point)."""
+        return self._turn_depth > 0
+
+    @property
+    def has_uncommitted(self) -> bool:
+        """Whether there are writes that a ``rollback`` would discard."""
+        return bool(self._conn.in_transaction)
+
+    def begin_turn(self) -> None:
+        """Open a turn. Turns nest (a reentrant call runs inside the turn that made it).
+
+        Raises:
+            TransactionError: A ``transaction()`` block is open (a turn cannot start
+                inside one: the block's end would commit the turn's writes).
+        """
+        if self._savepoints:
+            raise TransactionError("cannot begin a turn inside storage.transaction()")
+        self._turn_depth += 1
+
+    def end_turn(self) -> None:
+        """Close the innermost turn; the caller commits or rolls back first."""
+        if self._turn_depth == 0:
+            raise TransactionError("end_turn() without begin_turn()")
+        self._turn_depth -= 1
+
+    def commit(self) -> None:
+        """Make every write since the last output point durable (an output point).
+
+        Raises:
+            TransactionError: Inside a ``transaction()`` block: its writes cannot leave
+                the actor before the block ends.
+            StorageError: The commit failed; the writes were rolled back.
+        """
+        conn = self._conn
+        if not conn.in_transaction:
+            return
+        if self._savepoints:
+            raise TransactionError(
+                "cannot reply, call another actor or send an event inside "
+                "storage.transaction(): finish the block first"
+            )
+        try:
+            conn.execute("COMMIT")
+        except apsw.Error as exc:
+            self.rollback()
+            raise translate(exc, self.address) from None
+
+    def rollback(self) -> None:
+        """Discard every write since the last output point."""
+        conn = self._conn
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except apsw.Error as exc:
+                raise translate(exc, self.address) from None
+        self._savepoints = 0
+
+    @contextlib.contextmanager
+    def turn(self) -> Iterator[None]:
+        """Run a block as a turn: commit when it ends, roll back if it raises.
+
+        Works around ``await``: under cancellation the ``Cancelled`` exception rolls the
+        turn back like any other.
+        """
+        self.begin_turn()
+        try:
+            yield
+        except BaseException:
+            self.rollback()
+            raise
+        else:
+            self.commit()
+        finally:
+            self._turn_depth -= 1
+
+    def ensure_transaction(self) -> None:
+        """Start the turn's transaction before a write, if a turn is open and none is."""
+        if self._turn_depth and not self._conn.in_transaction:
+            self._conn.execute("BEGIN")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """A block whose writes all happen or, if it raises, none do (a savepoint).
+
+        Inside a turn the block's writes still commit with the turn. Outside a turn the
+        block commits when it ends. Blocks nest. Replying, calling another actor or
+        sending an event inside the block raises ``TransactionError``.
+        """
+        conn = self._conn
+        self.ensure_transaction()
+        name = f"_dotdo_sp{self._savepoints}"
+        try:
+            conn.execute(f"SAVEPOINT {name}")
+        except apsw.Error as exc:
+            raise translate(exc, self.address) from None
+        self._savepoints += 1
+        try:
+            yield
+        except BaseException:
+            self._savepoints -= 1
+            with contextlib.suppress(apsw.Error):
+                conn.execute(f"ROLLBACK TO {name}")
+                conn.execute(f"RELEASE {name}")
+            raise
+        else:
+            self._savepoints -= 1
+            try:
+                conn.execute(f"RELEASE {name}")
+            except apsw.Error as exc:
+                raise translate(exc, self.address) from None
+
+    @property
+    def savepoint_depth(self) -> int:
+        """How many ``transaction()`` blocks are open."""
+        return self._savepoints
+
+    # -- metadata and statistics -----------------------------------------------------
+
+    def stored_address(self) -> Address:
+        """The address recorded inside the database when it was created."""
+        rows = dict(self._conn.execute("SELECT key, value FROM _dotdo_meta").fetchall())
+        return Address(str(rows["namespace"]), str(rows["id"]))
+
+    def stats(self) -> DatabaseStats:
+        """Size on disk and page figures."""
+        conn = self._conn
+        page_size = int(conn.pragma("page_size"))
+        page_count = int(conn.pragma("page_count"))
+        freelist = int(conn.pragma("freelist_count"))
+        version = int(conn.pragma("user_version"))
+        return DatabaseStats(
+            path=str(self.path),
+            file_bytes=_size(self.path),
+            wal_bytes=_size(Path(f"{self.path}-wal")),
+            page_size=page_size,
+            page_count=page_count,
+            freelist_count=freelist,
+            schema_version=version,
+        )
+
+    # -- extensions ------------------------------------------------------------------
+
+    def load_vectors(self) -> None:
+        """Load sqlite-vec into this connection (once). Extension loading stays off
+        for everything else."""
+        if self._vectors_loaded:
+            return
+        import sqlite_vec
+
+        conn = self._conn
+        conn.enable_load_extension(True)
+        try:
+            conn.load_extension(sqlite_vec.loadable_path())
+        except apsw.Error as exc:
+            raise StorageError(f"cannot load sqlite-vec: {exc}") from None
+        finally:
+            conn.enable_load_extension(False)
+        self._vectors_loaded = True
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _configure(conn: apsw.Connection, options: StorageOptions, created: bool) -> None:
+    """Apply the per-connection settings (each is lost when the connection closes)."""
+    # Hardening: no ATTACH at all, no schema tricks, no extension loading by SQL.
+    conn.limit(apsw.SQLITE_LIMIT_ATTACHED, 0)
+    conn.config(apsw.SQLITE_DBCONFIG_DEFENSIVE, 1)
+    conn.config(apsw.SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0)
+    conn.set_busy_timeout(0)
+    sync = "FULL" if options.durability is Durability.FULL else "NORMAL"
+    pragmas = (
+        "PRAGMA locking_mode=EXCLUSIVE;"
+        f"PRAGMA synchronous={sync};"
+        f"PRAGMA cache_size=-{int(options.cache_kib)};"
+        "PRAGMA journal_size_limit=4194304;"
+    )
+    if created:
+        pragmas += "PRAGMA journal_mode=WAL;"
+    for _ in conn.execute(pragmas):
+        pass
+
+
+def _lock_and_migrate(conn: apsw.Connection, address: Address) -> None:
+    """Take the write lock for this connection's lifetime and bring the schema up to date."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = int(conn.pragma("user_version"))
+        if version > schema.LATEST_VERSION:
+            raise StorageError(
+                f"the database of {address} has schema version {version}, newer than this "
+                f"dotdo understands ({schema.LATEST_VERSION}); upgrade dotdo"
+            )
+        if version < schema.LATEST_VERSION:
+            schema.migrate(conn, version)
+            if version == 0:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO _dotdo_meta(key, value) VALUES (?, ?)",
+                    [
+                        ("namespace", address.namespace),
+                        ("id", address.id),
+                        ("created_at", time.time()),
+                    ],
+                )
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise

@@ -1,0 +1,126 @@
+"""Errors raised by the storage layer, and the root of dotdo's exception tree.
+
+``DotdoError`` is defined here, in the lowest layer, so every layer above can
+derive from it without importing upwards. The whole tree is drawn in
+``dotdo/errors.py``; this module holds the storage branch::
+
+    DotdoError
+    ├── InvalidInput                 the caller sent something unusable; nothing changed
+    │   ├── InvalidNamespace
+    │   ├── InvalidId
+    │   ├── InvalidKey
+    │   ├── InvalidValue
+    │   ├── InvalidQuery             empty, forbidden or reserved-table SQL
+    │   └── StorageLimitExceeded     key, value or batch over its limit
+    └── StorageError                 the database itself failed
+        ├── SqlError                 SQLite rejected a user statement
+        │   └── RowCountError        one() found zero or several rows
+        ├── TransactionError         turn / transaction() misuse
+        └── DatabaseLocked           the file is held by another activation
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class DotdoError(Exception):
+    """Root of every error dotdo raises on purpose.
+
+    Attributes:
+        public: A message safe to show to a remote caller.
+        address: ``(namespace, id)`` of the actor concerned, when there is one.
+    """
+
+    def __init__(self, message: str, *, address: tuple[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.public = message
+        self.address = address
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.public, self.address, self.__dict__))
+
+
+def _rebuild(cls: type[DotdoError], message: str, address: Any, state: dict[str, Any]) -> DotdoError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.__dict__.update(state)
+    return err
+
+
+class InvalidInput(DotdoError):
+    """The caller sent something unusable; nothing was changed."""
+
+
+class InvalidNamespace(InvalidInput):
+    """A namespace is not a short identifier (a letter, then letters, digits or ``_``)."""
+
+
+class InvalidId(InvalidInput):
+    """An actor id is empty, too long, not text, or not valid for its namespace."""
+
+
+class InvalidKey(InvalidInput):
+    """A storage key is not a string (or is not valid UTF-8)."""
+
+
+class InvalidValue(InvalidInput):
+    """A value cannot be stored: it is not msgpack-able (see ``storage.codec``)."""
+
+
+class InvalidQuery(InvalidInput):
+    """A SQL statement is empty, forbidden (transactions, ATTACH, pragmas) or reserved."""
+
+
+class StorageLimitExceeded(InvalidInput):
+    """A key, value or batch is over its documented limit.
+
+    Attributes:
+        limit: The limit that was passed, in its unit (bytes or entries).
+        actual: What was asked for.
+    """
+
+    def __init__(self, message: str, *, limit: int, actual: int) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.actual = actual
+
+
+class StorageError(DotdoError):
+    """The database failed (I/O error, disk full, corruption). The turn is rolled back."""
+
+
+class SqlError(StorageError):
+    """SQLite rejected a user statement (syntax error, constraint, missing table).
+
+    Attributes:
+        sqlite_error: The name of the underlying SQLite error (e.g. ``ConstraintError``).
+    """
+
+    def __init__(self, message: str, *, sqlite_error: str = "") -> None:
+        super().__init__(message)
+        self.sqlite_error = sqlite_error
+
+
+class RowCountError(SqlError):
+    """``Cursor.one()`` found zero rows or more than one.
+
+    Attributes:
+        count: How many rows the statement returned.
+    """
+
+    def __init__(self, message: str, *, count: int) -> None:
+        super().__init__(message, sqlite_error="")
+        self.count = count
+
+
+class TransactionError(StorageError):
+    """A turn or ``transaction()`` block was used out of order."""
+
+
+class DatabaseLocked(StorageError):
+    """The actor's database is held by another activation (another process or connection).
+
+    Remedy: route the call to the process that owns the actor; only one activation of
+    an address may exist at a time.
+    """

@@ -1,0 +1,67 @@
+"""The engine's own tables and their migrations.
+
+Every actor database carries its schema version in ``PRAGMA user_version`` (read from
+the file header, so checking it costs nothing at activation). Opening a database runs
+the migrations it has not seen yet, in order, in one transaction: a database is either
+at the old version or at the new one, never in between.
+
+Engine tables share the reserved prefix ``_dotdo_``; user SQL cannot name them.
+To add a table, append a ``Migration`` to ``MIGRATIONS``; never edit a released one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import apsw
+
+RESERVED_PREFIX = "_dotdo_"
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One step of the engine schema: ``apply`` runs inside the migration transaction."""
+
+    version: int
+    summary: str
+    apply: Callable[[apsw.Connection], None]
+
+
+def _run(sql: str) -> Callable[[apsw.Connection], None]:
+    def apply(conn: apsw.Connection) -> None:
+        for _ in conn.execute(sql):
+            pass
+
+    return apply
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "address metadata and the key-value table",
+        _run(
+            """
+            CREATE TABLE _dotdo_meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+            CREATE TABLE _dotdo_kv(k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID;
+            """
+        ),
+    ),
+)
+
+LATEST_VERSION = MIGRATIONS[-1].version
+
+
+def migrate(conn: apsw.Connection, current: int) -> int:
+    """Apply every migration newer than ``current``; return the new version.
+
+    The caller holds the transaction. A database newer than this code is refused
+    by the caller before this is reached.
+    """
+    version = current
+    for migration in MIGRATIONS:
+        if migration.version > version:
+            migration.apply(conn)
+            version = migration.version
+    conn.execute(f"PRAGMA user_version = {int(version)}")
+    return version

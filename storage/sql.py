@@ -1,0 +1,291 @@
+"""The SQL API over one actor database: ``exec`` returning a ``Cursor``.
+
+User SQL runs in the actor's turn and sees the actor's own tables. It may not:
+
+- open, end or name transactions (``BEGIN``, ``COMMIT``, ``ROLLBACK``, ``SAVEPOINT``,
+  ``RELEASE``): use ``storage.transaction()``, and let the turn commit;
+- touch the engine's tables (names starting ``_dotdo_``), attach other databases,
+  load extensions, or set pragmas other than read-only introspection ones.
+
+Statements are executed eagerly: when ``exec`` returns, every statement in the string
+has run and the rows are in the cursor. Rows iterate as dicts (column name to value);
+``raw()`` gives tuples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import apsw
+
+from storage.database import translate
+from storage.errors import InvalidQuery, InvalidValue, RowCountError, SqlError
+from storage.schema import RESERVED_PREFIX
+
+if TYPE_CHECKING:
+    from storage.database import ActorDatabase
+
+SqlValue = None | int | float | str | bytes
+
+# Pragmas that only describe the schema; every other pragma is refused in user SQL.
+_READ_ONLY_PRAGMAS = frozenset(
+    {
+        "table_info",
+        "table_xinfo",
+        "table_list",
+        "index_list",
+        "index_info",
+        "index_xinfo",
+        "foreign_key_list",
+        "foreign_key_check",
+        "integrity_check",
+        "quick_check",
+        "collation_list",
+        "function_list",
+        "page_count",
+        "page_size",
+        "freelist_count",
+        "data_version",
+    }
+)
+
+_TABLE_ACTIONS = {
+    apsw.SQLITE_READ: 0,
+    apsw.SQLITE_INSERT: 0,
+    apsw.SQLITE_UPDATE: 0,
+    apsw.SQLITE_DELETE: 0,
+    apsw.SQLITE_ALTER_TABLE: 1,
+    apsw.SQLITE_ANALYZE: 0,
+    apsw.SQLITE_CREATE_INDEX: 1,
+    apsw.SQLITE_CREATE_TABLE: 0,
+    apsw.SQLITE_CREATE_TEMP_INDEX: 1,
+    apsw.SQLITE_CREATE_TEMP_TABLE: 0,
+    apsw.SQLITE_CREATE_TEMP_TRIGGER: 1,
+    apsw.SQLITE_CREATE_TEMP_VIEW: 0,
+    apsw.SQLITE_CREATE_TRIGGER: 1,
+    apsw.SQLITE_CREATE_VIEW: 0,
+    apsw.SQLITE_CREATE_VTABLE: 0,
+    apsw.SQLITE_DROP_INDEX: 1,
+    apsw.SQLITE_DROP_TABLE: 0,
+    apsw.SQLITE_DROP_TEMP_INDEX: 1,
+    apsw.SQLITE_DROP_TEMP_TABLE: 0,
+    apsw.SQLITE_DROP_TEMP_TRIGGER: 1,
+    apsw.SQLITE_DROP_TEMP_VIEW: 0,
+    apsw.SQLITE_DROP_TRIGGER: 1,
+    apsw.SQLITE_DROP_VIEW: 0,
+    apsw.SQLITE_DROP_VTABLE: 0,
+}
+
+_TRANSACTION_HINT = (
+    "SQL may not open or end transactions (BEGIN, COMMIT, ROLLBACK, SAVEPOINT, RELEASE): "
+    "each turn is already a transaction; use `with storage.transaction():` for a block "
+    "that must roll back on its own"
+)
+
+
+class _Guard:
+    """The connection's authorizer: permissive for the engine, strict for user SQL.
+
+    It is installed once (changing an authorizer expires every prepared statement) and
+    switched by ``active``. User SQL cannot reuse an engine statement from the statement
+    cache because every engine statement names a ``_dotdo_`` table or savepoint, and user
+    text containing that prefix is refused before it is prepared.
+    """
+
+    __slots__ = ("active", "denied")
+
+    def __init__(self) -> None:
+        self.active = False
+        self.denied = ""
+
+    def __call__(self, op: int, p1: str | None, p2: str | None, db: str | None, src: str | None) -> int:
+        if not self.active:
+            return apsw.SQLITE_OK
+        reason = self._check(op, p1, p2)
+        if reason:
+            self.denied = reason
+            return apsw.SQLITE_DENY
+        return apsw.SQLITE_OK
+
+    @staticmethod
+    def _check(op: int, p1: str | None, p2: str | None) -> str:
+        if op in (apsw.SQLITE_TRANSACTION, apsw.SQLITE_SAVEPOINT):
+            return _TRANSACTION_HINT
+        if op in (apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH):
+            return "SQL may not attach or detach other databases"
+        if op == apsw.SQLITE_PRAGMA:
+            if (p1 or "").lower() in _READ_ONLY_PRAGMAS:
+                return ""
+            return f"SQL may not use PRAGMA {p1} (only read-only schema pragmas are allowed)"
+        if op == apsw.SQLITE_FUNCTION and (p2 or "").lower() == "load_extension":
+            return "SQL may not load extensions"
+        which = _TABLE_ACTIONS.get(op)
+        if which is not None:
+            name = p2 if which else p1
+            if name and _reserved(name):
+                return f"{name!r} is reserved for the engine; user tables may not start with {RESERVED_PREFIX!r}"
+        return ""
+
+
+def _reserved(name: str) -> bool:
+    return name.lower().startswith(RESERVED_PREFIX)
+
+
+class _Run:
+    """What one ``exec`` saw: the last statement's columns and rows, and counters."""
+
+    __slots__ = ("statements", "scanned", "columns", "rows")
+
+    def __init__(self) -> None:
+        self.statements = 0
+        self.scanned = 0
+        self.columns: tuple[str, ...] = ()
+        self.rows: list[tuple[Any, ...]] = []
+
+    def on_statement(self, cursor: apsw.Cursor, sql: str, bindings: object) -> bool:
+        # Called before each statement runs (and once for text holding no statement):
+        # the result is the last statement's rows.
+        self.columns = tuple(d[0] for d in cursor.get_description())
+        self.rows = []
+        return True
+
+    def on_profile(self, event: dict[str, Any]) -> None:
+        # Called after each statement that ran. A full scan of n rows is n - 1 steps.
+        if not event.get("trigger"):
+            self.statements += 1
+            steps = event["stmt_status"]["SQLITE_STMTSTATUS_FULLSCAN_STEP"]
+            self.scanned += steps + 1 if steps else 0
+
+
+class Cursor:
+    """The result of one ``exec``: rows, column names and counters.
+
+    Attributes:
+        column_names: Names of the result columns of the last statement.
+        rows_read: Rows SQLite stepped through (full-scan steps, or rows returned
+            when larger): an estimate of work done, as Durable Objects bills it.
+        rows_written: Rows inserted, updated or deleted, triggers included.
+    """
+
+    __slots__ = ("column_names", "rows_read", "rows_written", "_rows")
+
+    def __init__(
+        self, column_names: tuple[str, ...], rows: list[tuple[Any, ...]], rows_read: int, rows_written: int
+    ) -> None:
+        self.column_names = column_names
+        self._rows = rows
+        self.rows_read = rows_read
+        self.rows_written = rows_written
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        names = self.column_names
+        for row in self._rows:
+            yield dict(zip(names, row, strict=True))
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def raw(self) -> Iterator[tuple[Any, ...]]:
+        """Iterate the rows as tuples, in column order."""
+        return iter(self._rows)
+
+    def fetchall(self) -> list[dict[str, Any]]:
+        """Every row as a dict."""
+        return list(self)
+
+    def one(self) -> dict[str, Any]:
+        """The only row.
+
+        Raises:
+            RowCountError: The statement returned no row, or more than one.
+        """
+        count = len(self._rows)
+        if count != 1:
+            raise RowCountError(f"expected exactly one row, got {count}", count=count)
+        return dict(zip(self.column_names, self._rows[0], strict=True))
+
+    def __repr__(self) -> str:
+        return f"<Cursor rows={len(self._rows)} columns={list(self.column_names)}>"
+
+
+def _user_error(exc: apsw.Error, db: ActorDatabase) -> Exception:
+    """The dotdo error for an apsw error raised by a user statement."""
+    if isinstance(exc, apsw.BindingsError):
+        return InvalidQuery(f"wrong bindings: {exc}")
+    if isinstance(exc, apsw.AuthError):
+        return InvalidQuery("statement not allowed")
+    if isinstance(
+        exc,
+        apsw.SQLError | apsw.ConstraintError | apsw.MismatchError | apsw.TooBigError | apsw.RangeError,
+    ):
+        return SqlError(str(exc), sqlite_error=type(exc).__name__)
+    return translate(exc, db.address)
+
+
+class SqlStore:
+    """SQL access to one actor's database (``self.sql`` in an actor)."""
+
+    __slots__ = ("_db", "_conn", "_guard")
+
+    def __init__(self, db: ActorDatabase) -> None:
+        self._db = db
+        self._conn = db.connection
+        self._guard = _Guard()
+        self._conn.authorizer = self._guard
+
+    def exec(self, query: str, *bindings: SqlValue) -> Cursor:
+        """Run ``query`` (one or more statements) with ``bindings`` and return its rows.
+
+        Bindings are positional (``?``) and apply to the statements in order. Inside a
+        turn the writes join the turn's transaction.
+
+        Raises:
+            InvalidQuery: Empty, forbidden or reserved-table SQL; nothing ran.
+            InvalidValue: A binding is not None, int, float, str or bytes.
+            SqlError: SQLite rejected a statement; the turn rolls back if not caught.
+        """
+        if not isinstance(query, str):
+            raise InvalidQuery(f"query must be a string, got {type(query).__name__}")
+        if RESERVED_PREFIX in query.lower():
+            raise InvalidQuery(
+                f"SQL may not name the engine's tables (prefix {RESERVED_PREFIX!r})"
+            )
+        for value in bindings:
+            if value is not None and not isinstance(value, int | float | str | bytes):
+                raise InvalidValue(
+                    f"cannot bind a {type(value).__name__}: use None, int, float, str or bytes "
+                    "(encode JSON yourself)"
+                )
+        db = self._db
+        conn = self._conn
+        guard = self._guard
+        run = _Run()
+        db.ensure_transaction()
+        before = conn.total_changes()
+        guard.active = True
+        guard.denied = ""
+        conn.trace_v2(apsw.SQLITE_TRACE_PROFILE, run.on_profile, id=self)
+        try:
+            cursor = conn.cursor()
+            cursor.exec_trace = run.on_statement
+            for row in cursor.execute(query, bindings):
+                run.rows.append(row)
+        except apsw.Error as exc:
+            if guard.denied:
+                raise InvalidQuery(guard.denied) from None
+            raise _user_error(exc, db) from None
+        finally:
+            guard.active = False
+            conn.trace_v2(0, None, id=self)
+        if run.statements == 0:
+            raise InvalidQuery("empty SQL: the query holds no statement")
+        rows = run.rows
+        return Cursor(run.columns, rows, max(run.scanned, len(rows)), conn.total_changes() - before)
+
+    @property
+    def database_size(self) -> int:
+        """Bytes used by the database (pages times page size)."""
+        conn = self._conn
+        return int(conn.pragma("page_count")) * int(conn.pragma("page_size"))
+

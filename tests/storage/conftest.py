@@ -1,0 +1,13 @@
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from storage import ActorDatabase, Address
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[ActorDatabase]:
+    database = ActorDatabase.open(tmp_path, Address("Test", "one"))
+    yield database
+    database.close()

@@ -1,0 +1,266 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import apsw
+import pytest
+
+from storage import (
+    ActorDatabase,
+    Address,
+    DatabaseLocked,
+    Durability,
+    StorageError,
+    StorageOptions,
+    TransactionError,
+)
+from storage import schema
+
+ALICE = Address("Customer", "alice")
+
+
+def test_new_database_is_wal_and_records_its_address(tmp_path: Path) -> None:
+    with ActorDatabase.open(tmp_path, ALICE) as db:
+        conn = db.connection
+        assert conn.pragma("journal_mode") == "wal"
+        assert conn.pragma("user_version") == schema.LATEST_VERSION
+        assert db.stored_address() == ALICE
+        assert repr(db) == "<ActorDatabase Customer/alice>"
+
+
+@pytest.mark.parametrize(("durability", "level"), [(Durability.NORMAL, 1), (Durability.FULL, 2)])
+def test_durability_sets_synchronous(tmp_path: Path, durability: Durability, level: int) -> None:
+    with ActorDatabase.open(tmp_path, ALICE, StorageOptions(durability=durability)) as db:
+        assert db.connection.pragma("synchronous") == level
+
+
+def test_a_second_activation_is_refused_in_process(tmp_path: Path) -> None:
+    with ActorDatabase.open(tmp_path, ALICE):
+        with pytest.raises(DatabaseLocked, match="another activation"):
+            ActorDatabase.open(tmp_path, ALICE)
+    # Released on close.
+    ActorDatabase.open(tmp_path, ALICE).close()
+
+
+def test_a_second_activation_is_refused_from_another_process(tmp_path: Path) -> None:
+    code = (
+        "import sys; from storage import ActorDatabase, Address, DatabaseLocked\n"
+        "try:\n"
+        f"    ActorDatabase.open({str(tmp_path)!r}, Address('Customer', 'alice'))\n"
+        "except DatabaseLocked:\n"
+        "    sys.exit(3)\n"
+    )
+    with ActorDatabase.open(tmp_path, ALICE):
+        done = subprocess.run([sys.executable, "-c", code], cwd=os.getcwd(), timeout=30)
+    assert done.returncode == 3
+
+
+def test_turn_commits_at_output_points_and_rolls_back_the_rest(db: ActorDatabase) -> None:
+    with pytest.raises(RuntimeError):
+        with db.turn():
+            db.kv.put("a", 1)
+            db.commit()  # an output point: "a" is durable
+            db.kv.put("b", 2)
+            assert db.has_uncommitted
+            raise RuntimeError("boom")
+    assert db.kv.get(["a", "b"]) == {"a": 1}
+    assert not db.in_turn
+
+
+def test_reading_turn_opens_no_transaction(db: ActorDatabase) -> None:
+    db.kv.put("a", 1)
+    with db.turn():
+        assert db.kv.get("a") == 1
+        db.kv.list()
+        assert not db.has_uncommitted
+
+
+def test_writes_outside_a_turn_commit_on_their_own(db: ActorDatabase) -> None:
+    db.kv.put("a", 1)
+    assert not db.has_uncommitted
+
+
+def test_nested_turns_share_the_segment(db: ActorDatabase) -> None:
+    db.begin_turn()
+    db.kv.put("outer", 1)
+    db.commit()
+    with db.turn():  # a reentrant turn
+        db.kv.put("inner", 2)
+    assert db.in_turn
+    db.kv.put("late", 3)
+    db.rollback()
+    db.end_turn()
+    assert db.kv.list() == {"inner": 2, "outer": 1}
+    with pytest.raises(TransactionError):
+        db.end_turn()
+
+
+def test_savepoint_rolls_back_only_its_block(db: ActorDatabase) -> None:
+    with db.turn():
+        db.kv.put("before", 1)
+        with pytest.raises(ValueError):
+            with db.transaction():
+                db.kv.put("inside", 2)
+                raise ValueError
+        with db.transaction():
+            db.kv.put("kept", 3)
+            with pytest.raises(KeyError):
+                with db.transaction():
+                    db.kv.put("nested", 4)
+                    raise KeyError
+    assert db.kv.list() == {"before": 1, "kept": 3}
+
+
+def test_savepoint_inside_a_turn_does_not_commit_early(db: ActorDatabase) -> None:
+    with pytest.raises(RuntimeError):
+        with db.turn():
+            with db.transaction():
+                db.kv.put("a", 1)
+            raise RuntimeError  # the whole segment rolls back, block included
+    assert db.kv.get("a") is None
+
+
+def test_transaction_outside_a_turn_commits_when_it_ends(db: ActorDatabase) -> None:
+    with db.transaction():
+        db.kv.put("a", 1)
+        db.kv.put("b", 2)
+    assert not db.has_uncommitted
+    with pytest.raises(ZeroDivisionError):
+        with db.transaction():
+            db.kv.put("c", 3)
+            1 / 0
+    assert db.kv.list() == {"a": 1, "b": 2}
+
+
+def test_a_turn_cannot_begin_inside_a_transaction_block(db: ActorDatabase) -> None:
+    with db.transaction():
+        with pytest.raises(TransactionError, match="cannot begin a turn"):
+            db.begin_turn()
+    assert not db.in_turn
+
+
+def test_output_point_inside_transaction_block_is_refused(db: ActorDatabase) -> None:
+    with db.turn():
+        with pytest.raises(TransactionError, match="inside storage.transaction"):
+            with db.transaction():
+                db.kv.put("a", 1)
+                db.commit()
+    assert db.kv.get("a") is None
+
+
+def test_cancellation_like_exceptions_roll_back(db: ActorDatabase) -> None:
+    class Cancelled(BaseException):
+        pass
+
+    with pytest.raises(Cancelled):
+        with db.turn():
+            db.kv.put("a", 1)
+            raise Cancelled
+    assert db.kv.get("a") is None
+
+
+def test_state_survives_close_and_reopen(tmp_path: Path) -> None:
+    with ActorDatabase.open(tmp_path, ALICE) as db:
+        db.kv.put("k", {"v": [1, 2]})
+        db.sql.exec("CREATE TABLE t(x); INSERT INTO t VALUES (7)")
+    with ActorDatabase.open(tmp_path, ALICE) as db:
+        assert db.kv.get("k") == {"v": [1, 2]}
+        assert db.sql.exec("SELECT x FROM t").one() == {"x": 7}
+
+
+def test_close_discards_an_unfinished_turn_and_is_idempotent(tmp_path: Path) -> None:
+    db = ActorDatabase.open(tmp_path, ALICE)
+    db.begin_turn()
+    db.kv.put("k", 1)
+    db.close()
+    db.close()
+    assert db.closed
+    with ActorDatabase.open(tmp_path, ALICE) as again:
+        assert again.kv.get("k") is None
+
+
+def test_stats_report_sizes_and_pages(db: ActorDatabase) -> None:
+    before = db.stats()
+    db.kv.put("big", b"x" * 200_000)
+    after = db.stats()
+    assert after.page_count > before.page_count
+    assert after.size_bytes >= after.page_size * 2
+    assert after.page_size == 4096
+    assert after.schema_version == schema.LATEST_VERSION
+    assert db.sql.database_size == after.page_count * after.page_size
+
+
+def test_migrations_bring_an_old_database_up_to_date(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with ActorDatabase.open(tmp_path, ALICE) as db:
+        db.kv.put("k", 1)
+    extra = schema.Migration(
+        schema.LATEST_VERSION + 1,
+        "test table",
+        lambda conn: conn.execute("CREATE TABLE _dotdo_test(x)"),
+    )
+    monkeypatch.setattr(schema, "MIGRATIONS", (*schema.MIGRATIONS, extra))
+    monkeypatch.setattr(schema, "LATEST_VERSION", extra.version)
+    with ActorDatabase.open(tmp_path, ALICE) as db:
+        assert db.connection.pragma("user_version") == extra.version
+        assert db.connection.table_exists(None, "_dotdo_test")
+        assert db.kv.get("k") == 1
+
+
+def test_failed_migration_leaves_the_database_as_it_was(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with ActorDatabase.open(tmp_path, ALICE):
+        pass
+
+    def broken(conn: apsw.Connection) -> None:
+        conn.execute("CREATE TABLE _dotdo_half(x)")
+        raise RuntimeError("migration bug")
+
+    extra = schema.Migration(schema.LATEST_VERSION + 1, "broken", broken)
+    with monkeypatch.context() as m:
+        m.setattr(schema, "MIGRATIONS", (*schema.MIGRATIONS, extra))
+        m.setattr(schema, "LATEST_VERSION", extra.version)
+        with pytest.raises(RuntimeError, match="migration bug"):
+            ActorDatabase.open(tmp_path, ALICE)
+    with ActorDatabase.open(tmp_path, ALICE) as db:
+        assert not db.connection.table_exists(None, "_dotdo_half")
+        assert db.connection.pragma("user_version") == schema.LATEST_VERSION
+
+
+def test_a_database_from_a_newer_dotdo_is_refused(tmp_path: Path) -> None:
+    with ActorDatabase.open(tmp_path, ALICE) as db:
+        db.connection.execute("PRAGMA user_version = 999")
+    with pytest.raises(StorageError, match="newer than this dotdo"):
+        ActorDatabase.open(tmp_path, ALICE)
+
+
+def test_a_damaged_file_gives_a_storage_error(tmp_path: Path) -> None:
+    path = ALICE.path(tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StorageError, match="damaged or not SQLite"):
+        ActorDatabase.open(tmp_path, ALICE)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_unwritable_data_dir_gives_a_storage_error(tmp_path: Path) -> None:
+    tmp_path.chmod(0o500)
+    try:
+        with pytest.raises(StorageError):
+            ActorDatabase.open(tmp_path, ALICE)
+    finally:
+        tmp_path.chmod(0o700)
+
+
+def test_data_dir_that_is_a_file_gives_a_storage_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StorageError, match="cannot create the data directory"):
+        ActorDatabase.open(blocker, ALICE)
+
+
+def test_vectors_load_lazily_and_only_into_this_connection(db: ActorDatabase) -> None:
+    with pytest.raises(apsw.SQLError):
+        db.connection.execute("SELECT vec_version()").fetchall()
+    db.load_vectors()
+    db.load_vectors()
+    assert db.connection.execute("SELECT vec_version()").fetchall()[0][0].startswith("v")
