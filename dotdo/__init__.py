@@ -1,1 +1,86 @@
-"""dotdo: Durable Objects for Python."""
+"""dotdo: Durable Objects for Python.
+
+Every entity gets its own actor: one address, one single-threaded instance at a time,
+one private SQLite database that survives restarts::
+
+    from dotdo import DO, S
+
+    class Customer(DO):
+        async def notify(self, message: str) -> int:
+            self.sql.exec("INSERT INTO inbox(message) VALUES (?)", message)
+            return self.sql.exec("SELECT count(*) AS n FROM inbox").one()["n"]
+
+    await S.Customer("alice").notify("hi")
+"""
+
+from actors.base import DO
+from actors.methods import rpc
+from dotdo.ambient import S
+from dotdo.errors import (
+    ActorError,
+    ActorNotFound,
+    BodyTooLarge,
+    CallTimeout,
+    DatabaseLocked,
+    DeadlockError,
+    DotdoError,
+    InvalidArguments,
+    InvalidId,
+    InvalidInput,
+    InvalidKey,
+    InvalidNamespace,
+    InvalidQuery,
+    InvalidValue,
+    MethodNotAllowed,
+    Overloaded,
+    RowCountError,
+    SqlError,
+    StorageError,
+    StorageLimitExceeded,
+    SupervisorClosed,
+    TransactionError,
+    Unavailable,
+)
+from dotdo.server import ServeOptions, serve
+from runtime.ids import ActorId, id_from_name, id_from_string, new_unique_id
+from runtime.supervisor import Supervisor
+from storage.database import Durability
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DO",
+    "ActorError",
+    "ActorId",
+    "ActorNotFound",
+    "BodyTooLarge",
+    "CallTimeout",
+    "DatabaseLocked",
+    "DeadlockError",
+    "DotdoError",
+    "Durability",
+    "InvalidArguments",
+    "InvalidId",
+    "InvalidInput",
+    "InvalidKey",
+    "InvalidNamespace",
+    "InvalidQuery",
+    "InvalidValue",
+    "MethodNotAllowed",
+    "Overloaded",
+    "RowCountError",
+    "S",
+    "ServeOptions",
+    "SqlError",
+    "StorageError",
+    "StorageLimitExceeded",
+    "Supervisor",
+    "SupervisorClosed",
+    "TransactionError",
+    "Unavailable",
+    "id_from_name",
+    "id_from_string",
+    "new_unique_id",
+    "rpc",
+    "serve",
+]

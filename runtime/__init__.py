@@ -1,1 +1,1 @@
-"""placeholder"""
+"""Concurrency and routing: the supervisor, activations, turns and stubs. Internal."""

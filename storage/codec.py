@@ -26,17 +26,22 @@ import msgpack
 from storage.errors import InvalidValue
 
 
-def _default(obj: object) -> object:
+def unstorable(obj: object) -> InvalidValue:
+    """The error saying why ``obj`` cannot be encoded."""
     if isinstance(obj, int):
-        raise InvalidValue(f"cannot store the integer {obj}: integers must fit in 64 bits")
+        return InvalidValue(f"cannot store the integer {obj}: integers must fit in 64 bits")
     if isinstance(obj, _dt.datetime):
-        raise InvalidValue(
+        return InvalidValue(
             "cannot store a naive datetime: give it a timezone (e.g. tzinfo=datetime.UTC)"
         )
-    raise InvalidValue(
+    return InvalidValue(
         f"cannot store a value of type {type(obj).__name__}: use None, bool, int, float, "
         "str, bytes, list, dict or an aware datetime"
     )
+
+
+def _default(obj: object) -> object:
+    raise unstorable(obj)
 
 
 def encode(value: Any) -> bytes:
@@ -52,7 +57,7 @@ def encode(value: Any) -> bytes:
     except (TypeError, ValueError, OverflowError) as exc:
         # Naive datetimes nested in containers reach msgpack's own check first.
         if "tzinfo" in str(exc):
-            _default(_dt.datetime.now())
+            raise unstorable(_dt.datetime.now()) from None
         raise InvalidValue(f"cannot store this value: {exc}") from None
 
 

@@ -145,11 +145,17 @@ class ActorDatabase:
 
     @classmethod
     def open(
-        cls, data_dir: Path | str, address: Address, options: StorageOptions | None = None
+        cls,
+        data_dir: Path | str,
+        address: Address,
+        options: StorageOptions | None = None,
+        *,
+        name: str | None = None,
     ) -> ActorDatabase:
         """Open (creating if needed) the database of ``address`` under ``data_dir``.
 
-        Runs pending schema migrations. On a new database, records the address.
+        Runs pending schema migrations. On a new database, records the address (and
+        ``name``, the human name the id was derived from, when there is one).
 
         Raises:
             DatabaseLocked: Another activation holds this database.
@@ -179,7 +185,7 @@ class ActorDatabase:
             raise StorageError(f"cannot create the data directory for {address}: {exc}") from None
         try:
             _configure(conn, options, created)
-            _lock_and_migrate(conn, address)
+            _lock_and_migrate(conn, address, name)
         except apsw.Error as exc:
             conn.close()
             raise translate(exc, address) from None
@@ -375,8 +381,12 @@ class ActorDatabase:
 
     def stored_address(self) -> Address:
         """The address recorded inside the database when it was created."""
-        rows = dict(self._conn.execute("SELECT key, value FROM _dotdo_meta").fetchall())
+        rows = self.meta()
         return Address(str(rows["namespace"]), str(rows["id"]))
+
+    def meta(self) -> dict[str, object]:
+        """What the engine recorded about this database (address, name, creation time)."""
+        return dict(self._conn.execute("SELECT key, value FROM _dotdo_meta").fetchall())
 
     def stats(self) -> DatabaseStats:
         """Size on disk and page figures."""
@@ -442,7 +452,7 @@ def _configure(conn: apsw.Connection, options: StorageOptions, created: bool) ->
         pass
 
 
-def _lock_and_migrate(conn: apsw.Connection, address: Address) -> None:
+def _lock_and_migrate(conn: apsw.Connection, address: Address, name: str | None) -> None:
     """Take the write lock for this connection's lifetime and bring the schema up to date."""
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -461,6 +471,7 @@ def _lock_and_migrate(conn: apsw.Connection, address: Address) -> None:
                         ("namespace", address.namespace),
                         ("id", address.id),
                         ("created_at", time.time()),
+                        ("name", name),
                     ],
                 )
         conn.execute("COMMIT")

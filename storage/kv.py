@@ -9,6 +9,7 @@ breaks a limit is refused whole before anything is written.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, overload
 
 import apsw
@@ -19,6 +20,7 @@ from storage.errors import InvalidInput, InvalidKey, StorageLimitExceeded
 
 if TYPE_CHECKING:
     from storage.database import ActorDatabase
+    from storage.sql import SqlStore
 
 MAX_KEY_BYTES = 2048
 MAX_VALUE_BYTES = 2 * 1024 * 1024
@@ -232,6 +234,19 @@ class KVStore:
             return conn.changes()
         except apsw.Error as exc:
             raise translate(exc, self._db.address) from None
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """A block whose writes (KV and SQL) all happen or, if it raises, none do.
+
+        See ``ActorDatabase.transaction``: a savepoint inside the turn. Replying or
+        calling another actor inside the block raises ``TransactionError``.
+        """
+        return self._db.transaction()
+
+    @property
+    def sql(self) -> SqlStore:
+        """The SQL API over the same database."""
+        return self._db.sql
 
     def _write_many(self, sql: str, rows: list[tuple[bytes, ...]]) -> None:
         if not rows:

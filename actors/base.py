@@ -1,0 +1,102 @@
+"""The ``DO`` base class: what a user subclasses to define an actor kind."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from runtime.kinds import KindSpec
+
+from actors.methods import public_methods
+from actors.workflow import Workflow
+
+if TYPE_CHECKING:
+    from runtime.context import ActorContext
+    from runtime.ids import ActorId
+    from storage.kv import KVStore
+    from storage.sql import SqlStore
+
+
+class DO:
+    """A Durable Object: one instance per id, one turn at a time, its own database.
+
+    Subclass it and write ``async def`` methods; every public one can be called through a
+    stub (``S.Counter("a").increment()``) or over HTTP. Optional hooks:
+
+    - ``async def on_start(self)``: runs once per activation, before any call (a turn).
+    - ``async def fetch(self, request)``: handles HTTP under ``/{namespace}/{id}/...``;
+      gets a starlette ``Request``, returns a starlette ``Response``.
+
+    The runtime sets these before ``__init__`` runs (which takes no arguments):
+
+    Attributes:
+        id: This actor's ``ActorId`` (``id.name`` is the name it was reached by, if any).
+        storage: The key-value API (``get``, ``put``, ``delete``, ``list``,
+            ``delete_all``, ``transaction()``), over the actor's database.
+        sql: The SQL API (``sql.exec(query, *bindings)``), over the same database.
+        env: The server's configuration values (read-only mapping).
+        S: Stubs to other actors (``self.S.Customer("alice")``).
+
+    Class attributes:
+        namespace: Where actors of this kind live; defaults to the class name.
+    """
+
+    namespace: ClassVar[str | None] = None
+
+    id: ActorId
+    storage: KVStore
+    sql: SqlStore
+    env: Mapping[str, str]
+    S: Workflow
+
+    def __init__(self) -> None:
+        """Set up plain attributes here; do storage work in ``on_start``."""
+
+    @classmethod
+    def __dotdo_kind__(cls) -> KindSpec:
+        """Describe this class to the runtime (computed once per class)."""
+        cached = cls.__dict__.get("_dotdo_spec")
+        if cached is not None:
+            return cached
+        if cls is DO:
+            raise TypeError("DO itself is not an actor kind: subclass it")
+        namespace = cls.__dict__.get("namespace") or cls.__name__
+        methods, hidden = public_methods(cls, DO)
+        spec = KindSpec(
+            namespace=namespace,
+            create=cls._dotdo_create,
+            methods=methods,
+            fetch=_hook(cls, "fetch"),
+            on_start=_hook(cls, "on_start"),
+            alarm=_hook(cls, "alarm"),
+            hidden=hidden,
+            cls=cls,
+        )
+        cls._dotdo_spec = spec
+        return spec
+
+    @classmethod
+    def _dotdo_create(cls, ctx: ActorContext) -> DO:
+        self = cls.__new__(cls)
+        self.id = ctx.id
+        self.storage = ctx.db.kv
+        self.sql = ctx.db.sql
+        self.env = ctx.env
+        self.S = Workflow(ctx)
+        self.__init__()  # type: ignore[misc]
+        return self
+
+    def __repr__(self) -> str:
+        actor_id = getattr(self, "id", None)
+        return f"<{type(self).__name__} {actor_id if actor_id is not None else '(unbound)'}>"
+
+
+def _hook(cls: type, name: str) -> Any:
+    fn = getattr(cls, name, None)
+    if fn is None or getattr(DO, name, None) is fn:
+        return None
+    import inspect
+
+    if not inspect.iscoroutinefunction(fn):
+        raise TypeError(f"{cls.__qualname__}.{name} must be an async method")
+    return fn

@@ -1,0 +1,35 @@
+"""``self.S``: an actor's view of the rest of the system (stubs to other actors).
+
+``self.S.Customer("alice").notify("hi")`` calls another actor. The call is part of the
+current turn's call chain (so a call back to this actor is admitted) and its deadline,
+and this turn's writes are committed before it leaves (the output gate).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from runtime.stubs import NamespaceStub
+
+if TYPE_CHECKING:
+    from runtime.context import ActorContext
+
+
+class Workflow:
+    """The workflow context of one actor (``$`` in the TypeScript original)."""
+
+    __slots__ = ("_ctx",)
+
+    def __init__(self, ctx: ActorContext) -> None:
+        self._ctx = ctx
+
+    def __getattr__(self, namespace: str) -> NamespaceStub:
+        if namespace.startswith("_"):
+            raise AttributeError(namespace)
+        return self._ctx.supervisor.S[namespace]
+
+    def __getitem__(self, namespace: str) -> NamespaceStub:
+        return self._ctx.supervisor.S[namespace]
+
+    def __repr__(self) -> str:
+        return f"<S of {self._ctx.id}>"

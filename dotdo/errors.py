@@ -1,0 +1,116 @@
+"""Every error dotdo raises on purpose, and how each maps to an HTTP status.
+
+::
+
+    DotdoError                           500
+    ├── InvalidInput                     400  the caller sent something unusable
+    │   ├── InvalidNamespace             400
+    │   ├── InvalidId                    400
+    │   ├── InvalidKey                   400
+    │   ├── InvalidValue                 400
+    │   ├── InvalidQuery                 400
+    │   ├── InvalidArguments             400
+    │   ├── StorageLimitExceeded         400
+    │   └── BodyTooLarge                 413
+    ├── ActorNotFound                    404  unknown namespace
+    ├── MethodNotAllowed                 404  unknown, private or lifecycle method
+    ├── ActorError                       500  the actor's code raised (remote_type says what)
+    ├── StorageError                     500  the database failed
+    │   ├── SqlError                     500
+    │   │   └── RowCountError            500
+    │   ├── TransactionError             500
+    │   └── DatabaseLocked               503
+    ├── CallTimeout                      504  the deadline passed
+    │   └── DeadlockError                503
+    ├── Overloaded                       503  too many calls waiting for the actor
+    └── Unavailable                      503  restarting or shutting down; retry
+        └── SupervisorClosed             503
+
+Errors raised by an actor's own code that are not dotdo errors reach the caller as
+``ActorError`` (in-process and remotely alike); the turn that raised was rolled back.
+"""
+
+from __future__ import annotations
+
+from runtime.errors import (
+    ActorError,
+    ActorNotFound,
+    CallTimeout,
+    DeadlockError,
+    InvalidArguments,
+    MethodNotAllowed,
+    Overloaded,
+    SupervisorClosed,
+    Unavailable,
+)
+from storage.errors import (
+    DatabaseLocked,
+    DotdoError,
+    InvalidId,
+    InvalidInput,
+    InvalidKey,
+    InvalidNamespace,
+    InvalidQuery,
+    InvalidValue,
+    RowCountError,
+    SqlError,
+    StorageError,
+    StorageLimitExceeded,
+    TransactionError,
+)
+
+
+class BodyTooLarge(InvalidInput):
+    """An HTTP request body is over the server's limit (``--max-body``)."""
+
+
+# Most specific first: the first matching class gives the status.
+_STATUS: tuple[tuple[type[DotdoError], int], ...] = (
+    (BodyTooLarge, 413),
+    (InvalidInput, 400),
+    (ActorNotFound, 404),
+    (MethodNotAllowed, 404),
+    (DeadlockError, 503),
+    (CallTimeout, 504),
+    (Overloaded, 503),
+    (Unavailable, 503),
+    (DatabaseLocked, 503),
+    (ActorError, 500),
+    (StorageError, 500),
+)
+
+
+def http_status(error: DotdoError) -> int:
+    """The HTTP status for ``error``."""
+    for cls, status in _STATUS:
+        if isinstance(error, cls):
+            return status
+    return 500
+
+
+__all__ = [
+    "ActorError",
+    "ActorNotFound",
+    "BodyTooLarge",
+    "CallTimeout",
+    "DatabaseLocked",
+    "DeadlockError",
+    "DotdoError",
+    "InvalidArguments",
+    "InvalidId",
+    "InvalidInput",
+    "InvalidKey",
+    "InvalidNamespace",
+    "InvalidQuery",
+    "InvalidValue",
+    "MethodNotAllowed",
+    "Overloaded",
+    "RowCountError",
+    "SqlError",
+    "StorageError",
+    "StorageLimitExceeded",
+    "SupervisorClosed",
+    "TransactionError",
+    "Unavailable",
+    "http_status",
+]

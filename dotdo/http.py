@@ -1,0 +1,208 @@
+"""The HTTP app: each actor at its own URL, RPC over JSON, health and kinds.
+
+Routes (``{id}`` is a name, or a 64-hex id of the namespace)::
+
+    GET  /_health                              {"status": "ok", ...}
+    GET  /_kinds                               namespaces and their callable methods
+    POST /_rpc/{namespace}/{id}/{method}       body {"args": [...], "kwargs": {...}}
+                                               -> {"result": ...}
+    *    /{namespace}/{id}[/{path}]            the actor's fetch(request)
+
+Errors are JSON ``{"error": <type>, "message": ...}`` with the status of
+``dotdo.errors.http_status``. JSON results encode bytes as base64 text, datetimes as
+ISO 8601 and actor references as ``{"$actor": {"namespace", "id", "name"}}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import logging
+import traceback
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dotdo.errors import BodyTooLarge, DotdoError, InvalidId, InvalidInput, http_status
+from runtime.ids import ActorId, resolve
+from runtime.stubs import ActorStub
+from runtime.supervisor import Supervisor
+
+log = logging.getLogger("dotdo.http")
+
+DEFAULT_MAX_BODY = 1024 * 1024
+
+_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+def _json_default(obj: object) -> object:
+    if isinstance(obj, bytes):
+        return base64.b64encode(obj).decode("ascii")
+    if isinstance(obj, dt.datetime | dt.date):
+        return obj.isoformat()
+    if isinstance(obj, ActorStub):
+        return {"$actor": {"namespace": obj.id.namespace, "id": obj.id.hex, "name": obj.id.name}}
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+class JSON(JSONResponse):
+    """JSON with dotdo's encodings for bytes, datetimes and actor references."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(
+            content, ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_json_default
+        ).encode("utf-8")
+
+
+def error_response(error: BaseException, debug: bool = False) -> JSON:
+    """The JSON response for an error raised while serving a request."""
+    if isinstance(error, DotdoError):
+        body: dict[str, Any] = {"error": type(error).__name__, "message": error.public}
+        remote = getattr(error, "remote_type", None)
+        if remote:
+            body["remote_type"] = remote
+        status = http_status(error)
+    else:
+        body = {"error": "InternalError", "message": "the server failed to handle the request"}
+        status = 500
+    if debug:
+        body["traceback"] = "".join(traceback.format_exception(error))
+    return JSON(body, status_code=status)
+
+
+def _actor_id(namespace: str, raw: str) -> ActorId:
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in raw):
+        raise InvalidId("invalid id: control characters are not allowed in URLs")
+    return resolve(namespace, raw)
+
+
+class BodyLimit:
+    """ASGI middleware: refuse request bodies over ``limit`` bytes with 413.
+
+    A declared Content-Length over the limit is refused before the app runs; a body
+    that grows past the limit while streaming raises ``BodyTooLarge`` from ``receive``.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = -1
+                if declared < 0:
+                    await error_response(InvalidInput("invalid Content-Length header"))(scope, receive, send)
+                    return
+                if declared > limit:
+                    await error_response(_too_large(declared, limit))(scope, receive, send)
+                    return
+                break
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _too_large(received, limit)
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def _too_large(size: int, limit: int) -> BodyTooLarge:
+    return BodyTooLarge(f"request body of {size} bytes or more is over the {limit}-byte limit")
+
+
+def create_app(supervisor: Supervisor, *, max_body: int = DEFAULT_MAX_BODY, debug: bool = False) -> Starlette:
+    """The ASGI app serving ``supervisor``'s actors."""
+
+    async def health(request: Request) -> Response:
+        stats = supervisor.statistics()
+        return JSON({"status": "ok", "active_actors": stats.active, "calls_in_flight": stats.calls_in_flight})
+
+    async def kinds(request: Request) -> Response:
+        listing = {
+            spec.namespace: {"methods": sorted(spec.methods), "fetch": spec.fetch is not None}
+            for spec in supervisor.registry
+        }
+        return JSON({"kinds": listing})
+
+    def addressed(request: Request) -> ActorId:
+        namespace = request.path_params["namespace"]
+        supervisor.registry.kind(namespace)
+        return _actor_id(namespace, request.path_params["id"])
+
+    async def rpc(request: Request) -> Response:
+        target = addressed(request)
+        namespace = target.namespace
+        method = request.path_params["method"]
+        supervisor.check_method(namespace, method)
+        raw = await request.body()
+        try:
+            body = json.loads(raw) if raw.strip() else {}
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidInput("the request body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise InvalidInput('the request body must be a JSON object: {"args": [...], "kwargs": {...}}')
+        unknown = set(body) - {"args", "kwargs"}
+        if unknown:
+            raise InvalidInput(f"unknown fields in the request body: {', '.join(sorted(unknown))}")
+        args = body.get("args", [])
+        kwargs = body.get("kwargs", {})
+        if not isinstance(args, list):
+            raise InvalidInput('"args" must be a JSON array')
+        if not isinstance(kwargs, dict):
+            raise InvalidInput('"kwargs" must be a JSON object')
+        result = await supervisor.call(target, method, args, kwargs)
+        return JSON({"result": result})
+
+    async def actor(request: Request) -> Response:
+        response = await supervisor.fetch(addressed(request), request)
+        return _as_response(response)
+
+    async def on_error(request: Request, exc: Exception) -> Response:
+        if not isinstance(exc, DotdoError):
+            log.error("unhandled error serving %s %s", request.method, request.url.path, exc_info=exc)
+        return error_response(exc, debug)
+
+    routes = [
+        Route("/_health", health, methods=["GET", "HEAD"]),
+        Route("/_kinds", kinds, methods=["GET"]),
+        Route("/_rpc/{namespace}/{id}/{method}", rpc, methods=["POST"]),
+        Route("/{namespace}/{id}", actor, methods=_ALL_METHODS),
+        Route("/{namespace}/{id}/{rest:path}", actor, methods=_ALL_METHODS),
+    ]
+    # DotdoError is answered by the exception middleware; anything else is a bug, answered
+    # by the outermost middleware (which also lets the server log it).
+    app = Starlette(routes=routes, exception_handlers={DotdoError: on_error, Exception: on_error})
+    app.add_middleware(BodyLimit, limit=max_body)
+    return app
+
+
+def _as_response(value: Any) -> Response:
+    """What ``fetch`` returned, as a response: a Response as is; dict or list as JSON;
+    str as text; None as 204."""
+    if isinstance(value, Response):
+        return value
+    if isinstance(value, dict | list):
+        return JSON(value)
+    if isinstance(value, str):
+        return PlainTextResponse(value)
+    if value is None:
+        return Response(status_code=204)
+    raise DotdoError(f"fetch returned a {type(value).__name__}; return a starlette Response")

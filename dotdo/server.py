@@ -1,0 +1,108 @@
+"""Serving: a supervisor behind the HTTP app on hypercorn's trio worker."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, TextIO
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from dotdo.http import DEFAULT_MAX_BODY, create_app
+from runtime.kinds import KindSpec
+from runtime.supervisor import Supervisor, default_max_active
+from storage.database import Durability, StorageOptions
+
+
+@dataclass(frozen=True, slots=True)
+class ServeOptions:
+    """Everything ``dotdo serve`` can be told (see ``dotdo serve --help``)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8787
+    data_dir: Path = Path("dotdo-data")
+    durability: Durability = Durability.NORMAL
+    max_body: int = DEFAULT_MAX_BODY
+    idle_timeout: float = 120.0
+    max_active: int = field(default_factory=default_max_active)
+    call_timeout: float = 30.0
+    max_mailbox: int = 1000
+    shutdown_grace: float = 10.0
+    keep_alive_timeout: float = 5.0
+    read_timeout: float = 30.0
+    debug: bool = False
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+async def wait_for_signal() -> None:
+    """Return on the first SIGINT or SIGTERM (the default shutdown trigger)."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            return
+
+
+def _bind(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+async def serve(
+    kinds: Iterable[type | KindSpec],
+    options: ServeOptions = ServeOptions(),
+    *,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    out: TextIO | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``kinds`` over HTTP until ``shutdown_trigger`` returns (default: SIGINT or
+    SIGTERM), then stop gracefully: stop accepting, let in-flight requests finish (their
+    turns commit or roll back), close every database.
+
+    ``task_status.started`` receives the bound URLs (useful with port 0).
+    """
+    out = out if out is not None else sys.stdout
+    data_dir = options.data_dir.resolve()
+    supervisor = Supervisor(
+        kinds,
+        data_dir,
+        storage=StorageOptions(durability=options.durability),
+        idle_timeout=options.idle_timeout,
+        max_active=options.max_active,
+        call_timeout=options.call_timeout,
+        max_mailbox=options.max_mailbox,
+        shutdown_grace=options.shutdown_grace,
+        env=options.env,
+    )
+    config = HypercornConfig()
+    config.bind = [_bind(options.host, options.port)]
+    config.accesslog = None
+    # hypercorn logs through our logging setup, not a handler of its own.
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.loglevel = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+    config.graceful_timeout = options.shutdown_grace
+    config.keep_alive_timeout = options.keep_alive_timeout
+    config.read_timeout = options.read_timeout
+    config.include_server_header = False
+    app = create_app(supervisor, max_body=options.max_body, debug=options.debug)
+    trigger = shutdown_trigger or wait_for_signal
+    async with supervisor, trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(partial(hypercorn_serve, app, config, shutdown_trigger=trigger))
+        kinds_list = ", ".join(supervisor.registry.namespaces)
+        print(f"dotdo serving {kinds_list}", file=out)
+        for url in binds:
+            print(f"  http: {url}", file=out)
+        print(f"  data: {data_dir} (durability {options.durability.value})", file=out)
+        print("  stop: Ctrl-C", file=out, flush=True)
+        task_status.started(binds)
+    print("dotdo stopped: every database closed", file=out, flush=True)
+
+
+def run(kinds: Iterable[type | KindSpec], options: ServeOptions = ServeOptions(), **kwargs: Any) -> None:
+    """Blocking form of ``serve`` (starts its own trio run)."""
+    trio.run(partial(serve, list(kinds), options, **kwargs))

@@ -1,0 +1,88 @@
+"""One activation: an actor instance, its open database and its turn gate."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from storage.database import ActorDatabase
+
+from runtime.gate import TurnGate, WaitGraph
+from runtime.ids import ActorId
+from runtime.kinds import KindSpec
+
+if TYPE_CHECKING:
+    from runtime.supervisor import Supervisor
+
+
+class ActivationState(enum.Enum):
+    """Where an activation is in its life."""
+
+    STARTING = "starting"  # built; on_start has not finished
+    ACTIVE = "active"
+    CLOSED = "closed"  # passivated or shut down; its database is closed
+    FAILED = "failed"  # on_start raised; the next call builds a new activation
+
+
+class PassivationReason(enum.Enum):
+    """Why an activation was closed."""
+
+    IDLE = "idle"  # no call for longer than the idle timeout
+    CAPACITY = "capacity"  # least recently used when the active cap was passed
+    SHUTDOWN = "shutdown"  # the supervisor is closing
+    START_FAILED = "start_failed"  # on_start raised
+    REQUESTED = "requested"  # an administrator or the actor asked
+
+
+@dataclass(frozen=True, slots=True)
+class ActivationStats:
+    """A snapshot of one activation, for metrics and admin listings."""
+
+    address: str
+    state: ActivationState
+    turns: int
+    mailbox_depth: int
+    busy: bool
+    last_used: float
+
+
+class Activation:
+    """An actor instance with its database and gate. Owned by one ``Supervisor``."""
+
+    __slots__ = (
+        "id",
+        "label",
+        "kind",
+        "db",
+        "instance",
+        "gate",
+        "state",
+        "turns",
+        "last_used",
+        "failure",
+        "supervisor",
+        "started",
+    )
+
+    def __init__(self, actor_id: ActorId, kind: KindSpec, db: ActorDatabase, supervisor: Supervisor, graph: WaitGraph, now: float) -> None:
+        self.id = actor_id
+        self.label = str(actor_id)
+        self.kind = kind
+        self.db = db
+        self.instance: Any = None
+        self.gate = TurnGate(self.label, graph)
+        self.state = ActivationState.STARTING
+        self.turns = 0
+        self.last_used = now
+        self.failure: BaseException | None = None
+        self.supervisor = supervisor
+        self.started = kind.on_start is None
+
+    def stats(self) -> ActivationStats:
+        """A snapshot of this activation."""
+        gate = self.gate
+        return ActivationStats(self.label, self.state, self.turns, gate.waiting, gate.owner is not None, self.last_used)
+
+    def __repr__(self) -> str:
+        return f"<Activation {self.label} {self.state.value} turns={self.turns}>"

@@ -1,0 +1,508 @@
+"""The supervisor: routes calls to activations, runs turns, passivates idle actors.
+
+Turns run in the caller's task: a call finds (or builds) the activation, waits at its
+turn gate, runs the handler between ``begin_turn`` and ``commit``/``rollback``, and
+leaves the gate. No task per actor and no queue hop, so an in-process call costs a few
+microseconds. The supervisor owns its background tasks (the idle sweep, later alarms)
+in a nursery that ``async with`` bounds, and tracks every call that entered from
+outside so that closing can drain them, then cancel what is left.
+
+Invariants kept here: one activation per address (the table, and the exclusive lock on
+the database file behind it); nothing leaves a turn before its writes are committed
+(``commit`` before a reply, and before any call the turn makes); a turn that raises
+rolls back to its last output point and the actor keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import resource
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+import trio
+
+from storage.database import ActorDatabase, StorageOptions
+from storage.errors import DotdoError, StorageError
+
+from runtime import values
+from runtime.activation import Activation, ActivationState, ActivationStats, PassivationReason
+from runtime.context import ActorContext, Turn, current_supervisor, current_turn, new_chain_id, turn_of
+from runtime.errors import ActorError, CallTimeout, SupervisorClosed, Unavailable
+from runtime.gate import WaitGraph
+from runtime.ids import ActorId
+from runtime.kinds import KindSpec, MethodSpec, Registry, method_error
+from runtime.stubs import ActorStub, Namespaces
+
+log = logging.getLogger("dotdo.runtime")
+
+T = TypeVar("T")
+
+
+def default_max_active() -> int:
+    """The active-actor cap that fits the open-file limit (3 descriptors per actor, with
+    room left for sockets)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 65536
+    return max(16, (soft - 512) // 3)
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorConfig:
+    """Settings of one supervisor.
+
+    Attributes:
+        data_dir: Where actor databases live.
+        storage: Durability and cache settings for every database.
+        idle_timeout: Seconds without a call after which an actor is passivated.
+        max_active: Active actors kept at most; past it the least recently used idle
+            one is passivated. Defaults to what the open-file limit allows.
+        call_timeout: Default deadline of a call entering from outside, in seconds.
+        max_mailbox: Calls that may wait for one actor's turn; more get ``Overloaded``.
+        shutdown_grace: Seconds ``close`` lets running calls finish before cancelling.
+        env: Configuration values actors read as ``self.env``.
+    """
+
+    data_dir: Path
+    storage: StorageOptions = field(default_factory=StorageOptions)
+    idle_timeout: float = 120.0
+    max_active: int = field(default_factory=default_max_active)
+    call_timeout: float = 30.0
+    max_mailbox: int = 1000
+    shutdown_grace: float = 10.0
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorStats:
+    """A snapshot of the supervisor."""
+
+    active: int
+    busy: int
+    waiting_calls: int
+    calls_in_flight: int
+    activations: int
+    passivations: int
+
+
+class Supervisor:
+    """Hosts actor kinds; ``async with Supervisor(...) as sup:`` to run one.
+
+    Several supervisors may run in one process (each on its own data directory).
+    """
+
+    def __init__(self, kinds: Iterable[type | KindSpec], data_dir: Path | str, **settings: Any) -> None:
+        self.registry = Registry(kinds)
+        self.config = SupervisorConfig(data_dir=Path(data_dir), **settings)
+        self.env: Mapping[str, str] = MappingProxyType(dict(self.config.env))
+        self.S = Namespaces(self)
+        self._active: OrderedDict[tuple[str, str], Activation] = OrderedDict()
+        self._graph = WaitGraph()
+        self._entries: set[trio.CancelScope] = set()
+        self._drained = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._closing = False
+        self._previous: Supervisor | None = None
+        self._activations = 0
+        self._passivations = 0
+
+    # -- lifetime --------------------------------------------------------------------
+
+    async def __aenter__(self) -> Supervisor:
+        if self._nursery is not None or self._closing:
+            raise DotdoError("a Supervisor can be entered once")
+        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        self._nursery_cm = trio.open_nursery()
+        self._nursery = await self._nursery_cm.__aenter__()
+        await self._nursery.start(self._sweep_idle)
+        self._previous = current_supervisor.get(None)
+        current_supervisor.set(self)
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        try:
+            await self.close()
+        finally:
+            if current_supervisor.get(None) is self:
+                if self._previous is None:
+                    current_supervisor.set(None)  # type: ignore[arg-type]
+                else:
+                    current_supervisor.set(self._previous)
+            assert self._nursery is not None
+            self._nursery.cancel_scope.cancel()
+            suppressed = await self._nursery_cm.__aexit__(*exc_info)
+        return suppressed
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        """The nursery owning this supervisor's background tasks."""
+        if self._nursery is None:
+            raise SupervisorClosed("the supervisor is not running (use `async with`)")
+        return self._nursery
+
+    async def close(self) -> None:
+        """Stop taking calls, let running ones finish (up to the grace period), cancel
+        the rest, and close every database. Idempotent."""
+        if self._closing:
+            return
+        self._closing = True
+        try:
+            if self._entries:
+                with trio.move_on_after(self.config.shutdown_grace):
+                    await self._drained.wait()
+        finally:
+            # Even when close itself is cancelled: cancel what still runs, give it a
+            # moment to roll back, and close every database.
+            for scope in list(self._entries):
+                scope.cancel()
+            if self._entries:
+                with trio.CancelScope(shield=True) as shielded:
+                    shielded.deadline = trio.current_time() + 5
+                    await self._drained.wait()
+            for activation in list(self._active.values()):
+                self._passivate(activation, PassivationReason.SHUTDOWN)
+
+    # -- calls -----------------------------------------------------------------------
+
+    async def call(
+        self,
+        target: ActorId,
+        method: str,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Any:
+        """Call a public method of an actor and return its (copied) result.
+
+        From inside a turn the call joins that turn's chain and deadline, and the
+        turn's writes are committed first (the output gate).
+
+        Raises:
+            ActorNotFound, MethodNotAllowed, InvalidArguments: Refused before running.
+            ActorError: The method raised; its turn was rolled back.
+            CallTimeout, DeadlockError, Overloaded, Unavailable: See ``runtime.errors``.
+        """
+        spec = self.registry.method(target.namespace, method)
+        bound_args, bound_kwargs = spec.bind(tuple(args), dict(kwargs or {}))
+        return await self._route(target, spec.function, bound_args, bound_kwargs, True, timeout or spec.timeout)
+
+    async def call_packed(self, target: ActorId, method: str, payload: bytes, timeout: float | None = None) -> Any:
+        """``call`` with arguments encoded by ``values.pack([args, kwargs])`` (stubs)."""
+        spec = self.registry.method(target.namespace, method)
+        args, kwargs = self._unpack_args(payload)
+        bound_args, bound_kwargs = spec.bind(args, kwargs)
+        return await self._route(target, spec.function, bound_args, bound_kwargs, True, timeout or spec.timeout)
+
+    async def call_pipeline(self, target: ActorId, steps: list[tuple[str, bytes]], timeout: float | None = None) -> Any:
+        """Evaluate a pipelined chain of calls: each step runs on the actor the previous
+        step returned (a reference), the last step's result is returned."""
+        result: Any = None
+        for index, (method, payload) in enumerate(steps):
+            if index:
+                if not isinstance(result, ActorStub):
+                    raise DotdoError(
+                        f"pipeline step {index} ({steps[index - 1][0]}) returned a "
+                        f"{type(result).__name__}, not an actor reference: cannot call .{method}() on it"
+                    )
+                target = result.id
+            result = await self.call_packed(target, method, payload, timeout)
+        return result
+
+    async def fetch(self, target: ActorId, request: Any, *, timeout: float | None = None) -> Any:
+        """Hand an HTTP request to the actor's ``fetch`` and return its response.
+
+        Raises:
+            MethodNotAllowed: The kind has no ``fetch``.
+        """
+        kind = self.registry.kind(target.namespace)
+        if kind.fetch is None:
+            raise method_error(kind, "fetch")
+        return await self._route(target, kind.fetch, (request,), {}, False, timeout)
+
+    def check_namespace(self, namespace: str) -> KindSpec:
+        """Resolve a namespace for a stub (``ActorNotFound`` lists the known ones)."""
+        return self.registry.kind(namespace)
+
+    def check_method(self, namespace: str, method: str) -> MethodSpec:
+        """Resolve a method for a stub, so a wrong name fails where it is written."""
+        return self.registry.method(namespace, method)
+
+    def _unpack_args(self, payload: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        decoded = values.unpack(payload, self._ref)
+        if (
+            not isinstance(decoded, list)
+            or len(decoded) != 2
+            or not isinstance(decoded[0], list)
+            or not isinstance(decoded[1], dict)
+        ):
+            raise values.InvalidValue("call arguments must be encoded as [args, kwargs]")
+        return tuple(decoded[0]), decoded[1]
+
+    def _ref(self, actor_id: ActorId) -> ActorStub:
+        return ActorStub(self, actor_id)
+
+    async def _route(
+        self,
+        target: ActorId,
+        fn: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        copy_result: bool,
+        timeout: float | None,
+    ) -> Any:
+        turn = turn_of(self)
+        if turn is not None:
+            # The output gate: the calling turn's writes are durable before we leave it.
+            turn.activation.db.commit()
+            if timeout is None or trio.current_time() + timeout >= turn.deadline:
+                return await self._run(target, turn.chain, turn.path, turn.deadline, fn, args, kwargs, copy_result)
+            return await self._entry(target, turn.chain, turn.path, timeout, fn, args, kwargs, copy_result)
+        if self._closing:
+            raise SupervisorClosed("the supervisor is shutting down")
+        return await self._entry(target, new_chain_id(), (), timeout, fn, args, kwargs, copy_result)
+
+    async def _entry(
+        self,
+        target: ActorId,
+        chain: str,
+        path: tuple[str, ...],
+        timeout: float | None,
+        fn: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        copy_result: bool,
+    ) -> Any:
+        """Run a call under its own deadline, tracked so ``close`` can drain it."""
+        seconds = self.config.call_timeout if timeout is None else timeout
+        deadline = trio.current_time() + seconds
+        scope = trio.CancelScope(deadline=deadline)
+        self._entries.add(scope)
+        try:
+            with scope:
+                return await self._run(target, chain, path, deadline, fn, args, kwargs, copy_result)
+        finally:
+            self._entries.discard(scope)
+            if self._closing and not self._entries:
+                self._drained.set()
+        if self._closing:
+            raise SupervisorClosed("the call was cancelled because the supervisor is shutting down")
+        raise CallTimeout(f"call to {target} did not finish within {seconds:g} s; its turn was rolled back")
+
+    async def _run(
+        self,
+        target: ActorId,
+        chain: str,
+        path: tuple[str, ...],
+        deadline: float,
+        fn: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        copy_result: bool,
+    ) -> Any:
+        """Run one turn of ``fn`` on the actor ``target``."""
+        activation = self._activation(target)
+        gate = activation.gate
+        if gate.try_enter(chain):
+            # A free gate costs no wait, but every call still yields once, so that a
+            # loop of calls cannot starve the rest of the server.
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        else:
+            await gate.enter(chain, deadline, self.config.max_mailbox)
+        try:
+            if activation.state is not ActivationState.ACTIVE:
+                await self._ready(activation, chain, path, deadline)
+            db = activation.db
+            db.begin_turn()
+            token = current_turn.set(Turn(activation, chain, (*path, activation.label), deadline))
+            try:
+                result = await fn(activation.instance, *args, **kwargs)
+                if copy_result:
+                    result = values.unpack(values.pack(result), self._ref)
+                db.commit()
+            except BaseException as exc:
+                self._abort(activation, exc)
+                error = _public(exc, activation)
+                if error is exc:
+                    raise
+                raise error from exc
+            finally:
+                current_turn.reset(token)
+                db.end_turn()
+            return result
+        finally:
+            gate.exit()
+            activation.turns += 1
+            activation.last_used = trio.current_time()
+
+    def _abort(self, activation: Activation, exc: BaseException) -> None:
+        """Roll back a failed turn; log what the actor's own code raised."""
+        try:
+            activation.db.rollback()
+        except StorageError:
+            log.exception("rollback failed for %s", activation.label)
+        if isinstance(exc, Exception) and not isinstance(exc, DotdoError):
+            log.warning("%s raised %s: %s", activation.label, type(exc).__name__, exc, exc_info=exc)
+
+    async def _ready(self, activation: Activation, chain: str, path: tuple[str, ...], deadline: float) -> None:
+        """Finish starting an activation (run ``on_start``), or report why it cannot serve."""
+        state = activation.state
+        if state is ActivationState.STARTING:
+            if activation.started:  # a reentrant call while on_start runs
+                return
+            activation.started = True
+            on_start = activation.kind.on_start
+            assert on_start is not None
+            db = activation.db
+            db.begin_turn()
+            token = current_turn.set(Turn(activation, chain, (*path, activation.label), deadline))
+            failure: BaseException | None = None
+            try:
+                await on_start(activation.instance)
+                db.commit()
+            except BaseException as exc:
+                self._abort(activation, exc)
+                failure = exc
+            finally:
+                current_turn.reset(token)
+                db.end_turn()
+            if failure is None:
+                activation.state = ActivationState.ACTIVE
+                return
+            error = _public(failure, activation)
+            activation.failure = error
+            self._close_activation(activation, PassivationReason.START_FAILED, ActivationState.FAILED)
+            if error is failure:
+                raise error
+            raise error from failure
+        elif state is ActivationState.FAILED:
+            failure = activation.failure
+            if isinstance(failure, ActorError):
+                raise ActorError(failure.remote_type, f"on_start failed: {failure.message}", address=failure.address)
+            raise Unavailable(f"{activation.label} failed to start: {failure}")
+        elif state is ActivationState.CLOSED:
+            raise Unavailable(f"{activation.label} was closed while the call waited; retry")
+
+    # -- activations -----------------------------------------------------------------
+
+    def _activation(self, target: ActorId) -> Activation:
+        key = (target.namespace, target.hex)
+        active = self._active
+        activation = active.get(key)
+        if activation is not None:
+            active.move_to_end(key)
+            return activation
+        if self._closing and not self._entries:
+            raise SupervisorClosed("the supervisor is shutting down")
+        kind = self.registry.kind(target.namespace)
+        now = trio.current_time()
+        db = ActorDatabase.open(self.config.data_dir, target.address, self.config.storage, name=target.name)
+        activation = Activation(target, kind, db, self, self._graph, now)
+        try:
+            activation.instance = kind.create(ActorContext(target, db, self.env, self))
+        except BaseException as exc:
+            db.close()
+            error = _public(exc, activation)
+            if error is exc:
+                raise
+            raise error from exc
+        if activation.started:
+            activation.state = ActivationState.ACTIVE
+        excess = len(active) + 1 - self.config.max_active
+        if excess > 0:
+            self._evict(excess)
+        active[key] = activation
+        self._activations += 1
+        return activation
+
+    def _evict(self, count: int) -> None:
+        for activation in list(self._active.values()):
+            if count <= 0:
+                break
+            if activation.gate.idle and activation.state is not ActivationState.STARTING:
+                self._passivate(activation, PassivationReason.CAPACITY)
+                count -= 1
+
+    def _passivate(self, activation: Activation, reason: PassivationReason) -> bool:
+        """Close an idle activation. Never in the middle of a turn: a busy one is skipped
+        (except at shutdown, after running calls were drained or cancelled)."""
+        if not activation.gate.idle and reason is not PassivationReason.SHUTDOWN:
+            return False
+        self._close_activation(activation, reason, ActivationState.CLOSED)
+        return True
+
+    def _close_activation(self, activation: Activation, reason: PassivationReason, state: ActivationState) -> None:
+        key = (activation.id.namespace, activation.id.hex)
+        if self._active.get(key) is activation:
+            del self._active[key]
+        activation.state = state
+        self._passivations += 1
+        try:
+            activation.db.close()
+        except StorageError:
+            log.exception("closing %s (%s) failed", activation.label, reason.value)
+        log.debug("passivated %s (%s)", activation.label, reason.value)
+
+    def passivate(self, target: ActorId) -> bool:
+        """Passivate one actor now if it is active and idle; returns whether it was."""
+        activation = self._active.get((target.namespace, target.hex))
+        if activation is None:
+            return False
+        return self._passivate(activation, PassivationReason.REQUESTED)
+
+    def is_active(self, target: ActorId) -> bool:
+        """Whether ``target`` has an activation now."""
+        return (target.namespace, target.hex) in self._active
+
+    async def _sweep_idle(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        timeout = self.config.idle_timeout
+        interval = min(max(timeout / 4, 0.01), 10.0)
+        task_status.started()
+        if math.isinf(timeout):
+            return
+        while True:
+            await trio.sleep(interval)
+            cutoff = trio.current_time() - timeout
+            closed = 0
+            for activation in list(self._active.values()):
+                if activation.last_used > cutoff:
+                    break
+                if activation.state is ActivationState.ACTIVE and self._passivate(activation, PassivationReason.IDLE):
+                    closed += 1
+                    if closed % 100 == 0:
+                        await trio.sleep(0)
+
+    # -- introspection ---------------------------------------------------------------
+
+    def activations(self) -> list[ActivationStats]:
+        """A snapshot of every active actor, least recently used first."""
+        return [a.stats() for a in self._active.values()]
+
+    def statistics(self) -> SupervisorStats:
+        """Counters for metrics."""
+        acts = self._active.values()
+        return SupervisorStats(
+            active=len(self._active),
+            busy=sum(1 for a in acts if a.gate.owner is not None),
+            waiting_calls=sum(a.gate.waiting for a in acts),
+            calls_in_flight=len(self._entries),
+            activations=self._activations,
+            passivations=self._passivations,
+        )
+
+    def __repr__(self) -> str:
+        return f"<Supervisor {self.config.data_dir} kinds={list(self.registry.namespaces)} active={len(self._active)}>"
+
+
+def _public(exc: BaseException, activation: Activation) -> BaseException:
+    """What the caller sees: dotdo errors and cancellation as they are, anything the
+    actor's code raised as an ``ActorError`` naming its type."""
+    if isinstance(exc, DotdoError) or not isinstance(exc, Exception):
+        return exc
+    return ActorError(type(exc).__name__, str(exc), address=(activation.id.namespace, activation.id.hex))
