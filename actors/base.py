@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -26,6 +27,9 @@ class DO:
     - ``async def on_start(self)``: runs once per activation, before any call (a turn).
     - ``async def fetch(self, request)``: handles HTTP under ``/{namespace}/{id}/...``;
       gets a starlette ``Request``, returns a starlette ``Response``.
+    - ``async def alarm(self, info)`` (or ``alarm(self)``): runs when the alarm set with
+      ``set_alarm`` fires; ``info`` is an ``AlarmInfo`` (``scheduled_time``,
+      ``retry_count``, ``is_retry``). Raising retries it with backoff.
 
     The runtime sets these before ``__init__`` runs (which takes no arguments):
 
@@ -83,8 +87,31 @@ class DO:
         self.sql = ctx.db.sql
         self.env = ctx.env
         self.S = Workflow(ctx)
+        self._dotdo_ctx = ctx
         self.__init__()  # type: ignore[misc]
         return self
+
+    # -- the alarm -------------------------------------------------------------------
+
+    def set_alarm(self, when: dt.datetime | dt.timedelta | float) -> dt.datetime:
+        """Set this actor's one alarm, replacing any; ``alarm(info)`` runs then.
+
+        ``when`` is a timezone-aware datetime, a timedelta from now, or epoch seconds; a
+        time in the past fires as soon as possible. Written in this turn's commit: if the
+        turn fails, the alarm stays as it was. Returns the time, in UTC.
+        """
+        ctx = self._dotdo_ctx
+        return ctx.supervisor.alarms.set_alarm(ctx, when)
+
+    def get_alarm(self) -> dt.datetime | None:
+        """When the alarm will run next (UTC), or None when unset or while ``alarm`` runs."""
+        ctx = self._dotdo_ctx
+        return ctx.supervisor.alarms.get_alarm(ctx)
+
+    def delete_alarm(self) -> bool:
+        """Delete the alarm; inside ``alarm`` it also stops retries. Whether one was set."""
+        ctx = self._dotdo_ctx
+        return ctx.supervisor.alarms.delete_alarm(ctx)
 
     def __repr__(self) -> str:
         actor_id = getattr(self, "id", None)

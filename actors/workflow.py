@@ -1,4 +1,5 @@
-"""``self.S``: an actor's view of the rest of the system (stubs to other actors).
+"""``self.S``: an actor's view of the rest of the system (stubs to other actors, its
+recurring schedules).
 
 ``self.S.Customer("alice").notify("hi")`` calls another actor. The call is part of the
 current turn's call chain (so a call back to this actor is admitted) and its deadline,
@@ -11,7 +12,10 @@ from typing import TYPE_CHECKING
 
 from runtime.stubs import NamespaceStub
 
+from actors.schedules import Every
+
 if TYPE_CHECKING:
+    from runtime.alarms import ScheduleInfo
     from runtime.context import ActorContext
 
 
@@ -22,6 +26,23 @@ class Workflow:
 
     def __init__(self, ctx: ActorContext) -> None:
         self._ctx = ctx
+
+    @property
+    def every(self) -> Every:
+        """Recurring schedules: ``self.S.every("daily at 6am", self.report)``, or
+        ``self.S.every.monday.at("9am")(self.report)`` (see ``actors.schedules``)."""
+        return Every(self._ctx)
+
+    def schedules(self) -> list[ScheduleInfo]:
+        """This actor's schedules, by name, with their next and last runs."""
+        ctx = self._ctx
+        return ctx.supervisor.alarms.schedules(ctx)
+
+    def unschedule(self, name: str) -> bool:
+        """Remove the schedule ``name`` (by default a schedule is named after its
+        method); whether there was one."""
+        ctx = self._ctx
+        return ctx.supervisor.alarms.remove_schedule(ctx, name)
 
     def __getattr__(self, namespace: str) -> NamespaceStub:
         if namespace.startswith("_"):

@@ -30,6 +30,7 @@ from dotdo.errors import (
     InvalidKey,
     InvalidNamespace,
     InvalidQuery,
+    InvalidSchedule,
     InvalidValue,
     MethodNotAllowed,
     Overloaded,
@@ -42,6 +43,7 @@ from dotdo.errors import (
     Unavailable,
 )
 from dotdo.server import ServeOptions, serve
+from runtime.alarms import AlarmInfo, ScheduleInfo, ScheduleRun
 from runtime.ids import ActorId, id_from_name, id_from_string, new_unique_id
 from runtime.supervisor import Supervisor
 from storage.database import Durability
@@ -53,6 +55,7 @@ __all__ = [
     "ActorError",
     "ActorId",
     "ActorNotFound",
+    "AlarmInfo",
     "BodyTooLarge",
     "CallTimeout",
     "DatabaseLocked",
@@ -65,11 +68,14 @@ __all__ = [
     "InvalidKey",
     "InvalidNamespace",
     "InvalidQuery",
+    "InvalidSchedule",
     "InvalidValue",
     "MethodNotAllowed",
     "Overloaded",
     "RowCountError",
     "S",
+    "ScheduleInfo",
+    "ScheduleRun",
     "ServeOptions",
     "SqlError",
     "StorageError",

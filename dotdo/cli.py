@@ -1,4 +1,4 @@
-"""The ``dotdo`` command: ``serve`` and ``call`` (``dotdo <command> --help`` for each)."""
+"""The ``dotdo`` command: ``serve``, ``call`` and ``alarms`` (``dotdo <command> --help`` for each)."""
 
 from __future__ import annotations
 
@@ -93,6 +93,18 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--kw", type=_env_pair, action="append", default=[], metavar="NAME=JSON", help="a keyword argument; repeatable")
     call.add_argument("--url", default=os.environ.get("DOTDO_URL", DEFAULT_URL), help=f"server URL (default: $DOTDO_URL or {DEFAULT_URL})")
     call.add_argument("--timeout", type=_positive(float), default=60.0, metavar="SECONDS", help="give up after this long (default: 60)")
+
+    alarms = commands.add_parser(
+        "alarms",
+        help="list pending alarms and schedules of a running server",
+        description="List every pending alarm and schedule of a running server, by actor, "
+        "with the time it runs next (UTC).",
+    )
+    alarms.add_argument("--namespace", help="only actors of this namespace")
+    alarms.add_argument("--limit", type=_positive(int), default=1000, metavar="N", help="list at most N (default: 1000)")
+    alarms.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    alarms.add_argument("--url", default=os.environ.get("DOTDO_URL", DEFAULT_URL), help=f"server URL (default: $DOTDO_URL or {DEFAULT_URL})")
+    alarms.add_argument("--timeout", type=_positive(float), default=30.0, metavar="SECONDS", help="give up after this long (default: 30)")
     return parser
 
 
@@ -154,12 +166,7 @@ def cmd_call(args: argparse.Namespace) -> int:
         with urllib.request.urlopen(request, timeout=args.timeout) as response:
             payload = json.loads(response.read() or b"null")
     except urllib.error.HTTPError as exc:
-        try:
-            error = json.loads(exc.read())
-            print(f"error {exc.code} {error.get('error')}: {error.get('message')}", file=sys.stderr)
-        except ValueError:
-            print(f"error {exc.code}: {exc.reason}", file=sys.stderr)
-        return 1
+        return _http_error(exc)
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         print(f"dotdo call: cannot reach {args.url}: {reason}", file=sys.stderr)
@@ -168,9 +175,58 @@ def cmd_call(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_alarms(args: argparse.Namespace) -> int:
+    rows: list[dict[str, Any]] = []
+    after: str | None = None
+    while len(rows) < args.limit:
+        query = {"limit": str(min(1000, args.limit - len(rows)))}
+        if args.namespace:
+            query["namespace"] = args.namespace
+        if after:
+            query["after"] = after
+        url = f"{args.url.rstrip('/')}/_admin/alarms?{urllib.parse.urlencode(query)}"
+        try:
+            with urllib.request.urlopen(url, timeout=args.timeout) as response:
+                page = json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return _http_error(exc)
+        except (urllib.error.URLError, OSError) as exc:
+            print(f"dotdo alarms: cannot reach {args.url}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
+            return 2
+        rows.extend(page["alarms"])
+        after = page.get("after")
+        if not after:
+            break
+    if args.json:
+        for row in rows:
+            print(json.dumps(row, ensure_ascii=False))
+        return 0
+    if not rows:
+        print("no pending alarms or schedules")
+        return 0
+    table = [("NEXT (UTC)", "ACTOR", "WHAT", "RETRIES")]
+    for row in rows:
+        actor = f"{row['namespace']}/{row['name'] if row['name'] is not None else row['id']}"
+        what = "alarm" if row["kind"] == "alarm" else f"schedule {row['item']}: {row['schedule']}"
+        table.append((row["next"][:19].replace("T", " "), actor, what, str(row["retries"])))
+    widths = [max(len(line[i]) for line in table) for i in range(3)]
+    for line in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)) + "  " + line[3])
+    return 0
+
+
+def _http_error(exc: urllib.error.HTTPError) -> int:
+    try:
+        error = json.loads(exc.read())
+        print(f"error {exc.code} {error.get('error')}: {error.get('message')}", file=sys.stderr)
+    except ValueError:
+        print(f"error {exc.code}: {exc.reason}", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    handlers = {"serve": cmd_serve, "call": cmd_call}
+    handlers = {"serve": cmd_serve, "call": cmd_call, "alarms": cmd_alarms}
     sys.exit(handlers[args.command](args))
 
 

@@ -10,6 +10,7 @@
     │   ├── InvalidValue                 400
     │   ├── InvalidQuery                 400
     │   ├── InvalidArguments             400
+    │   ├── InvalidSchedule              400
     │   ├── StorageLimitExceeded         400
     │   └── BodyTooLarge                 413
     ├── ActorNotFound                    404  unknown namespace
@@ -38,6 +39,7 @@ from runtime.errors import (
     CallTimeout,
     DeadlockError,
     InvalidArguments,
+    InvalidSchedule,
     MethodNotAllowed,
     Overloaded,
     SupervisorClosed,
@@ -102,6 +104,7 @@ __all__ = [
     "InvalidKey",
     "InvalidNamespace",
     "InvalidQuery",
+    "InvalidSchedule",
     "InvalidValue",
     "MethodNotAllowed",
     "Overloaded",

@@ -6,6 +6,9 @@ Routes (``{id}`` is a name, or a 64-hex id of the namespace)::
     GET  /_kinds                               namespaces and their callable methods
     POST /_rpc/{namespace}/{id}/{method}       body {"args": [...], "kwargs": {...}}
                                                -> {"result": ...}
+    GET  /_admin/alarms[?namespace=&limit=&after=]
+                                               pending alarms and schedules by actor:
+                                               {"alarms": [...], "after": <next page cursor>}
     *    /{namespace}/{id}[/{path}]            the actor's fetch(request)
 
 Errors are JSON ``{"error": <type>, "message": ...}`` with the status of
@@ -175,6 +178,41 @@ def create_app(supervisor: Supervisor, *, max_body: int = DEFAULT_MAX_BODY, debu
         response = await supervisor.fetch(addressed(request), request)
         return _as_response(response)
 
+    async def alarms(request: Request) -> Response:
+        query = request.query_params
+        namespace = query.get("namespace") or None
+        if namespace is not None:
+            supervisor.registry.kind(namespace)
+        try:
+            limit = int(query.get("limit", "1000"))
+        except ValueError:
+            raise InvalidInput("limit must be a whole number") from None
+        if not 1 <= limit <= 10_000:
+            raise InvalidInput("limit must be between 1 and 10000")
+        after = None
+        if query.get("after"):
+            parts = query["after"].split("/", 2)
+            if len(parts) != 3:
+                raise InvalidInput("after is the cursor of the previous page (namespace/hex/item)")
+            after = (parts[0], parts[1], parts[2])
+        entries = supervisor.alarms.pending(namespace, limit, after)
+        listing = [
+            {
+                "namespace": e.namespace,
+                "id": e.hex,
+                "name": e.name,
+                "kind": e.kind,
+                "item": e.item,
+                "schedule": e.spec,
+                "next": _iso(e.due),
+                "retries": e.retries,
+            }
+            for e in entries
+        ]
+        last = entries[-1] if len(entries) == limit else None
+        cursor = f"{last.namespace}/{last.hex}/{last.item}" if last is not None else None
+        return JSON({"alarms": listing, "after": cursor})
+
     async def on_error(request: Request, exc: Exception) -> Response:
         if not isinstance(exc, DotdoError):
             log.error("unhandled error serving %s %s", request.method, request.url.path, exc_info=exc)
@@ -184,6 +222,7 @@ def create_app(supervisor: Supervisor, *, max_body: int = DEFAULT_MAX_BODY, debu
         Route("/_health", health, methods=["GET", "HEAD"]),
         Route("/_kinds", kinds, methods=["GET"]),
         Route("/_rpc/{namespace}/{id}/{method}", rpc, methods=["POST"]),
+        Route("/_admin/alarms", alarms, methods=["GET"]),
         Route("/{namespace}/{id}", actor, methods=_ALL_METHODS),
         Route("/{namespace}/{id}/{rest:path}", actor, methods=_ALL_METHODS),
     ]
@@ -192,6 +231,10 @@ def create_app(supervisor: Supervisor, *, max_body: int = DEFAULT_MAX_BODY, debu
     app = Starlette(routes=routes, exception_handlers={DotdoError: on_error, Exception: on_error})
     app.add_middleware(BodyLimit, limit=max_body)
     return app
+
+
+def _iso(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).isoformat()
 
 
 def _as_response(value: Any) -> Response:

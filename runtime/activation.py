@@ -63,6 +63,9 @@ class Activation:
         "failure",
         "supervisor",
         "started",
+        "wake_dirty",
+        "alarm_running",
+        "alarm_deleted",
     )
 
     def __init__(self, actor_id: ActorId, kind: KindSpec, db: ActorDatabase, supervisor: Supervisor, graph: WaitGraph, now: float) -> None:
@@ -78,6 +81,9 @@ class Activation:
         self.failure: BaseException | None = None
         self.supervisor = supervisor
         self.started = kind.on_start is None
+        self.wake_dirty = False  # a turn changed the alarm or schedules: sync the index
+        self.alarm_running: int | None = None  # seq of the alarm whose handler runs
+        self.alarm_deleted = False  # delete_alarm() was called by the running handler
 
     def stats(self) -> ActivationStats:
         """A snapshot of this activation."""

@@ -24,6 +24,10 @@ class InvalidArguments(InvalidInput):
     """A call's arguments do not fit the method's signature or types."""
 
 
+class InvalidSchedule(InvalidInput):
+    """A schedule phrase, cron string or time zone that cannot be understood."""
+
+
 class ActorNotFound(DotdoError):
     """No actor kind is registered under this namespace.
 

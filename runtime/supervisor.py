@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import resource
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from storage.database import ActorDatabase, StorageOptions
 from storage.errors import DotdoError, StorageError
 
 from runtime import values
+from runtime.alarms import AlarmService
 from runtime.activation import Activation, ActivationState, ActivationStats, PassivationReason
 from runtime.context import ActorContext, Turn, current_supervisor, current_turn, new_chain_id, turn_of
 from runtime.errors import ActorError, CallTimeout, SupervisorClosed, Unavailable
@@ -67,6 +69,12 @@ class SupervisorConfig:
         max_mailbox: Calls that may wait for one actor's turn; more get ``Overloaded``.
         shutdown_grace: Seconds ``close`` lets running calls finish before cancelling.
         env: Configuration values actors read as ``self.env``.
+        alarm_retry_initial: Seconds before the first retry of a failed alarm; each
+            retry waits twice as long as the one before (plus jitter).
+        alarm_max_retries: Retries of a failed alarm before it is abandoned.
+        alarm_concurrency: Alarms delivered at once.
+        clock: Wall-clock time in epoch seconds, for alarms (tests pass one that follows
+            trio's clock, so a ``MockClock`` drives alarms too).
     """
 
     data_dir: Path
@@ -77,6 +85,10 @@ class SupervisorConfig:
     max_mailbox: int = 1000
     shutdown_grace: float = 10.0
     env: Mapping[str, str] = field(default_factory=dict)
+    alarm_retry_initial: float = 2.0
+    alarm_max_retries: int = 6
+    alarm_concurrency: int = 16
+    clock: Callable[[], float] = time.time
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +114,7 @@ class Supervisor:
         self.config = SupervisorConfig(data_dir=Path(data_dir), **settings)
         self.env: Mapping[str, str] = MappingProxyType(dict(self.config.env))
         self.S = Namespaces(self)
+        self.alarms = AlarmService(self)
         self._active: OrderedDict[tuple[str, str], Activation] = OrderedDict()
         self._graph = WaitGraph()
         self._entries: set[trio.CancelScope] = set()
@@ -118,9 +131,11 @@ class Supervisor:
         if self._nursery is not None or self._closing:
             raise DotdoError("a Supervisor can be entered once")
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.alarms.open()
         self._nursery_cm = trio.open_nursery()
         self._nursery = await self._nursery_cm.__aenter__()
         await self._nursery.start(self._sweep_idle)
+        await self._nursery.start(self.alarms.run)
         self._previous = current_supervisor.get(None)
         current_supervisor.set(self)
         return self
@@ -167,6 +182,12 @@ class Supervisor:
                     await self._drained.wait()
             for activation in list(self._active.values()):
                 self._passivate(activation, PassivationReason.SHUTDOWN)
+            self.alarms.close()
+
+    @property
+    def closing(self) -> bool:
+        """Whether ``close`` has begun (no new calls are taken)."""
+        return self._closing
 
     # -- calls -----------------------------------------------------------------------
 
@@ -225,6 +246,15 @@ class Supervisor:
         if kind.fetch is None:
             raise method_error(kind, "fetch")
         return await self._route(target, kind.fetch, (request,), {}, False, timeout)
+
+    async def run_turn(
+        self, target: ActorId, fn: Callable[[Any], Awaitable[T]], *, timeout: float | None = None
+    ) -> T:
+        """Run ``fn(instance)`` as a turn of its own on ``target`` (a new call chain), for
+        the runtime's own work on an actor (alarms, administration)."""
+        if self._closing:
+            raise SupervisorClosed("the supervisor is shutting down")
+        return await self._entry(target, new_chain_id(), (), timeout, fn, (), {}, False)
 
     def check_namespace(self, namespace: str) -> KindSpec:
         """Resolve a namespace for a stub (``ActorNotFound`` lists the known ones)."""
@@ -335,6 +365,8 @@ class Supervisor:
             finally:
                 current_turn.reset(token)
                 db.end_turn()
+                if activation.wake_dirty and not db.in_turn:
+                    self.alarms.sync(activation)
             return result
         finally:
             gate.exit()
@@ -372,6 +404,8 @@ class Supervisor:
             finally:
                 current_turn.reset(token)
                 db.end_turn()
+                if activation.wake_dirty and not db.in_turn:
+                    self.alarms.sync(activation)
             if failure is None:
                 activation.state = ActivationState.ACTIVE
                 return

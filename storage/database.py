@@ -38,6 +38,7 @@ from storage.address import Address
 from storage.errors import DatabaseLocked, StorageError, TransactionError
 
 if TYPE_CHECKING:
+    from storage.alarms import AlarmStore
     from storage.kv import KVStore
     from storage.sql import SqlStore
 
@@ -127,6 +128,7 @@ class ActorDatabase:
         "_savepoints",
         "_kv",
         "_sql",
+        "_alarms",
         "_vectors_loaded",
     )
 
@@ -139,6 +141,7 @@ class ActorDatabase:
         self._savepoints = 0
         self._kv: KVStore | None = None
         self._sql: SqlStore | None = None
+        self._alarms: AlarmStore | None = None
         self._vectors_loaded = False
 
     # -- opening and closing ---------------------------------------------------------
@@ -251,6 +254,15 @@ class ActorDatabase:
 
             self._sql = SqlStore(self)
         return self._sql
+
+    @property
+    def alarms(self) -> AlarmStore:
+        """The actor's alarm and schedules."""
+        if self._alarms is None:
+            from storage.alarms import AlarmStore
+
+            self._alarms = AlarmStore(self)
+        return self._alarms
 
     @property
     def connection(self) -> apsw.Connection:

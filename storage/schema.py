@@ -47,6 +47,43 @@ MIGRATIONS: tuple[Migration, ...] = (
             """
         ),
     ),
+    Migration(
+        2,
+        "the alarm, recurring schedules and abandoned alarm runs",
+        _run(
+            """
+            CREATE TABLE _dotdo_alarm(
+                slot INTEGER PRIMARY KEY CHECK (slot = 1),
+                scheduled REAL NOT NULL,
+                due REAL NOT NULL,
+                retry_count INTEGER NOT NULL DEFAULT 0,
+                seq INTEGER NOT NULL
+            );
+            CREATE TABLE _dotdo_schedules(
+                name TEXT PRIMARY KEY,
+                phrase TEXT NOT NULL,
+                spec TEXT NOT NULL,
+                tz TEXT NOT NULL,
+                method TEXT NOT NULL,
+                next_run REAL NOT NULL,
+                last_run REAL,
+                runs INTEGER NOT NULL DEFAULT 0,
+                failures INTEGER NOT NULL DEFAULT 0,
+                last_error TEXT,
+                created_at REAL NOT NULL
+            ) WITHOUT ROWID;
+            CREATE TABLE _dotdo_alarm_failures(
+                id INTEGER PRIMARY KEY,
+                item TEXT NOT NULL,
+                scheduled REAL NOT NULL,
+                failed_at REAL NOT NULL,
+                attempts INTEGER NOT NULL,
+                error_type TEXT NOT NULL,
+                message TEXT NOT NULL
+            );
+            """
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
