@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from actors.base import DO
+from storage.errors import InvalidInput
 
 
 class Counter(DO):
@@ -41,7 +42,10 @@ class Counter(DO):
     async def fetch(self, request: Request) -> Response:
         tail = request.url.path.rstrip("/").rsplit("/", 1)[-1]
         if request.method == "POST" and tail == "increment":
-            by = int(request.query_params.get("by", "1"))
+            try:
+                by = int(request.query_params.get("by", "1"))
+            except ValueError:
+                raise InvalidInput("?by= must be an integer") from None
             return JSONResponse({"value": await self.increment(by)})
         if request.method == "GET":
             return JSONResponse({"value": await self.get()})
@@ -73,7 +77,12 @@ class Customer(DO):
 
     async def fetch(self, request: Request) -> Response:
         if request.method == "POST":
-            body = json.loads(await request.body() or b"{}")
+            try:
+                body = json.loads(await request.body() or b"{}")
+            except ValueError:
+                body = None
+            if not isinstance(body, dict):
+                raise InvalidInput('the body must be a JSON object: {"message": "..."}')
             size = await self.notify(str(body.get("message", "")))
             return JSONResponse({"inbox_size": size})
         return JSONResponse({"inbox": await self.inbox()})

@@ -1,7 +1,8 @@
 """Which methods of an actor class can be called from outside, and argument checking.
 
 A method is callable when it is an ``async def`` whose name does not start with ``_``,
-defined on the user's class (or a base of it below ``DO``), and not a lifecycle hook.
+defined on the user's class (or a base or mixin of it other than ``DO`` and its bases),
+and not a lifecycle hook.
 Its arguments are checked before its turn starts: against its signature, and against
 its type annotations with pydantic (lax mode: ``"3"`` is accepted for an ``int``), so
 a wrong call is refused with ``InvalidArguments`` and changes nothing.
@@ -44,6 +45,8 @@ def rpc(fn: F | None = None, *, timeout: float | None = None) -> Any:
             raise TypeError(f"@rpc needs an async method, got {f.__qualname__}")
         if f.__name__.startswith("_"):
             raise TypeError(f"@rpc cannot expose private method {f.__qualname__}")
+        if f.__name__ in LIFECYCLE:
+            raise TypeError(f"@rpc cannot expose lifecycle hook {f.__qualname__}")
         f.__dotdo_rpc_timeout__ = timeout  # type: ignore[attr-defined]
         return f
 
@@ -116,15 +119,16 @@ def _describe(name: str, params: list[inspect.Parameter], exc: pydantic.Validati
 
 
 def public_methods(cls: type, base: type) -> tuple[dict[str, MethodSpec], dict[str, str]]:
-    """The callable methods of ``cls`` (defined below ``base`` in its MRO), and the names
-    that exist but cannot be called, each with the reason."""
+    """The callable methods of ``cls`` (defined on it or any base, mixins included, except
+    ``base`` and its own bases), and the names that exist but cannot be called, each with
+    the reason."""
     methods: dict[str, MethodSpec] = {}
     hidden: dict[str, str] = {name: "a lifecycle hook is not callable from outside" for name in LIFECYCLE}
     for name in dir(base):
         if not name.startswith("_") and name not in hidden:
             hidden[name] = "part of the DO base class, not callable from outside"
     for klass in reversed(cls.__mro__):
-        if klass is base or not issubclass(klass, base):
+        if klass in base.__mro__:  # DO and what it derives from; mixins count as the user's
             continue
         for name, attr in vars(klass).items():
             if name.startswith("_") or name in LIFECYCLE:

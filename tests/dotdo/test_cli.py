@@ -1,0 +1,301 @@
+"""The ``dotdo`` command: argument parsing, ``dotdo call`` against a server in this
+process, and ``python -m dotdo serve`` / ``call`` as real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from actors.examples import EXAMPLES
+from dotdo.cli import DEFAULT_URL, _json_or_text, build_parser, main
+from storage.database import Durability
+from tests.dotdo.kinds import Waker
+from tests.dotdo.serving import serving
+
+# -- parsing ---------------------------------------------------------------------------
+
+
+def parse_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(argv)
+    assert info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_serve_defaults() -> None:
+    args = build_parser().parse_args(["serve"])
+    assert args.modules == []
+    assert (args.host, args.port, args.data) == ("127.0.0.1", 8787, Path("dotdo-data"))
+    assert Durability(args.durability) is Durability.NORMAL
+    assert (args.max_body, args.call_timeout, args.max_mailbox) == (1024 * 1024, 30.0, 1000)
+    assert args.max_active is None and args.env == [] and args.debug is False
+
+
+def test_serve_options() -> None:
+    args = build_parser().parse_args(
+        ["serve", "a.py", "pkg.mod", "--port", "0", "--env", "A=1", "--env", "B=x=y", "--env", "C=",
+         "--durability", "full", "--max-body", "10", "--idle-timeout", "0.5", "--debug"]
+    )
+    assert args.modules == ["a.py", "pkg.mod"]
+    assert args.port == 0
+    assert args.env == [("A", "1"), ("B", "x=y"), ("C", "")]
+    assert args.durability == "full" and args.max_body == 10 and args.idle_timeout == 0.5 and args.debug
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["serve", "--port", "65536"], "port out of range: 65536"),
+        (["serve", "--port", "-1"], "port out of range: -1"),
+        (["serve", "--port", "http"], "not a port number: 'http'"),
+        (["serve", "--max-body", "0"], "must be positive: '0'"),
+        (["serve", "--call-timeout", "-1"], "must be positive: '-1'"),
+        (["serve", "--idle-timeout", "soon"], "not a number: 'soon'"),
+        (["serve", "--max-mailbox", "1.5"], "not a number: '1.5'"),
+        (["serve", "--env", "NOEQUALS"], "expected KEY=VALUE, got 'NOEQUALS'"),
+        (["serve", "--env", "=value"], "expected KEY=VALUE, got '=value'"),
+        (["serve", "--durability", "sometimes"], "invalid choice: 'sometimes'"),
+        (["call", "Counter", "x", "get", "--kw", "novalue"], "expected KEY=VALUE"),
+        (["call", "Counter", "x"], "the following arguments are required: method"),
+        ([], "the following arguments are required: COMMAND"),
+    ],
+)
+def test_bad_arguments_are_refused(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert message in parse_error(argv, capsys)
+
+
+def test_call_url_defaults_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DOTDO_URL", raising=False)
+    assert build_parser().parse_args(["call", "Counter", "x", "get"]).url == DEFAULT_URL == "http://127.0.0.1:8787"
+    monkeypatch.setenv("DOTDO_URL", "http://127.0.0.1:9999")
+    assert build_parser().parse_args(["call", "Counter", "x", "get"]).url == "http://127.0.0.1:9999"
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("5", 5), ('"5"', "5"), ("hi", "hi"), ('{"a": [1]}', {"a": [1]}), ("null", None), ("true", True), ("{oops", "{oops")],
+)
+def test_call_arguments_are_json_or_text(text: str, value: Any) -> None:
+    assert _json_or_text(text) == value
+
+
+# -- dotdo call, against a server in this process ----------------------------------------
+
+
+async def run_main(argv: list[str]) -> int:
+    """Run ``dotdo`` in a thread (it blocks on urllib) while the server runs in trio."""
+
+    def target() -> int:
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        return int(info.value.code or 0)
+
+    with trio.fail_after(20):
+        return await trio.to_thread.run_sync(target)
+
+
+async def test_call_prints_the_json_result(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    async with serving(EXAMPLES, tmp_path) as server:
+        url = ["--url", server.url + "/"]
+        assert await run_main(["call", *url, "Counter", "x", "increment"]) == 0
+        assert capsys.readouterr().out == "1\n"
+        assert await run_main(["call", *url, "Counter", "x", "increment", "5"]) == 0
+        assert capsys.readouterr().out == "6\n"
+        assert await run_main(["call", *url, "Counter", "x", "increment", "--kw", "by=-2"]) == 0
+        assert capsys.readouterr().out == "4\n"
+        assert await run_main(["call", *url, "Customer", "zoë", "notify", "hi"]) == 0
+        assert await run_main(["call", *url, "Customer", "zoë", "notify", '"hi"']) == 0
+        assert capsys.readouterr().out == "1\n2\n"
+        assert await run_main(["call", *url, "Customer", "zoë", "inbox", "1"]) == 0
+        [message] = json.loads(capsys.readouterr().out)
+        assert message["message"] == "hi"
+        assert await run_main(["call", *url, "Order", "o", "status"]) == 0
+        assert capsys.readouterr().out == "null\n"
+
+
+async def test_call_reports_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    async with serving(EXAMPLES, tmp_path) as server:
+        url = ["--url", server.url]
+        assert await run_main(["call", *url, "Counter", "x", "explode"]) == 1
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err.startswith("error 404 MethodNotAllowed: Counter.explode: no such public method")
+        assert await run_main(["call", *url, "Nope", "x", "get"]) == 1
+        assert capsys.readouterr().err.startswith("error 404 ActorNotFound: no actor kind 'Nope'")
+        # An argument that parses as JSON is sent as JSON: 42 is a number, not text.
+        assert await run_main(["call", *url, "Customer", "c", "notify", "42"]) == 1
+        assert "error 400 InvalidArguments: notify(): argument 'message'" in capsys.readouterr().err
+        # A name with characters that must be quoted in a URL.
+        assert await run_main(["call", *url, "Counter", "a b?c#d", "increment"]) == 0
+        assert capsys.readouterr().out == "1\n"
+
+
+async def test_alarms_lists_what_is_pending(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    async with serving([Waker, *EXAMPLES], tmp_path) as server:
+        url = ["--url", server.url]
+        assert await run_main(["alarms", *url]) == 0
+        assert capsys.readouterr().out == "no pending alarms or schedules\n"
+        await server.client.post("/_rpc/Waker/w1/wake_in", json={"args": [3600]})
+        await server.client.post("/_rpc/Waker/w2/wake_in", json={"args": [7200]})
+        await server.client.post("/_rpc/Waker/w1/daily", json={})
+        assert await run_main(["alarms", *url]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0].split() == ["NEXT", "(UTC)", "ACTOR", "WHAT", "RETRIES"]
+        assert len(lines) == 4
+        assert any("Waker/w1" in line and "schedule report: daily at 6am" in line for line in lines)
+        assert sum("Waker/w" in line and line.split()[-2:] == ["alarm", "0"] for line in lines) == 2
+        assert await run_main(["alarms", *url, "--json", "--limit", "2"]) == 0
+        rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert len(rows) == 2 and all(row["namespace"] == "Waker" for row in rows)
+        assert await run_main(["alarms", *url, "--namespace", "Counter"]) == 0
+        assert capsys.readouterr().out == "no pending alarms or schedules\n"
+        assert await run_main(["alarms", *url, "--namespace", "Nope"]) == 1
+        assert capsys.readouterr().err.startswith("error 404 ActorNotFound: no actor kind 'Nope'")
+
+
+async def test_call_reports_an_unreachable_server(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as sock:  # a port on loopback that nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    assert await run_main(["call", "--url", url, "--timeout", "5", "Counter", "x", "get"]) == 2
+    assert capsys.readouterr().err.startswith(f"dotdo call: cannot reach {url}:")
+
+
+# -- python -m dotdo, as subprocesses ----------------------------------------------------
+
+STARTUP_TIMEOUT = 30
+STOP_TIMEOUT = 15
+
+
+def environment() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "DOTDO_URL"}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@dataclass
+class Served:
+    process: trio.Process
+    url: str
+    stdout: Path
+    stderr: Path
+
+    def output(self) -> str:
+        return self.stdout.read_text()
+
+
+@asynccontextmanager
+async def dotdo_serve(tmp_path: Path, *args: str) -> AsyncIterator[Served]:
+    """``python -m dotdo serve --port 0 ARGS`` until it printed its URL; killed on exit
+    if it is still running."""
+    stdout, stderr = tmp_path / "serve.out", tmp_path / "serve.err"
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "dotdo", "serve", "--port", "0", *args],
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            cwd=tmp_path,
+            env=environment(),
+        )
+    try:
+        with trio.fail_after(STARTUP_TIMEOUT):
+            while "stop: Ctrl-C" not in stdout.read_text():
+                if process.poll() is not None:
+                    raise AssertionError(f"dotdo serve exited with {process.returncode}: {stderr.read_text()}")
+                await trio.sleep(0.02)
+        [url] = [line.split("http: ", 1)[1] for line in stdout.read_text().splitlines() if "http: " in line]
+        assert url.startswith("http://127.0.0.1:") and not url.endswith(":0")
+        yield Served(process, url, stdout, stderr)
+    finally:
+        if process.returncode is None:
+            process.kill()
+        with trio.move_on_after(STOP_TIMEOUT):
+            await process.wait()
+
+
+async def dotdo(*args: str, cwd: Path) -> subprocess.CompletedProcess[bytes]:
+    with trio.fail_after(STARTUP_TIMEOUT):
+        return await trio.run_process(
+            [sys.executable, "-m", "dotdo", *args],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            stdin=subprocess.DEVNULL,
+            cwd=cwd,
+            env=environment(),
+        )
+
+
+async def stop(served: Served, sig: signal.Signals) -> int:
+    served.process.send_signal(sig)
+    with trio.fail_after(STOP_TIMEOUT):
+        return await served.process.wait()
+
+
+async def test_serve_the_examples_call_them_and_stop_on_sigint(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    async with dotdo_serve(tmp_path, "--data", str(data)) as served:
+        output = served.output()
+        assert output.startswith("dotdo serving Counter, Customer, Order\n")
+        assert f"  data: {data.resolve()} (durability normal)\n" in output
+        first = await dotdo("call", "--url", served.url, "Counter", "x", "increment", cwd=tmp_path)
+        assert (first.returncode, first.stdout, first.stderr) == (0, b"1\n", b"")
+        second = await dotdo("call", "--url", served.url, "Counter", "x", "increment", "5", cwd=tmp_path)
+        assert (second.returncode, second.stdout) == (0, b"6\n")
+        placed = await dotdo("call", "--url", served.url, "Order", "o1", "place", "alice", "widget", "--kw", "qty=2", cwd=tmp_path)
+        assert placed.returncode == 0
+        assert json.loads(placed.stdout)["customer_inbox_size"] == 1
+        refused = await dotdo("call", "--url", served.url, "Counter", "x", "_private", cwd=tmp_path)
+        assert refused.returncode == 1
+        assert refused.stderr.decode().startswith("error 404 MethodNotAllowed: Counter._private:")
+        assert await stop(served, signal.SIGINT) == 0
+        assert served.output().endswith("dotdo stopped: every database closed\n")
+        assert "Traceback" not in served.stderr.read_text()
+    assert list((data / "Counter").rglob("*.sqlite"))  # the actors' databases are in --data
+    assert not (tmp_path / "dotdo-data").exists()
+
+
+async def test_serve_a_user_module_by_path_and_stop_on_sigterm(tmp_path: Path) -> None:
+    module = tmp_path / "greeter.py"
+    module.write_text(
+        "from dotdo import DO\n\n\n"
+        "class Greeter(DO):\n"
+        "    async def hello(self, name: str) -> str:\n"
+        "        return f\"hello {name} from {self.id.name} in {self.env['region']}\"\n"
+    )
+    async with dotdo_serve(tmp_path, str(module), "--data", "data", "--env", "region=eu") as served:
+        assert served.output().startswith("dotdo serving Greeter\n")
+        result = await dotdo("call", "--url", served.url, "Greeter", "g", "hello", "bob", cwd=tmp_path)
+        assert (result.returncode, result.stdout) == (0, b'"hello bob from g in eu"\n')
+        missing = await dotdo("call", "--url", served.url, "Counter", "x", "get", cwd=tmp_path)
+        assert missing.returncode == 1
+        assert b"error 404 ActorNotFound: no actor kind 'Counter'; known kinds: Greeter" in missing.stderr
+        assert await stop(served, signal.SIGTERM) == 0
+        assert "dotdo stopped: every database closed" in served.output()
+    assert (tmp_path / "data" / "Greeter").is_dir()  # --data relative to the working folder
+
+
+async def test_serve_refuses_a_module_it_cannot_load(tmp_path: Path) -> None:
+    result = await dotdo("serve", "--port", "0", str(tmp_path / "missing.py"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.decode().strip() == f"dotdo serve: no such file: {tmp_path / 'missing.py'}"
+    empty = tmp_path / "empty.py"
+    empty.write_text("x = 1\n")
+    result = await dotdo("serve", "--port", "0", str(empty), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "defines no actor kind" in result.stderr.decode()
+    assert result.stdout == b""

@@ -1,0 +1,102 @@
+"""The public surface: ``dotdo.__all__`` is pinned, and every name in it is importable."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.resources
+
+import pytest
+
+import actors
+import dotdo
+import dotdo.errors
+
+EXPECTED = [
+    "DO",
+    "ActorError",
+    "ActorId",
+    "ActorNotFound",
+    "AlarmInfo",
+    "BodyTooLarge",
+    "CallTimeout",
+    "DatabaseLocked",
+    "DeadlockError",
+    "DotdoError",
+    "Durability",
+    "InvalidArguments",
+    "InvalidId",
+    "InvalidInput",
+    "InvalidKey",
+    "InvalidNamespace",
+    "InvalidQuery",
+    "InvalidSchedule",
+    "InvalidValue",
+    "MethodNotAllowed",
+    "Overloaded",
+    "RowCountError",
+    "S",
+    "ScheduleInfo",
+    "ScheduleRun",
+    "ServeOptions",
+    "SqlError",
+    "StorageError",
+    "StorageLimitExceeded",
+    "Supervisor",
+    "SupervisorClosed",
+    "TransactionError",
+    "Unavailable",
+    "id_from_name",
+    "id_from_string",
+    "new_unique_id",
+    "rpc",
+    "serve",
+]
+
+
+def test_all_is_pinned() -> None:
+    assert dotdo.__all__ == EXPECTED
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_every_name_is_importable(name: str) -> None:
+    namespace: dict[str, object] = {}
+    exec(f"from dotdo import {name}", namespace)
+    assert namespace[name] is getattr(dotdo, name)
+
+
+def test_star_import_gives_exactly_all() -> None:
+    namespace: dict[str, object] = {}
+    exec("from dotdo import *", namespace)
+    assert set(namespace) - {"__builtins__"} == set(EXPECTED)
+
+
+def test_the_public_names_are_the_real_objects() -> None:
+    from actors.base import DO
+    from actors.methods import rpc
+    from dotdo.ambient import S
+    from runtime.supervisor import Supervisor
+
+    assert (dotdo.DO, dotdo.rpc, dotdo.S, dotdo.Supervisor) == (DO, rpc, S, Supervisor)
+
+
+def test_every_error_is_public() -> None:
+    for name in dotdo.errors.__all__:
+        if name != "http_status":
+            assert getattr(dotdo, name) is getattr(dotdo.errors, name), name
+            assert issubclass(getattr(dotdo, name), dotdo.DotdoError)
+
+
+@pytest.mark.parametrize("module", [dotdo.errors, actors])
+def test_submodule_alls_are_importable(module: object) -> None:
+    for name in module.__all__:  # type: ignore[attr-defined]
+        assert hasattr(module, name), name
+
+
+def test_version_matches_the_distribution() -> None:
+    assert dotdo.__version__ == importlib.metadata.version("dotdo")
+
+
+def test_packages_are_typed() -> None:
+    for package in ("dotdo", "actors", "runtime", "storage"):
+        files = importlib.resources.files(package)
+        assert files.joinpath("py.typed").is_file(), package
