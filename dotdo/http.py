@@ -23,6 +23,7 @@ import datetime as dt
 import json
 import logging
 import traceback
+from urllib.parse import unquote
 from typing import Any
 
 from starlette.applications import Starlette
@@ -57,9 +58,12 @@ class JSON(JSONResponse):
     """JSON with dotdo's encodings for bytes, datetimes and actor references."""
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(
-            content, ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_json_default
-        ).encode("utf-8")
+        try:
+            return json.dumps(
+                content, ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_json_default
+            ).encode("utf-8")
+        except ValueError as exc:  # NaN or infinity: JSON has no spelling for them
+            raise DotdoError(f"the result cannot be sent as JSON: {exc}") from None
 
 
 def error_response(error: BaseException, debug: bool = False) -> JSON:
@@ -76,6 +80,18 @@ def error_response(error: BaseException, debug: bool = False) -> JSON:
     if debug:
         body["traceback"] = "".join(traceback.format_exception(error))
     return JSON(body, status_code=status)
+
+
+def _segments(request: Request) -> list[str]:
+    """The request path's segments, each percent-decoded on its own, so that an id
+    holding ``/`` (sent as ``%2F``) stays one segment."""
+    raw = request.scope.get("raw_path")
+    if raw is None:
+        return request.url.path.split("/")
+    try:
+        return [unquote(part.decode("latin-1"), errors="strict") for part in raw.split(b"?", 1)[0].split(b"/")]
+    except UnicodeDecodeError:
+        raise InvalidId("invalid id: the path is not valid percent-encoded UTF-8") from None
 
 
 def _actor_id(namespace: str, raw: str) -> ActorId:
@@ -110,7 +126,10 @@ class BodyLimit:
                     await error_response(InvalidInput("invalid Content-Length header"))(scope, receive, send)
                     return
                 if declared > limit:
-                    await error_response(_too_large(declared, limit))(scope, receive, send)
+                    # The unread body makes the connection unusable: say it will close.
+                    response = error_response(_too_large(declared, limit))
+                    response.headers["connection"] = "close"
+                    await response(scope, receive, send)
                     return
                 break
         received = 0
@@ -146,14 +165,18 @@ def create_app(supervisor: Supervisor, *, max_body: int = DEFAULT_MAX_BODY, debu
         return JSON({"kinds": listing})
 
     def addressed(request: Request) -> ActorId:
-        namespace = request.path_params["namespace"]
+        segments = _segments(request)
+        namespace = segments[1]
         supervisor.registry.kind(namespace)
-        return _actor_id(namespace, request.path_params["id"])
+        return _actor_id(namespace, segments[2])
 
     async def rpc(request: Request) -> Response:
-        target = addressed(request)
-        namespace = target.namespace
-        method = request.path_params["method"]
+        segments = _segments(request)
+        if len(segments) != 5:
+            raise InvalidInput("the RPC route is POST /_rpc/{namespace}/{id}/{method}")
+        namespace, method = segments[2], segments[4]
+        supervisor.registry.kind(namespace)
+        target = _actor_id(namespace, segments[3])
         supervisor.check_method(namespace, method)
         raw = await request.body()
         try:
@@ -221,7 +244,7 @@ def create_app(supervisor: Supervisor, *, max_body: int = DEFAULT_MAX_BODY, debu
     routes = [
         Route("/_health", health, methods=["GET", "HEAD"]),
         Route("/_kinds", kinds, methods=["GET"]),
-        Route("/_rpc/{namespace}/{id}/{method}", rpc, methods=["POST"]),
+        Route("/_rpc/{rest:path}", rpc, methods=["POST"]),
         Route("/_admin/alarms", alarms, methods=["GET"]),
         Route("/{namespace}/{id}", actor, methods=_ALL_METHODS),
         Route("/{namespace}/{id}/{rest:path}", actor, methods=_ALL_METHODS),
@@ -248,4 +271,4 @@ def _as_response(value: Any) -> Response:
         return PlainTextResponse(value)
     if value is None:
         return Response(status_code=204)
-    raise DotdoError(f"fetch returned a {type(value).__name__}; return a starlette Response")
+    raise DotdoError(f"fetch returned {type(value).__name__}; return a starlette Response, a dict, a list, a str or None")
