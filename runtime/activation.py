@@ -66,6 +66,8 @@ class Activation:
         "wake_dirty",
         "alarm_running",
         "alarm_deleted",
+        "indexed",
+        "delivering",
     )
 
     def __init__(self, actor_id: ActorId, kind: KindSpec, db: ActorDatabase, supervisor: Supervisor, graph: WaitGraph, now: float) -> None:
@@ -84,6 +86,11 @@ class Activation:
         self.wake_dirty = False  # a turn changed the alarm or schedules: sync the index
         self.alarm_running: int | None = None  # seq of the alarm whose handler runs
         self.alarm_deleted = False  # delete_alarm() was called by the running handler
+        # What the alarm index holds for this actor, item -> (due, retries), as far as
+        # this activation knows (None: unknown). A due here is never earlier than the
+        # index's, so "already early enough" checks against it are safe.
+        self.indexed: dict[str, tuple[float, int]] | None = None
+        self.delivering = False  # an alarm delivery runs turn after turn: sync at its end
 
     def stats(self) -> ActivationStats:
         """A snapshot of this activation."""

@@ -252,10 +252,17 @@ class AlarmService:
             if sup.closing:
                 return
             log.warning("cannot deliver the alarm of %s: %s; trying again in %g s", target, exc, ACTIVATION_RETRY)
+            activation = sup.activation_of(target)
+            if activation is not None:
+                activation.indexed = None  # postponing moves its entries later
             try:
                 self.index.postpone(entry.namespace, entry.hex, self.now() + ACTIVATION_RETRY)
             except StorageError:
                 log.exception("cannot postpone the alarm of %s", target)
+        finally:
+            activation = sup.activation_of(target)
+            if activation is not None:
+                activation.delivering = False  # the actor's next turn syncs the index
 
     # -- inside the delivery turn ----------------------------------------------------
 
@@ -266,7 +273,14 @@ class AlarmService:
         now = self.now()
         item = activation.db.alarms.next_due(now)
         if item is None:
+            # The delivery ends with this turn: rewrite the actor's entries at its end,
+            # whatever this activation believes they are (the index said something was due).
+            activation.delivering = False
+            activation.indexed = None
             return False
+        # Later turns of this delivery will look again: correcting the index (never
+        # needed for safety, see _lower) waits for the last one.
+        activation.delivering = True
         self._attempts[(activation.id.namespace, activation.id.hex)] = item
         if isinstance(item, AlarmRow):
             await self._run_alarm(activation, instance, item, now)
@@ -429,26 +443,41 @@ class AlarmService:
         return [_schedule_info(row) for row in activation.db.alarms.schedules()]
 
     def _lower(self, activation: Activation, item: PendingItem) -> None:
-        # The index first, committed before the turn's own commit (see storage.alarm_index).
-        self.index.lower(activation.id.namespace, activation.id.hex, activation.id.name, item)
+        # The index first, committed before the turn's own commit (see storage.alarm_index),
+        # unless it already wakes the actor at least as early.
         activation.wake_dirty = True
+        known = activation.indexed
+        if known is not None:
+            entry = known.get(item.item)
+            if entry is not None and entry[0] <= item.due:
+                return
+        self.index.lower(activation.id.namespace, activation.id.hex, activation.id.name, item)
+        if known is not None:
+            known[item.item] = (item.due, item.retries)
         self._wake_for(item.due)
 
     def sync(self, activation: Activation) -> None:
         """After the actor's turn ended: make its index entries match its database."""
+        if activation.delivering:
+            return
         activation.wake_dirty = False
         db = activation.db
         if db.closed or self._index is None:
             return
         try:
             items = db.alarms.pending()
+            exact = {item.item: (item.due, item.retries) for item in items}
+            if exact == activation.indexed:
+                return
             name = activation.id.name
             if name is None:
                 stored = db.meta().get("name")
                 name = stored if isinstance(stored, str) else None
             self._index.replace(activation.id.namespace, activation.id.hex, name, items)
+            activation.indexed = exact
         except StorageError:
             # Safe to skip: the index is never later than the truth (see _lower).
+            activation.indexed = None
             log.exception("cannot update the alarm index for %s", activation.label)
             return
         if items:
