@@ -100,6 +100,33 @@ def _actor_id(namespace: str, raw: str) -> ActorId:
     return resolve(namespace, raw)
 
 
+# Ids resolved by one app, at most (then it starts over): deriving an id from a name
+# hashes it twice, which costs more than the rest of the routing of a request.
+MAX_KNOWN_IDS = 4096
+
+
+class _Ids:
+    """The actor ids named in URLs, resolved once each: ``get`` checks the namespace,
+    then resolves the id, and remembers the result (``ActorId`` is immutable)."""
+
+    __slots__ = ("_registry", "_known")
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._registry = supervisor.registry
+        self._known: dict[tuple[str, str], ActorId] = {}
+
+    def get(self, namespace: str, raw: str) -> ActorId:
+        known = self._known
+        target = known.get((namespace, raw))
+        if target is None:
+            self._registry.kind(namespace)
+            target = _actor_id(namespace, raw)
+            if len(known) >= MAX_KNOWN_IDS:
+                known.clear()
+            known[(namespace, raw)] = target
+        return target
+
+
 class BodyLimit:
     """ASGI middleware: refuse request bodies over ``limit`` bytes with 413.
 
@@ -164,19 +191,18 @@ def create_app(supervisor: Supervisor, *, max_body: int = DEFAULT_MAX_BODY, debu
         }
         return JSON({"kinds": listing})
 
+    ids = _Ids(supervisor)
+
     def addressed(request: Request) -> ActorId:
         segments = _segments(request)
-        namespace = segments[1]
-        supervisor.registry.kind(namespace)
-        return _actor_id(namespace, segments[2])
+        return ids.get(segments[1], segments[2])
 
     async def rpc(request: Request) -> Response:
         segments = _segments(request)
         if len(segments) != 5:
             raise InvalidInput("the RPC route is POST /_rpc/{namespace}/{id}/{method}")
         namespace, method = segments[2], segments[4]
-        supervisor.registry.kind(namespace)
-        target = _actor_id(namespace, segments[3])
+        target = ids.get(namespace, segments[3])
         supervisor.check_method(namespace, method)
         raw = await request.body()
         try:

@@ -80,14 +80,17 @@ class TurnGate:
     Attributes:
         label: The actor's address, for messages.
         owner: The chain holding the gate, or None.
+        arriving: Calls on their way to the gate (counted by the caller while it
+            yields before ``try_enter``); they keep the gate from being idle.
     """
 
-    __slots__ = ("label", "owner", "depth", "_waiters", "_graph")
+    __slots__ = ("label", "owner", "depth", "arriving", "_waiters", "_graph")
 
     def __init__(self, label: str, graph: WaitGraph) -> None:
         self.label = label
         self.owner: str | None = None
         self.depth = 0
+        self.arriving = 0
         self._waiters: deque[_Waiter] = deque()
         self._graph = graph
 
@@ -98,8 +101,8 @@ class TurnGate:
 
     @property
     def idle(self) -> bool:
-        """No call holds the gate and none waits."""
-        return self.owner is None and not self._waiters
+        """No call holds the gate, waits for it or is on its way to it."""
+        return self.owner is None and not self._waiters and not self.arriving
 
     def try_enter(self, chain: str) -> bool:
         """Enter without waiting if the gate is free or already held by ``chain``."""

@@ -85,3 +85,33 @@ def unpack(raw: bytes, make_ref: RefFactory | None = None) -> Any:
         raise
     except Exception as exc:  # msgpack raises several unrelated types for bad input
         raise InvalidValue(f"malformed value: {type(exc).__name__}: {exc}") from None
+
+
+# Types whose values come back from ``unpack(pack(value))`` equal and of the same type;
+# being immutable, they can be handed over as they are.
+_AS_IS = frozenset({type(None), bool, float})
+_MAX_LENGTH = 2**32  # msgpack's limit for str and bin
+
+
+def copy(value: Any, make_ref: RefFactory | None = None) -> Any:
+    """What the receiver of ``value`` gets: ``unpack(pack(value), make_ref)``.
+
+    None, bools, floats, 64-bit ints, ASCII text and bytes are immutable and come back
+    unchanged, so they skip the round trip.
+
+    Raises:
+        InvalidValue: Something in ``value`` cannot travel.
+    """
+    kind = type(value)
+    if kind in _AS_IS:
+        return value
+    if kind is int:
+        if -(2**63) <= value < 2**64:
+            return value
+    elif kind is str:
+        if value.isascii() and len(value) < _MAX_LENGTH:
+            return value
+    elif kind is bytes:
+        if len(value) < _MAX_LENGTH:
+            return value
+    return unpack(pack(value), make_ref)

@@ -1,0 +1,403 @@
+"""HTTP load benchmark: ``dotdo serve`` (one process, the Counter example) against a bare
+starlette + hypercorn + apsw app doing the same increment (``benchmarks/bare_app.py``).
+
+Both servers run as subprocesses on 127.0.0.1 (free ports, temporary data directories,
+durability ``normal``), in the same run, and the load alternates between them round by
+round so that a noisy machine affects both alike. Scenarios:
+
+- ``hot``: every request increments the same counter.
+- ``spread``: ``--counters`` (2,000) distinct counters are warmed first (one request
+  each), then each request picks one at random.
+
+Requests are ``POST /Counter/<id>/increment`` (the actor's ``fetch``, how a Durable
+Object is usually reached over HTTP), or with ``--route rpc``
+``POST /_rpc/Counter/<id>/increment`` with the body ``{"args":[],"kwargs":{}}``.
+The load comes from ``wrk`` when it is installed (a Lua script picks the counter and
+reports through ``done``), else from a trio + httpx generator (which saturates before
+the servers do: its figures compare the servers under a lighter load only). On a
+machine with two or more cores the servers are pinned to one core and the load
+generator to another.
+
+Reported per scenario and server: requests/s, p50 and p99 latency, the server's RSS
+after the load (``VmRSS``), errors, and the ratio dotdo/bare. Afterwards every counter
+is read back: the sum must be at least the number of successful increments, and at most
+that plus the requests that were in flight when the load stopped. The exit status is 1
+when a request failed or a read-back is off.
+
+    python benchmarks/http_bench.py [--duration 10] [--connections 32] [--threads 1]
+        [--rounds 2] [--counters 2000] [--scenarios hot,spread] [--route fetch|rpc]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+RPC_BODY = b'{"args":[],"kwargs":{}}'
+
+
+# -- servers ---------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    """A server subprocess and where it listens."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        parts = urlsplit(self.url)
+        assert parts.hostname is not None and parts.port is not None
+        return parts.hostname, parts.port
+
+    def rss_mb(self) -> float:
+        """Resident memory now, from /proc/PID/status (MiB)."""
+        with open(f"/proc/{self.proc.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmRSS line")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_server(name: str, data_dir: Path, logs: Path, cpu: int | None) -> Server:
+    """Start ``dotdo`` or ``bare`` on a free port and wait until it listens."""
+    if name == "dotdo":
+        argv = [sys.executable, "-m", "dotdo", "serve", "--host", "127.0.0.1", "--port", "0",
+                "--data", str(data_dir), "--durability", "normal", "--log-level", "warning"]
+    else:
+        argv = [sys.executable, str(ROOT / "benchmarks" / "bare_app.py"), "--host", "127.0.0.1",
+                "--port", "0", "--data", str(data_dir)]
+    log = logs / f"{name}.log"
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, cwd=ROOT, env=env)
+    if cpu is not None:
+        os.sched_setaffinity(proc.pid, {cpu})
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline().decode()
+        if not line:
+            break
+        if line.strip().startswith("http: "):
+            return Server(name, proc, line.split("http: ", 1)[1].strip(), log)
+    proc.kill()
+    raise RuntimeError(f"{name} did not start:\n{log.read_text()}")
+
+
+# -- requests outside the load ----------------------------------------------------------
+
+
+def path_of(counter: str, route: str) -> str:
+    if route == "rpc":
+        return f"/_rpc/Counter/{counter}/increment"
+    return f"/Counter/{counter}/increment"
+
+
+def _request(conn: http.client.HTTPConnection, method: str, path: str, body: bytes | None) -> dict[str, Any]:
+    headers = {"content-type": "application/json"} if body else {}
+    conn.request(method, path, body=body, headers=headers)
+    response = conn.getresponse()
+    data = response.read()
+    if response.status != 200:
+        raise RuntimeError(f"{method} {path}: {response.status} {data[:200]!r}")
+    decoded: dict[str, Any] = json.loads(data)
+    return decoded
+
+
+def warm(server: Server, counters: list[str], route: str) -> int:
+    """One increment per counter, sequentially; returns how many succeeded (all)."""
+    conn = http.client.HTTPConnection(*server.host_port, timeout=30)
+    body = RPC_BODY if route == "rpc" else None
+    for counter in counters:
+        _request(conn, "POST", path_of(counter, route), body)
+    conn.close()
+    return len(counters)
+
+
+def read_total(server: Server, counters: list[str]) -> int:
+    """The sum of the counters' values, read back over HTTP."""
+    conn = http.client.HTTPConnection(*server.host_port, timeout=30)
+    total = sum(int(_request(conn, "GET", f"/Counter/{counter}", None)["value"]) for counter in counters)
+    conn.close()
+    return total
+
+
+# -- load --------------------------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    """What one load run measured."""
+
+    requests: int  # completed responses
+    non_2xx: int
+    errors: int  # connect, read, write errors and timeouts
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def ok(self) -> int:
+        return self.requests - self.non_2xx
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.seconds
+
+
+_WRK_SCRIPT = """
+wrk.method = "POST"
+{body}
+local counters = {{{counters}}}
+local count = #counters
+local route = "{route}"
+local nthreads = 0
+
+function setup(thread)
+  nthreads = nthreads + 1
+  thread:set("tid", nthreads)
+end
+
+function init(args)
+  math.randomseed(os.time() * 1000 + (tid or 0) * 7919)
+end
+
+function request()
+  local c = counters[math.random(1, count)]
+  local path
+  if route == "rpc" then path = "/_rpc/Counter/" .. c .. "/increment"
+  else path = "/Counter/" .. c .. "/increment" end
+  return wrk.format(nil, path)
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRKJSON {{"requests":%d,"duration_us":%d,"connect":%d,"read":%d,"write":%d,'
+    .. '"status":%d,"timeout":%d,"p50_us":%d,"p99_us":%d}}\\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def wrk_load(wrk: str, server: Server, counters: list[str], route: str, args: argparse.Namespace, scratch: Path) -> Load:
+    script = scratch / "load.lua"
+    body = "wrk.body = '" + RPC_BODY.decode() + "'\nwrk.headers[\"Content-Type\"] = \"application/json\"" if route == "rpc" else ""
+    script.write_text(_WRK_SCRIPT.format(body=body, counters=",".join(f'"{c}"' for c in counters), route=route))
+    argv = [wrk, "-t", str(args.threads), "-c", str(args.connections), "-d", f"{args.duration:g}s",
+            "--timeout", "10s", "--latency", "-s", str(script), server.url]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    line = next((x for x in out.splitlines() if x.startswith("WRKJSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no summary:\n{out}")
+    r = json.loads(line[len("WRKJSON "):])
+    return Load(
+        requests=r["requests"],
+        non_2xx=r["status"],
+        errors=r["connect"] + r["read"] + r["write"] + r["timeout"],
+        seconds=r["duration_us"] / 1e6,
+        p50_ms=r["p50_us"] / 1e3,
+        p99_ms=r["p99_us"] / 1e3,
+    )
+
+
+def python_load(server: Server, counters: list[str], route: str, args: argparse.Namespace) -> Load:
+    """The fallback generator: ``--connections`` trio tasks sharing an httpx client."""
+    import random
+
+    import httpx
+    import trio
+
+    latencies: list[float] = []
+    counts = {"requests": 0, "non_2xx": 0, "errors": 0}
+    body = RPC_BODY if route == "rpc" else None
+    headers = {"content-type": "application/json"} if body else {}
+
+    async def worker(client: httpx.AsyncClient, stop: float) -> None:
+        while trio.current_time() < stop:
+            path = path_of(random.choice(counters), route)
+            start = time.perf_counter()
+            try:
+                response = await client.post(path, content=body, headers=headers)
+            except httpx.HTTPError:
+                counts["errors"] += 1
+                continue
+            latencies.append(time.perf_counter() - start)
+            counts["requests"] += 1
+            if not 200 <= response.status_code < 300:
+                counts["non_2xx"] += 1
+
+    async def run() -> float:
+        limits = httpx.Limits(max_connections=args.connections, max_keepalive_connections=args.connections)
+        async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=10) as client:
+            start = trio.current_time()
+            stop = start + args.duration
+            async with trio.open_nursery() as nursery:
+                for _ in range(args.connections):
+                    nursery.start_soon(worker, client, stop)
+            return trio.current_time() - start
+
+    seconds = trio.run(run)
+    latencies.sort()
+
+    def pct(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1e3 if latencies else 0.0
+
+    return Load(counts["requests"], counts["non_2xx"], counts["errors"], seconds, pct(0.5), pct(0.99))
+
+
+# -- the run ---------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    scenario: str
+    server: str
+    loads: list[Load]
+    rss_mb: float
+    expected_min: int
+    expected_max: int
+    read_back: int
+
+    def median(self, field: Callable[[Load], float]) -> float:
+        return statistics.median(field(load) for load in self.loads)
+
+    @property
+    def correct(self) -> bool:
+        return self.expected_min <= self.read_back <= self.expected_max
+
+    @property
+    def failures(self) -> int:
+        return sum(load.non_2xx + load.errors for load in self.loads)
+
+
+def run_scenario(scenario: str, args: argparse.Namespace, scratch: Path, cpus: tuple[int, int] | None) -> list[Result]:
+    counters = ["hot"] if scenario == "hot" else [f"c{i}" for i in range(args.counters)]
+    wrk = None if args.loadgen == "python" else shutil.which("wrk")
+    if args.loadgen == "wrk" and wrk is None:
+        raise SystemExit("wrk is not installed")
+    names = ["bare", "dotdo"]
+    servers: dict[str, Server] = {}
+    loads: dict[str, list[Load]] = {name: [] for name in names}
+    ok: dict[str, int] = {}
+    try:
+        for name in names:
+            data = scratch / scenario / name
+            servers[name] = start_server(name, data, scratch, cpus[1] if cpus else None)
+            started = time.perf_counter()
+            ok[name] = warm(servers[name], counters, args.route)
+            print(f"  {scenario}: {name} warmed {len(counters):,} counter(s) in "
+                  f"{time.perf_counter() - started:.1f} s, RSS {servers[name].rss_mb():.0f} MB", file=sys.stderr, flush=True)
+        for round_ in range(args.rounds):
+            for name in names if round_ % 2 == 0 else reversed(names):
+                if wrk is not None:
+                    load = wrk_load(wrk, servers[name], counters, args.route, args, scratch)
+                else:
+                    load = python_load(servers[name], counters, args.route, args)
+                loads[name].append(load)
+                print(f"  {scenario} round {round_ + 1}: {name:5} {load.rate:8,.0f} req/s  p50 {load.p50_ms:6.2f} ms"
+                      f"  p99 {load.p99_ms:6.2f} ms  non-2xx {load.non_2xx}  errors {load.errors}", file=sys.stderr, flush=True)
+        results = []
+        for name in names:
+            server = servers[name]
+            rss = server.rss_mb()
+            done = ok[name] + sum(load.ok for load in loads[name])
+            # Requests still in flight when the load stopped may have been applied too.
+            in_flight = args.connections * len(loads[name])
+            results.append(Result(scenario, name, loads[name], rss, done, done + in_flight,
+                                  read_total(server, counters)))
+        return results
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+def _table(results: list[Result], args: argparse.Namespace) -> None:
+    if args.loadgen != "python" and shutil.which("wrk"):
+        load = f"wrk, {args.threads} thread(s)"
+    else:
+        load = "trio+httpx (no wrk; the client is the bottleneck, compare ratios only)"
+    print(f"\n# HTTP benchmark: {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, route {args.route}, "
+          f"{args.connections} connections, load {load}, {args.duration:g} s x {args.rounds} round(s) "
+          f"(medians), durability normal", flush=True)
+    head = f"{'scenario':10} {'server':6} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'RSS MB':>8} {'failed':>7} {'read back':>10}"
+    print(head)
+    print("-" * len(head))
+    by_scenario: dict[str, dict[str, Result]] = {}
+    for r in results:
+        by_scenario.setdefault(r.scenario, {})[r.server] = r
+        check = "ok" if r.correct else f"BAD {r.read_back}"
+        print(f"{r.scenario:10} {r.server:6} {r.median(lambda x: x.rate):9,.0f} {r.median(lambda x: x.p50_ms):8.2f} "
+              f"{r.median(lambda x: x.p99_ms):8.2f} {r.rss_mb:8.1f} {r.failures:7} {check:>10}")
+    for scenario, pair in by_scenario.items():
+        d, b = pair["dotdo"], pair["bare"]
+
+        def ratio(f: Callable[[Load], float]) -> float:
+            return d.median(f) / b.median(f)
+
+        print(f"{scenario:10} {'ratio':6} {ratio(lambda x: x.rate):8.2f}x {ratio(lambda x: x.p50_ms):7.2f}x "
+              f"{ratio(lambda x: x.p99_ms):7.2f}x {d.rss_mb / b.rss_mb:7.2f}x   (dotdo/bare)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per server per round (default 10)")
+    parser.add_argument("--connections", type=int, default=32, help="concurrent connections (default 32)")
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per server (default 2)")
+    parser.add_argument("--counters", type=int, default=2000, help="counters in the spread scenario (default 2000)")
+    parser.add_argument("--scenarios", default="hot,spread", help="comma-separated: hot, spread (default both)")
+    parser.add_argument("--route", choices=["fetch", "rpc"], default="fetch", help="fetch (default) or rpc")
+    parser.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin servers and load to separate cores")
+    parser.add_argument("--dir", help="where to put data directories (default: a temporary folder)")
+    args = parser.parse_args()
+    cpus: tuple[int, int] | None = None
+    if not args.no_pin and hasattr(os, "sched_setaffinity"):
+        available = sorted(os.sched_getaffinity(0))
+        if len(available) >= 2:
+            cpus = (available[0], available[-1])
+            os.sched_setaffinity(0, {cpus[0]})  # this process and the load generator it starts
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(dir=args.dir, prefix="dotdo-http-bench-") as tmp:
+        for scenario in [s.strip() for s in args.scenarios.split(",") if s.strip()]:
+            if scenario not in ("hot", "spread"):
+                raise SystemExit(f"unknown scenario {scenario!r}")
+            results.extend(run_scenario(scenario, args, Path(tmp), cpus))
+    _table(results, args)
+    if not all(r.correct and r.failures == 0 for r in results):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
