@@ -8,7 +8,6 @@ same call chain.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -69,11 +68,6 @@ current_turn: ContextVar[Turn | None] = ContextVar("dotdo_current_turn", default
 
 # The supervisor most recently entered in this trio run (for the ambient ``dotdo.S``).
 current_supervisor: trio.lowlevel.RunVar[Supervisor] = trio.lowlevel.RunVar("dotdo_supervisor")
-
-
-def new_chain_id() -> str:
-    """A fresh call chain id (16 hex characters)."""
-    return secrets.token_hex(8)
 
 
 def turn_of(supervisor: Any) -> Turn | None:
