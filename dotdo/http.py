@@ -19,6 +19,7 @@ ISO 8601 and actor references as ``{"$actor": {"namespace", "id", "name"}}``.
 from __future__ import annotations
 
 import base64
+import functools
 import datetime as dt
 import json
 import logging
@@ -100,31 +101,9 @@ def _actor_id(namespace: str, raw: str) -> ActorId:
     return resolve(namespace, raw)
 
 
-# Ids resolved by one app, at most (then it starts over): deriving an id from a name
+# Ids one app remembers (least recently used go first): deriving an id from a name
 # hashes it twice, which costs more than the rest of the routing of a request.
 MAX_KNOWN_IDS = 4096
-
-
-class _Ids:
-    """The actor ids named in URLs, resolved once each: ``get`` checks the namespace,
-    then resolves the id, and remembers the result (``ActorId`` is immutable)."""
-
-    __slots__ = ("_registry", "_known")
-
-    def __init__(self, supervisor: Supervisor) -> None:
-        self._registry = supervisor.registry
-        self._known: dict[tuple[str, str], ActorId] = {}
-
-    def get(self, namespace: str, raw: str) -> ActorId:
-        known = self._known
-        target = known.get((namespace, raw))
-        if target is None:
-            self._registry.kind(namespace)
-            target = _actor_id(namespace, raw)
-            if len(known) >= MAX_KNOWN_IDS:
-                known.clear()
-            known[(namespace, raw)] = target
-        return target
 
 
 class BodyLimit:
@@ -191,18 +170,23 @@ def create_app(supervisor: Supervisor, *, max_body: int = DEFAULT_MAX_BODY, debu
         }
         return JSON({"kinds": listing})
 
-    ids = _Ids(supervisor)
+    @functools.lru_cache(maxsize=MAX_KNOWN_IDS)
+    def resolved(namespace: str, raw: str) -> ActorId:
+        # Each id named in a URL is checked and hashed once (ActorId is immutable);
+        # refusals raise and are not remembered.
+        supervisor.registry.kind(namespace)
+        return _actor_id(namespace, raw)
 
     def addressed(request: Request) -> ActorId:
         segments = _segments(request)
-        return ids.get(segments[1], segments[2])
+        return resolved(segments[1], segments[2])
 
     async def rpc(request: Request) -> Response:
         segments = _segments(request)
         if len(segments) != 5:
             raise InvalidInput("the RPC route is POST /_rpc/{namespace}/{id}/{method}")
         namespace, method = segments[2], segments[4]
-        target = ids.get(namespace, segments[3])
+        target = resolved(namespace, segments[3])
         supervisor.check_method(namespace, method)
         raw = await request.body()
         try:

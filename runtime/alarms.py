@@ -22,6 +22,7 @@ back, recorded, and the schedule moves on to its next time.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import inspect
 import logging
 import math
@@ -104,7 +105,7 @@ class ScheduleInfo:
     last_error: str | None
 
 
-def to_epoch(when: object, now: float | None = None) -> float:
+def to_epoch(when: object, now: float) -> float:
     """Epoch seconds from a timezone-aware datetime, a timedelta from now, or a number.
 
     Raises:
@@ -115,8 +116,6 @@ def to_epoch(when: object, now: float | None = None) -> float:
             raise InvalidInput("the alarm time is a naive datetime: give it a timezone (datetime.now(timezone.utc) + ...)")
         value = when.timestamp()
     elif isinstance(when, dt.timedelta):
-        if now is None:
-            raise InvalidInput("a timedelta alarm time needs the current time")
         value = now + when.total_seconds()
     elif isinstance(when, int | float) and not isinstance(when, bool):
         value = float(when)
@@ -157,11 +156,9 @@ class AlarmService:
         self._stop = tenacity.stop_after_attempt(config.alarm_max_retries + 1)
         self._concurrency = config.alarm_concurrency
         self._inflight: set[tuple[str, str]] = set()
-        self._attempts: dict[tuple[str, str], AlarmRow | ScheduleRow] = {}
         self._wake = trio.Event()
         self._planned = math.inf
         self._arity: dict[Callable[..., Any], bool] = {}
-        self.delivered = 0
         self.abandoned = 0
 
     # -- lifetime --------------------------------------------------------------------
@@ -229,20 +226,22 @@ class AlarmService:
                     await self._deliver(entry)
                 finally:
                     self._inflight.discard(key)
-                    self._attempts.pop(key, None)
                     self._wake.set()
 
     async def _deliver(self, entry: IndexEntry) -> None:
         target = ActorId(entry.namespace, entry.hex, entry.name)
         sup = self._sup
+        running: list[AlarmRow | ScheduleRow] = []  # what the current turn runs, once known
         try:
             for _ in range(MAX_RUNS_PER_WAKE):
+                running.clear()
                 try:
-                    fired = await sup.run_turn(target, self._fire)
+                    fired = await sup.run_turn(target, functools.partial(self._fire, running))
                 except CallTimeout:
                     if sup.closing:
                         return
-                    await sup.run_turn(target, self._timed_out)
+                    if running:  # timed out in the handler, not on the way to it
+                        await sup.run_turn(target, functools.partial(self._timed_out, running[0]))
                     continue
                 if not fired:
                     return
@@ -266,8 +265,9 @@ class AlarmService:
 
     # -- inside the delivery turn ----------------------------------------------------
 
-    async def _fire(self, instance: Any) -> bool:
-        """Run the earliest due item of the actor; False when nothing is due."""
+    async def _fire(self, running: list[AlarmRow | ScheduleRow], instance: Any) -> bool:
+        """Run the earliest due item of the actor (appended to ``running``); False when
+        nothing is due."""
         activation = _activation()
         activation.wake_dirty = True
         now = self.now()
@@ -281,23 +281,21 @@ class AlarmService:
         # Later turns of this delivery will look again: correcting the index (never
         # needed for safety, see _lower) waits for the last one.
         activation.delivering = True
-        self._attempts[(activation.id.namespace, activation.id.hex)] = item
+        running.append(item)
         if isinstance(item, AlarmRow):
             await self._run_alarm(activation, instance, item, now)
         else:
             await self._run_schedule(activation, instance, item, now)
-        self.delivered += 1
         return True
 
-    async def _timed_out(self, instance: Any) -> bool:
-        """Record that the last run hit its deadline (its turn was rolled back)."""
+    async def _timed_out(self, item: AlarmRow | ScheduleRow, instance: Any) -> bool:
+        """Record that the run of ``item`` hit its deadline (its turn was rolled back)."""
         activation = _activation()
         activation.wake_dirty = True
-        item = self._attempts.get((activation.id.namespace, activation.id.hex))
         message = "the run did not finish within the call timeout"
         if isinstance(item, AlarmRow):
             self._alarm_failed(activation, item, "CallTimeout", message, self.now())
-        elif isinstance(item, ScheduleRow):
+        else:
             self._schedule_failed(activation, item, "CallTimeout", message, self.now())
         return True
 

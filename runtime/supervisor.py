@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import trio
 
@@ -379,20 +379,23 @@ class Supervisor:
                 db.commit()
             except BaseException as exc:
                 self._abort(activation, exc)
-                error = _public(exc, activation)
-                if error is exc:
-                    raise
-                raise error from exc
+                _raise_public(exc, activation)
             finally:
-                current_turn.reset(token)
-                db.end_turn()
-                if activation.wake_dirty and not db.in_turn:
-                    self.alarms.sync(activation)
+                self._end_turn(activation, token)
             return result
         finally:
             gate.exit()
             activation.turns += 1
             activation.last_used = trio.current_time()
+
+    def _end_turn(self, activation: Activation, token: Any) -> None:
+        """Leave a turn (after its commit or rollback); once the outermost turn of the
+        actor ends, bring the alarm index in step if the turn changed alarms."""
+        current_turn.reset(token)
+        db = activation.db
+        db.end_turn()
+        if activation.wake_dirty and not db.in_turn:
+            self.alarms.sync(activation)
 
     def _abort(self, activation: Activation, exc: BaseException) -> None:
         """Roll back a failed turn; log what the actor's own code raised."""
@@ -423,19 +426,13 @@ class Supervisor:
                 self._abort(activation, exc)
                 failure = exc
             finally:
-                current_turn.reset(token)
-                db.end_turn()
-                if activation.wake_dirty and not db.in_turn:
-                    self.alarms.sync(activation)
+                self._end_turn(activation, token)
             if failure is None:
                 activation.state = ActivationState.ACTIVE
                 return
-            error = _public(failure, activation)
-            activation.failure = error
+            activation.failure = _public(failure, activation)
             self._close_activation(activation, PassivationReason.START_FAILED, ActivationState.FAILED)
-            if error is failure:
-                raise error
-            raise error from failure
+            _raise_public(failure, activation)
         elif state is ActivationState.FAILED:
             failure = activation.failure
             if isinstance(failure, ActorError):
@@ -463,10 +460,7 @@ class Supervisor:
             activation.instance = kind.create(ActorContext(target, db, self.env, self))
         except BaseException as exc:
             db.close()
-            error = _public(exc, activation)
-            if error is exc:
-                raise
-            raise error from exc
+            _raise_public(exc, activation)
         if activation.started:
             activation.state = ActivationState.ACTIVE
         excess = len(active) + 1 - self.config.max_active
@@ -557,6 +551,14 @@ class Supervisor:
 
     def __repr__(self) -> str:
         return f"<Supervisor {self.config.data_dir} kinds={list(self.registry.namespaces)} active={len(self._active)}>"
+
+
+def _raise_public(exc: BaseException, activation: Activation) -> NoReturn:
+    """Raise what the caller of a failed turn sees (see ``_public``), chained to ``exc``."""
+    error = _public(exc, activation)
+    if error is exc:
+        raise exc
+    raise error from exc
 
 
 def _public(exc: BaseException, activation: Activation) -> BaseException:

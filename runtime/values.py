@@ -7,17 +7,17 @@ ones. The types are those of ``storage.codec`` plus *actor references*: a stub p
 as an argument or returned as a result arrives as a stub bound to the receiving side.
 
 Actor references are msgpack extension type 1 whose payload is the msgpack array
-``[namespace, hex_id, name_or_nil]`` (see docs/protocol.md).
+``[namespace, hex_id, name_or_nil]``.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import msgpack
 
+from storage import codec
 from storage.codec import unstorable
 from storage.errors import InvalidValue
 
@@ -49,14 +49,7 @@ def pack(value: Any) -> bytes:
     Raises:
         InvalidValue: Something in ``value`` cannot travel (the message says what).
     """
-    try:
-        return msgpack.packb(value, use_bin_type=True, datetime=True, default=_default)
-    except InvalidValue:
-        raise
-    except (TypeError, ValueError, OverflowError) as exc:
-        if "tzinfo" in str(exc):
-            raise unstorable(_dt.datetime.now()) from None
-        raise InvalidValue(f"cannot send this value: {exc}") from None
+    return codec.encode(value, _default)
 
 
 def unpack(raw: bytes, make_ref: RefFactory | None = None) -> Any:

@@ -19,6 +19,7 @@ ints beyond 64 bits are refused with ``InvalidValue``.
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -44,14 +45,18 @@ def _default(obj: object) -> object:
     raise unstorable(obj)
 
 
-def encode(value: Any) -> bytes:
+def encode(value: Any, default: Callable[[object], object] = _default) -> bytes:
     """Encode ``value`` for storage.
+
+    Args:
+        default: Called with each object msgpack cannot encode: returns what to encode
+            instead (such as a ``msgpack.ExtType``) or raises (``unstorable(obj)``).
 
     Raises:
         InvalidValue: The value (or something inside it) is not storable.
     """
     try:
-        return msgpack.packb(value, use_bin_type=True, datetime=True, default=_default)
+        return msgpack.packb(value, use_bin_type=True, datetime=True, default=default)
     except InvalidValue:
         raise
     except (TypeError, ValueError, OverflowError) as exc:

@@ -268,7 +268,7 @@ async def test_naive_datetimes_are_refused(autojump_clock: MockClock) -> None:
     from runtime.alarms import to_epoch
 
     with pytest.raises(InvalidInput, match="naive"):
-        to_epoch(dt.datetime(2030, 1, 1))
+        to_epoch(dt.datetime(2030, 1, 1), now=0.0)
     assert to_epoch(dt.timedelta(seconds=10), now=100.0) == 110.0
 
 
