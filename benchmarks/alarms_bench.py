@@ -38,6 +38,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dotdo import DO  # noqa: E402
+from dotdo.server import tune_gc  # noqa: E402
 from runtime.ids import id_from_name  # noqa: E402
 from runtime.supervisor import Supervisor  # noqa: E402
 from storage import ActorDatabase, Address  # noqa: E402
@@ -257,6 +258,7 @@ def main() -> None:
     parser.add_argument("--pending", type=int, default=100_000, help="pending alarms for start-up (0: skip)")
     parser.add_argument("--data", help="data directory (default: a new temporary one)")
     args = parser.parse_args()
+    tune_gc()  # the collector settings of `dotdo serve`
     if hasattr(os, "sched_setaffinity"):
         try:
             os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})

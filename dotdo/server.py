@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import sys
@@ -103,6 +104,27 @@ async def serve(
     print("dotdo stopped: every database closed", file=out, flush=True)
 
 
+GC_THRESHOLDS = (10_000, 20, 10)
+"""Python's collector settings for a serving process (the defaults are 700, 10, 10)."""
+
+
+def tune_gc() -> None:
+    """Set the garbage collector up for a server holding thousands of actors.
+
+    With Python's defaults, the young generation is collected every 700 allocations and
+    promotes objects quickly, so full collections come often; with tens of thousands of
+    live objects each one pauses every actor for 20 to 100 ms. Collecting the young
+    generation every 10,000 allocations lets short-lived objects (a call's arguments,
+    a request) die young, and ``gc.freeze`` moves what exists at start-up (modules,
+    classes) out of every later collection.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def run(kinds: Iterable[type | KindSpec], options: ServeOptions = ServeOptions(), **kwargs: Any) -> None:
-    """Blocking form of ``serve`` (starts its own trio run)."""
+    """Blocking form of ``serve`` (starts its own trio run), for a process of its own:
+    it also tunes the garbage collector (``tune_gc``)."""
+    tune_gc()
     trio.run(partial(serve, list(kinds), options, **kwargs))

@@ -236,14 +236,14 @@ class AlarmService:
             for _ in range(MAX_RUNS_PER_WAKE):
                 running.clear()
                 try:
-                    fired = await sup.run_turn(target, functools.partial(self._fire, running))
+                    more = await sup.run_turn(target, functools.partial(self._fire, running))
                 except CallTimeout:
                     if sup.closing:
                         return
                     if running:  # timed out in the handler, not on the way to it
                         await sup.run_turn(target, functools.partial(self._timed_out, running[0]))
                     continue
-                if not fired:
+                if not more:
                     return
         except SupervisorClosed:
             return
@@ -266,27 +266,29 @@ class AlarmService:
     # -- inside the delivery turn ----------------------------------------------------
 
     async def _fire(self, running: list[AlarmRow | ScheduleRow], instance: Any) -> bool:
-        """Run the earliest due item of the actor (appended to ``running``); False when
-        nothing is due."""
+        """Run the earliest due item of the actor (appended to ``running``); whether
+        another is due after it (then the delivery runs another turn)."""
         activation = _activation()
         activation.wake_dirty = True
+        alarms = activation.db.alarms
         now = self.now()
-        item = activation.db.alarms.next_due(now)
-        if item is None:
-            # The delivery ends with this turn: rewrite the actor's entries at its end,
-            # whatever this activation believes they are (the index said something was due).
-            activation.delivering = False
-            activation.indexed = None
-            return False
-        # Later turns of this delivery will look again: correcting the index (never
-        # needed for safety, see _lower) waits for the last one.
-        activation.delivering = True
-        running.append(item)
-        if isinstance(item, AlarmRow):
-            await self._run_alarm(activation, instance, item, now)
-        else:
-            await self._run_schedule(activation, instance, item, now)
-        return True
+        item = alarms.next_due(now)
+        if item is not None:
+            # While this delivery runs, the entry that started it (due now or earlier)
+            # stays in the index, so no write of this turn needs to lower it (_lower).
+            activation.delivering = True
+            running.append(item)
+            if isinstance(item, AlarmRow):
+                await self._run_alarm(activation, instance, item, now)
+            else:
+                await self._run_schedule(activation, instance, item, now)
+            if alarms.due_at(self.now()):
+                return True
+        # The delivery ends with this turn: rewrite the actor's entries at its end,
+        # whatever this activation believes they are (the index said something was due).
+        activation.delivering = False
+        activation.indexed = None
+        return False
 
     async def _timed_out(self, item: AlarmRow | ScheduleRow, instance: Any) -> bool:
         """Record that the run of ``item`` hit its deadline (its turn was rolled back)."""
@@ -444,6 +446,8 @@ class AlarmService:
         # The index first, committed before the turn's own commit (see storage.alarm_index),
         # unless it already wakes the actor at least as early.
         activation.wake_dirty = True
+        if activation.delivering:
+            return  # the index wakes the actor now already; the delivery's end rewrites it
         known = activation.indexed
         if known is not None:
             entry = known.get(item.item)

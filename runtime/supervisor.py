@@ -471,12 +471,16 @@ class Supervisor:
         return activation
 
     def _evict(self, count: int) -> None:
-        for activation in list(self._active.values()):
-            if count <= 0:
-                break
+        """Passivate up to ``count`` idle actors, least recently used first (busy ones
+        are passed over; the walk stops as soon as enough are found)."""
+        victims: list[Activation] = []
+        for activation in self._active.values():
             if activation.gate.idle and activation.state is not ActivationState.STARTING:
-                self._passivate(activation, PassivationReason.CAPACITY)
-                count -= 1
+                victims.append(activation)
+                if len(victims) >= count:
+                    break
+        for activation in victims:
+            self._passivate(activation, PassivationReason.CAPACITY)
 
     def _passivate(self, activation: Activation, reason: PassivationReason) -> bool:
         """Close an idle activation. Never in the middle of a turn: a busy one is skipped

@@ -39,8 +39,8 @@ class AlarmRow:
         scheduled: The time it was set for.
         due: When it next runs (``scheduled``, or later while it is being retried).
         retry_count: Failed runs so far.
-        seq: Grows with every ``set``, deletes notwithstanding (the counter is kept in
-            ``_dotdo_meta``): tells a running alarm from one set after it.
+        seq: Grows with every ``set``, deletes notwithstanding (a delete clears the
+            row but keeps it): tells a running alarm from one set after it.
     """
 
     scheduled: float
@@ -121,41 +121,40 @@ class AlarmStore:
 
     def get(self) -> AlarmRow | None:
         """The alarm, or None when none is set."""
-        rows = self._rows("SELECT scheduled, due, retry_count, seq FROM _dotdo_alarm")
+        rows = self._rows("SELECT scheduled, due, retry_count, seq FROM _dotdo_alarm WHERE due IS NOT NULL")
         return AlarmRow(*rows[0]) if rows else None
 
     def set(self, when: float) -> AlarmRow:
         """Set the alarm for ``when``, replacing any alarm (and its retries)."""
-        seq = self._next_seq()
-        self._write(
-            "INSERT OR REPLACE INTO _dotdo_alarm(slot, scheduled, due, retry_count, seq) VALUES (1, ?, ?, 0, ?)",
-            when,
-            when,
-            seq,
-        )
-        return AlarmRow(when, when, 0, seq)
-
-    def _next_seq(self) -> int:
         db = self._db
         try:
             db.ensure_transaction()
+            # One row for good: a delete only clears it, so the sequence number lives on.
             rows = db.connection.execute(
-                "INSERT INTO _dotdo_meta(key, value) VALUES ('alarm_seq', 1) "
-                "ON CONFLICT(key) DO UPDATE SET value = value + 1 RETURNING value"
+                "INSERT INTO _dotdo_alarm(slot, scheduled, due, retry_count, seq) VALUES (1, ?1, ?1, 0, 1) "
+                "ON CONFLICT(slot) DO UPDATE SET scheduled = ?1, due = ?1, retry_count = 0, seq = seq + 1 "
+                "RETURNING seq",
+                (when,),
             ).fetchall()
         except apsw.Error as exc:
             raise translate(exc, db.address) from None
-        return int(rows[0][0])
+        return AlarmRow(when, when, 0, int(rows[0][0]))
 
     def delete(self, seq: int | None = None) -> bool:
         """Delete the alarm (only if it is still ``seq``, when given); whether one was."""
+        clear = "UPDATE _dotdo_alarm SET scheduled = NULL, due = NULL, retry_count = 0 WHERE due IS NOT NULL"
         if seq is None:
-            return self._write("DELETE FROM _dotdo_alarm") > 0
-        return self._write("DELETE FROM _dotdo_alarm WHERE seq = ?", seq) > 0
+            return self._write(clear) > 0
+        return self._write(f"{clear} AND seq = ?", seq) > 0
 
     def retry(self, seq: int, due: float, retry_count: int) -> bool:
         """Move the alarm ``seq`` to ``due`` as retry number ``retry_count``."""
-        return self._write("UPDATE _dotdo_alarm SET due = ?, retry_count = ? WHERE seq = ?", due, retry_count, seq) > 0
+        return (
+            self._write(
+                "UPDATE _dotdo_alarm SET due = ?, retry_count = ? WHERE seq = ? AND due IS NOT NULL", due, retry_count, seq
+            )
+            > 0
+        )
 
     # -- schedules -------------------------------------------------------------------
 
@@ -214,7 +213,7 @@ class AlarmStore:
         """The alarm and every schedule, earliest first."""
         items = [
             PendingItem(ALARM_ITEM, "alarm", None, due, retries)
-            for due, retries in self._rows("SELECT due, retry_count FROM _dotdo_alarm")
+            for due, retries in self._rows("SELECT due, retry_count FROM _dotdo_alarm WHERE due IS NOT NULL")
         ]
         items.extend(
             PendingItem(name, "schedule", phrase, next_run, 0)
@@ -224,15 +223,32 @@ class AlarmStore:
         return items
 
     def next_due(self, now: float) -> AlarmRow | ScheduleRow | None:
-        """The earliest alarm or schedule due at ``now``, or None."""
-        alarm = self.get()
+        """The earliest alarm or schedule due at ``now``, or None (the alarm first when
+        both are due at the same moment)."""
         rows = self._rows(
-            f"SELECT {_SCHEDULE_COLUMNS} FROM _dotdo_schedules WHERE next_run <= ? ORDER BY next_run LIMIT 1", now
+            "SELECT * FROM ("
+            "SELECT 0 AS kind, due AS at, scheduled, due, retry_count, seq, "
+            "NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL "
+            "FROM _dotdo_alarm WHERE due <= ?1 "
+            f"UNION ALL SELECT * FROM (SELECT 1, next_run, NULL, NULL, NULL, NULL, {_SCHEDULE_COLUMNS} "
+            "FROM _dotdo_schedules WHERE next_run <= ?1 ORDER BY next_run LIMIT 1)"
+            ") ORDER BY at, kind LIMIT 1",
+            now,
         )
-        schedule = ScheduleRow(*rows[0]) if rows else None
-        if alarm is not None and alarm.due <= now and (schedule is None or alarm.due <= schedule.next_run):
-            return alarm
-        return schedule
+        if not rows:
+            return None
+        row = rows[0]
+        return AlarmRow(*row[2:6]) if row[0] == 0 else ScheduleRow(*row[6:])
+
+    def due_at(self, now: float) -> bool:
+        """Whether the alarm or a schedule is due at ``now``."""
+        return bool(
+            self._rows(
+                "SELECT 1 WHERE EXISTS (SELECT 1 FROM _dotdo_alarm WHERE due <= ?1) "
+                "OR EXISTS (SELECT 1 FROM _dotdo_schedules WHERE next_run <= ?1)",
+                now,
+            )
+        )
 
     # -- abandoned runs --------------------------------------------------------------
 

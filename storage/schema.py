@@ -84,6 +84,31 @@ MIGRATIONS: tuple[Migration, ...] = (
             """
         ),
     ),
+    Migration(
+        3,
+        "the alarm row keeps its sequence number when deleted (due and scheduled become NULL)",
+        _run(
+            """
+            CREATE TABLE _dotdo_alarm_v3(
+                slot INTEGER PRIMARY KEY CHECK (slot = 1),
+                scheduled REAL,
+                due REAL,
+                retry_count INTEGER NOT NULL DEFAULT 0,
+                seq INTEGER NOT NULL,
+                CHECK ((scheduled IS NULL) = (due IS NULL))
+            );
+            INSERT INTO _dotdo_alarm_v3(slot, scheduled, due, retry_count, seq)
+                SELECT 1, a.scheduled, a.due, coalesce(a.retry_count, 0),
+                       max(coalesce(a.seq, 0), coalesce(m.value, 0))
+                FROM (SELECT 1) LEFT JOIN _dotdo_alarm AS a
+                LEFT JOIN _dotdo_meta AS m ON m.key = 'alarm_seq'
+                WHERE a.slot IS NOT NULL OR m.key IS NOT NULL;
+            DROP TABLE _dotdo_alarm;
+            ALTER TABLE _dotdo_alarm_v3 RENAME TO _dotdo_alarm;
+            DELETE FROM _dotdo_meta WHERE key = 'alarm_seq';
+            """
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

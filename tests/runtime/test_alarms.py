@@ -566,3 +566,46 @@ async def test_a_handler_may_delete_and_set_a_new_alarm(autojump_clock: MockCloc
         await trio.sleep(10)
         assert await actor.fired() == 2
         assert sup.alarms.index.count() == 0
+
+
+class Relay(DO):
+    """Re-arms itself from its handler and notes what the index said meanwhile."""
+
+    async def arm(self, seconds: float) -> None:
+        self.set_alarm(mock_wall_clock() + seconds)
+
+    async def alarm(self, info: Any) -> None:
+        runs = (self.storage.get("runs") or 0) + 1
+        self.storage.put("runs", runs)
+        if runs < 3:
+            self.set_alarm(mock_wall_clock() + 60)
+            index = self._dotdo_ctx.supervisor.alarms.index
+            # Written in this turn's commit, but not lowered into the index: the entry
+            # that started this delivery (due now or earlier) still wakes the actor.
+            earliest = min(e.due for e in index.entries("Relay") if e.hex == self.id.hex)
+            self.storage.put(f"index_due_{runs}", earliest - mock_wall_clock())
+
+    async def state(self) -> dict[str, Any]:
+        return dict(self.storage.list())
+
+
+async def test_a_rearming_handler_leaves_the_index_exact_and_never_late(autojump_clock: MockClock, tmp_path: Path) -> None:
+    async with Supervisor([Relay], tmp_path, clock=mock_wall_clock) as sup:
+        actor = sup.S.Relay("r")
+        await actor.arm(5)
+        await trio.sleep(6)
+        state = await actor.state()
+        assert state["runs"] == 1 and state["index_due_1"] <= 0
+        # Once the delivery ends, the index says exactly what the database says.
+        entries = sup.alarms.index.entries("Relay")
+        assert [e.due for e in entries] == [pytest.approx(mock_wall_clock() + 59, abs=0.5)]
+    # A restart before the next run: it runs on time, not before and not lost.
+    async with Supervisor([Relay], tmp_path, clock=mock_wall_clock) as sup:
+        actor = sup.S.Relay("r")
+        await trio.sleep(50)
+        assert (await actor.state())["runs"] == 1
+        await trio.sleep(10)
+        assert (await actor.state())["runs"] == 2
+        await trio.sleep(61)
+        assert (await actor.state())["runs"] == 3
+        assert sup.alarms.index.count() == 0

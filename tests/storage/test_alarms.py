@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from storage import ActorDatabase, Address
+import apsw
+import pytest
+
+from storage import ActorDatabase, Address, schema
 from storage.alarms import FAILURES_KEPT, AlarmRow, ScheduleRow
 
 
@@ -17,6 +20,8 @@ def test_alarm_set_get_delete(db: ActorDatabase) -> None:
     assert db.alarms.delete(seq=1) is False  # not the current alarm
     assert db.alarms.delete(seq=2) is True
     assert db.alarms.get() is None and db.alarms.delete() is False
+    assert db.alarms.retry(2, 60.0, 1) is False  # a deleted alarm is not revived
+    assert db.alarms.next_due(1e12) is None and db.alarms.pending() == []
 
 
 def test_seq_grows_across_deletes(db: ActorDatabase) -> None:
@@ -24,6 +29,43 @@ def test_seq_grows_across_deletes(db: ActorDatabase) -> None:
     db.alarms.delete()
     assert db.alarms.set(2.0).seq == 2  # never reused: a handler can tell its alarm from a new one
     assert db.alarms.set(3.0).seq == 3
+
+
+def _v2_database(path: Path, statements: str) -> None:
+    """A database as schema version 2 left it (the alarm sequence counter in _dotdo_meta)."""
+    conn = apsw.Connection(str(path))
+    for migration in schema.MIGRATIONS[:2]:
+        migration.apply(conn)
+    for _ in conn.execute(f"PRAGMA user_version = 2; {statements}"):
+        pass
+    conn.close()
+
+
+@pytest.mark.parametrize(
+    ("v2_state", "alarm", "next_seq"),
+    [
+        ("", None, 1),
+        (
+            "INSERT INTO _dotdo_meta VALUES ('alarm_seq', 5);"
+            "INSERT INTO _dotdo_alarm VALUES (1, 100.0, 104.0, 2, 5);",
+            AlarmRow(100.0, 104.0, 2, 5),
+            6,
+        ),
+        ("INSERT INTO _dotdo_meta VALUES ('alarm_seq', 7);", None, 8),  # set, then deleted
+    ],
+)
+def test_version_3_keeps_the_alarm_and_its_sequence(
+    tmp_path: Path, v2_state: str, alarm: AlarmRow | None, next_seq: int
+) -> None:
+    address = Address("T", "old")
+    path = address.path(tmp_path)
+    path.parent.mkdir(parents=True)
+    _v2_database(path, v2_state)
+    with ActorDatabase.open(tmp_path, address) as db:
+        assert db.stats().schema_version == schema.LATEST_VERSION
+        assert db.alarms.get() == alarm
+        assert "alarm_seq" not in db.meta()
+        assert db.alarms.set(1.0).seq == next_seq
 
 
 def test_retry_moves_only_the_named_alarm(db: ActorDatabase) -> None:

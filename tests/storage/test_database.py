@@ -169,6 +169,34 @@ def test_state_survives_close_and_reopen(tmp_path: Path) -> None:
         assert db.sql.exec("SELECT x FROM t").one() == {"x": 7}
 
 
+def test_close_keeps_a_small_wal_and_checkpoints_a_large_one(tmp_path: Path) -> None:
+    options = StorageOptions(wal_keep_kib=64)
+    wal = Path(f"{ALICE.path(tmp_path)}-wal")
+    with ActorDatabase.open(tmp_path, ALICE, options) as db:
+        db.kv.put("small", "x")
+    assert 0 < wal.stat().st_size <= 64 * 1024  # kept: no checkpoint, no fsync
+    with ActorDatabase.open(tmp_path, ALICE, options) as db:
+        assert db.kv.get("small") == "x"  # replayed from the WAL
+        for i in range(40):
+            db.kv.put(f"big{i}", "y" * 4000)
+    assert not wal.exists()  # past the limit: checkpointed into the database and removed
+    with ActorDatabase.open(tmp_path, ALICE, options) as db:
+        assert db.kv.get("small") == "x" and db.kv.get("big39") == "y" * 4000
+
+
+def test_a_lock_holder_killed_mid_turn_leaves_the_database_openable(tmp_path: Path) -> None:
+    code = (
+        "import os, signal; from storage import ActorDatabase, Address\n"
+        f"db = ActorDatabase.open({str(tmp_path)!r}, Address('Customer', 'alice'))\n"
+        "db.kv.put('kept', 1); db.begin_turn(); db.kv.put('lost', 2)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=os.getcwd(), timeout=30)
+    assert done.returncode == -9
+    with ActorDatabase.open(tmp_path, ALICE) as db:  # the lock died with its process
+        assert db.kv.get("kept") == 1 and db.kv.get("lost") is None
+
+
 def test_close_discards_an_unfinished_turn_and_is_idempotent(tmp_path: Path) -> None:
     db = ActorDatabase.open(tmp_path, ALICE)
     db.begin_turn()
