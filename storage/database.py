@@ -194,6 +194,8 @@ class ActorDatabase:
         try:
             _configure(conn, options, created)
             _lock_and_migrate(conn, address, name)
+            if created and options.durability is Durability.NORMAL:
+                conn.execute(_synchronous(options))
             _trim_page_cache(conn, options)
         except BaseException as exc:
             conn.close()
@@ -501,17 +503,27 @@ def _configure(conn: apsw.Connection, options: StorageOptions, created: bool) ->
     conn.config(apsw.SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0)
     conn.set_busy_timeout(0)
     conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)  # see StorageOptions.wal_keep_kib
-    sync = "FULL" if options.durability is Durability.FULL else "NORMAL"
     pragmas = (
         "PRAGMA locking_mode=EXCLUSIVE;"
-        f"PRAGMA synchronous={sync};"
         f"PRAGMA cache_size=-{int(options.cache_kib)};"
         "PRAGMA journal_size_limit=4194304;"
     )
-    if created:
-        pragmas += "PRAGMA journal_mode=WAL;"
+    if created and options.durability is Durability.NORMAL:
+        # A new, empty file: the switch to WAL and the schema are written without the
+        # three fsyncs they would cost (rollback journal, database, new WAL header).
+        # Under `normal` nothing is promised against power loss; a killed process loses
+        # nothing, and a file cut short before its schema commits is migrated again.
+        pragmas += "PRAGMA synchronous=OFF; PRAGMA journal_mode=WAL;"
+    else:
+        pragmas += _synchronous(options)
+        if created:
+            pragmas += "PRAGMA journal_mode=WAL;"
     for _ in conn.execute(pragmas):
         pass
+
+
+def _synchronous(options: StorageOptions) -> str:
+    return f"PRAGMA synchronous={'FULL' if options.durability is Durability.FULL else 'NORMAL'};"
 
 
 def _trim_page_cache(conn: apsw.Connection, options: StorageOptions) -> None:

@@ -29,6 +29,19 @@ def test_new_database_is_wal_and_records_its_address(tmp_path: Path) -> None:
         assert repr(db) == "<ActorDatabase Customer/alice>"
 
 
+def test_a_creation_cut_short_before_its_schema_is_completed_on_open(tmp_path: Path) -> None:
+    # What a power loss can leave of a new database under `normal`: the switch to WAL
+    # reached the file, the schema (written without fsyncs) did not.
+    path = ALICE.path(tmp_path)
+    path.parent.mkdir(parents=True)
+    conn = apsw.Connection(str(path))
+    assert conn.pragma("journal_mode", "wal") == "wal"
+    conn.close()
+    with ActorDatabase.open(tmp_path, ALICE) as db:
+        assert db.connection.pragma("user_version") == schema.LATEST_VERSION
+        assert db.stored_address() == ALICE
+
+
 @pytest.mark.parametrize(("durability", "level"), [(Durability.NORMAL, 1), (Durability.FULL, 2)])
 def test_durability_sets_synchronous(tmp_path: Path, durability: Durability, level: int) -> None:
     with ActorDatabase.open(tmp_path, ALICE, StorageOptions(durability=durability)) as db:
