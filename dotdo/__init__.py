@@ -11,6 +11,9 @@ one private SQLite database that survives restarts::
             return self.sql.exec("SELECT count(*) AS n FROM inbox").one()["n"]
 
     await S.Customer("alice").notify("hi")
+
+From another process, ``S = await connect("tcp://127.0.0.1:8788")`` gives the same
+stubs over the transport.
 """
 
 from actors.base import DO
@@ -21,6 +24,7 @@ from dotdo.errors import (
     ActorNotFound,
     BodyTooLarge,
     CallTimeout,
+    ConnectionLost,
     DatabaseLocked,
     DeadlockError,
     DotdoError,
@@ -34,14 +38,17 @@ from dotdo.errors import (
     InvalidValue,
     MethodNotAllowed,
     Overloaded,
+    ProtocolError,
     RowCountError,
     SqlError,
     StorageError,
     StorageLimitExceeded,
     SupervisorClosed,
     TransactionError,
+    Unauthorized,
     Unavailable,
 )
+from dotdo.client import connect
 from dotdo.server import ServeOptions, serve
 from runtime.alarms import AlarmInfo, ScheduleInfo, ScheduleRun
 from runtime.ids import ActorId, id_from_name, id_from_string, new_unique_id
@@ -58,6 +65,7 @@ __all__ = [
     "AlarmInfo",
     "BodyTooLarge",
     "CallTimeout",
+    "ConnectionLost",
     "DatabaseLocked",
     "DeadlockError",
     "DotdoError",
@@ -72,6 +80,7 @@ __all__ = [
     "InvalidValue",
     "MethodNotAllowed",
     "Overloaded",
+    "ProtocolError",
     "RowCountError",
     "S",
     "ScheduleInfo",
@@ -83,10 +92,12 @@ __all__ = [
     "Supervisor",
     "SupervisorClosed",
     "TransactionError",
+    "Unauthorized",
     "Unavailable",
     "id_from_name",
     "id_from_string",
     "new_unique_id",
+    "connect",
     "rpc",
     "serve",
 ]

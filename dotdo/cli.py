@@ -64,6 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=_port, default=8787, help="HTTP port; 0 picks a free one (default: 8787)")
     serve.add_argument(
+        "--rpc-port",
+        type=_port,
+        default=None,
+        help="port of the msgpack/TCP transport; 0 turns it off (default: the HTTP port + 1)",
+    )
+    serve.add_argument(
+        "--token",
+        default=os.environ.get("DOTDO_TOKEN") or None,
+        help="shared secret transport clients must present (default: $DOTDO_TOKEN; none: no token)",
+    )
+    serve.add_argument(
         "--durability",
         choices=[d.value for d in Durability],
         default="normal",
@@ -141,6 +152,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         shutdown_grace=args.shutdown_grace,
         debug=args.debug,
         env=dict(args.env),
+        rpc_port=args.rpc_port,
+        token=args.token,
     )
     try:
         run(kinds, options)

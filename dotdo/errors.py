@@ -24,8 +24,11 @@
     ├── CallTimeout                      504  the deadline passed
     │   └── DeadlockError                503
     ├── Overloaded                       503  too many calls waiting for the actor
+    ├── ProtocolError                    400  a transport peer broke the protocol
+    ├── Unauthorized                     401  wrong or missing token
     └── Unavailable                      503  restarting or shutting down; retry
-        └── SupervisorClosed             503
+        ├── SupervisorClosed             503
+        └── ConnectionLost               503  the transport connection closed mid-call
 
 Errors raised by an actor's own code that are not dotdo errors reach the caller as
 ``ActorError`` (in-process and remotely alike); the turn that raised was rolled back.
@@ -37,12 +40,15 @@ from runtime.errors import (
     ActorError,
     ActorNotFound,
     CallTimeout,
+    ConnectionLost,
     DeadlockError,
     InvalidArguments,
     InvalidSchedule,
     MethodNotAllowed,
     Overloaded,
+    ProtocolError,
     SupervisorClosed,
+    Unauthorized,
     Unavailable,
 )
 from storage.errors import (
@@ -70,6 +76,8 @@ class BodyTooLarge(InvalidInput):
 _STATUS: tuple[tuple[type[DotdoError], int], ...] = (
     (BodyTooLarge, 413),
     (InvalidInput, 400),
+    (ProtocolError, 400),
+    (Unauthorized, 401),
     (ActorNotFound, 404),
     (MethodNotAllowed, 404),
     (DeadlockError, 503),
@@ -95,6 +103,7 @@ __all__ = [
     "ActorNotFound",
     "BodyTooLarge",
     "CallTimeout",
+    "ConnectionLost",
     "DatabaseLocked",
     "DeadlockError",
     "DotdoError",
@@ -108,12 +117,14 @@ __all__ = [
     "InvalidValue",
     "MethodNotAllowed",
     "Overloaded",
+    "ProtocolError",
     "RowCountError",
     "SqlError",
     "StorageError",
     "StorageLimitExceeded",
     "SupervisorClosed",
     "TransactionError",
+    "Unauthorized",
     "Unavailable",
     "http_status",
 ]

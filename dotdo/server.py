@@ -18,6 +18,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from dotdo.http import DEFAULT_MAX_BODY, create_app
 from runtime.kinds import KindSpec
+from runtime.transport import TransportOptions, TransportServer
 from runtime.supervisor import Supervisor, default_max_active
 from storage.database import Durability, StorageOptions
 
@@ -40,6 +41,15 @@ class ServeOptions:
     read_timeout: float = 30.0
     debug: bool = False
     env: Mapping[str, str] = field(default_factory=dict)
+    rpc_port: int | None = None
+    token: str | None = None
+
+    def transport_port(self) -> int | None:
+        """The transport's port: ``rpc_port`` if given (0: no transport), else the HTTP
+        port + 1 (a free port when the HTTP port is picked freely)."""
+        if self.rpc_port is not None:
+            return self.rpc_port or None
+        return self.port + 1 if self.port else 0
 
 
 async def wait_for_signal() -> None:
@@ -92,16 +102,58 @@ async def serve(
     config.include_server_header = False
     app = create_app(supervisor, max_body=options.max_body, debug=options.debug)
     trigger = shutdown_trigger or wait_for_signal
+    rpc_port = options.transport_port()
     async with supervisor, trio.open_nursery() as nursery:
-        binds: list[str] = await nursery.start(partial(hypercorn_serve, app, config, shutdown_trigger=trigger))
+        rpc_urls: list[str] = []
+        transport_scope = trio.CancelScope()  # the transport stops when HTTP does
+        if rpc_port is not None:
+            transport = TransportServer(supervisor, TransportOptions(token=options.token))
+            listeners = await nursery.start(_transport, transport, options.host, rpc_port, transport_scope)
+            rpc_urls = [_tcp_url(listener.socket.getsockname()) for listener in listeners]
+        binds: list[str] = await nursery.start(_http, app, config, trigger, transport_scope)
         kinds_list = ", ".join(supervisor.registry.namespaces)
         print(f"dotdo serving {kinds_list}", file=out)
         for url in binds:
             print(f"  http: {url}", file=out)
+        for url in rpc_urls:
+            secured = " (token required)" if options.token else ""
+            print(f"  rpc:  {url}{secured}", file=out)
         print(f"  data: {data_dir} (durability {options.durability.value})", file=out)
         print("  stop: Ctrl-C", file=out, flush=True)
         task_status.started(binds)
     print("dotdo stopped: every database closed", file=out, flush=True)
+
+
+async def _http(
+    app: Any,
+    config: HypercornConfig,
+    trigger: Callable[[], Awaitable[None]],
+    then: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """hypercorn until the shutdown trigger, then cancel ``then`` (the transport)."""
+    try:
+        await hypercorn_serve(app, config, shutdown_trigger=trigger, task_status=task_status)
+    finally:
+        then.cancel()
+
+
+async def _transport(
+    transport: TransportServer,
+    host: str,
+    port: int,
+    scope: trio.CancelScope,
+    *,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    with scope:
+        await transport.serve(host, port, task_status=task_status)
+
+
+def _tcp_url(sockname: tuple[Any, ...]) -> str:
+    host, port = sockname[0], sockname[1]
+    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
 
 
 GC_THRESHOLDS = (10_000, 20, 10)

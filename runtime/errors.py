@@ -9,8 +9,11 @@
     ├── CallTimeout                  the call's deadline passed
     │   └── DeadlockError            a call waited for a turn held up the same chain
     ├── Overloaded                   the actor's mailbox is full; retry later
+    ├── ProtocolError                a peer broke the wire protocol
+    ├── Unauthorized                 wrong or missing token
     └── Unavailable                  the actor cannot be reached now; retry later
-        └── SupervisorClosed         the supervisor is shutting down
+        ├── SupervisorClosed         the supervisor is shutting down
+        └── ConnectionLost           the connection closed with the call in flight
 """
 
 from __future__ import annotations
@@ -100,3 +103,17 @@ class Unavailable(DotdoError):
 
 class SupervisorClosed(Unavailable):
     """The supervisor is shutting down or has shut down."""
+
+
+class ConnectionLost(Unavailable):
+    """The connection to the server closed while the call was in flight; whether it ran
+    is unknown (a turn either committed or rolled back, never half). Safe to retry when
+    the call is idempotent."""
+
+
+class ProtocolError(DotdoError):
+    """A peer sent bytes that break the wire protocol (``docs/protocol.md``)."""
+
+
+class Unauthorized(DotdoError):
+    """The connection did not present the server's token; nothing was executed."""

@@ -232,16 +232,57 @@ class Supervisor:
     async def call_pipeline(self, target: ActorId, steps: list[tuple[str, bytes]], timeout: float | None = None) -> Any:
         """Evaluate a pipelined chain of calls: each step runs on the actor the previous
         step returned (a reference), the last step's result is returned."""
-        result: Any = None
-        for index, (method, payload) in enumerate(steps):
-            if index:
-                if not isinstance(result, ActorStub):
-                    raise DotdoError(
-                        f"pipeline step {index} ({steps[index - 1][0]}) returned a "
-                        f"{type(result).__name__}, not an actor reference: cannot call .{method}() on it"
-                    )
-                target = result.id
-            result = await self.call_packed(target, method, payload, timeout)
+        method, payload = steps[0]
+        result = await self.call_packed(target, method, payload, timeout)
+        return await self._continue_pipeline(result, steps, 1, timeout)
+
+    async def call_from_peer(
+        self,
+        target: ActorId,
+        steps: list[tuple[str, bytes]],
+        *,
+        timeout: float | None,
+        chain: str | None = None,
+        path: tuple[str, ...] = (),
+    ) -> Any:
+        """A call that arrived over the transport: ``steps`` as in ``call_pipeline``,
+        the first one joining the caller's ``chain`` (so that a call coming back along
+        it is admitted, not deadlocked) under the caller's remaining ``timeout``."""
+        if self._closing:
+            raise SupervisorClosed("the supervisor is shutting down")
+        method, payload = steps[0]
+        spec = self.registry.method(target.namespace, method)
+        args, kwargs = self._unpack_args(payload)
+        bound_args, bound_kwargs = spec.bind(args, kwargs)
+        result = await self._entry(
+            target,
+            chain or self._new_chain(),
+            path,
+            timeout or spec.timeout,
+            spec.function,
+            bound_args,
+            bound_kwargs,
+            True,
+        )
+        if len(steps) == 1:
+            return result
+        return await self._continue_pipeline(result, steps, 1, timeout)
+
+    async def _continue_pipeline(self, result: Any, steps: list[tuple[str, bytes]], start: int, timeout: float | None) -> Any:
+        """Run ``steps[start:]``, the first on the actor ``result`` refers to. A reference
+        bound to another caller (a connection to another process) takes the rest of
+        the chain in one message."""
+        for index in range(start, len(steps)):
+            method, payload = steps[index]
+            if not isinstance(result, ActorStub):
+                raise DotdoError(
+                    f"pipeline step {index} ({steps[index - 1][0]}) returned a "
+                    f"{type(result).__name__}, not an actor reference: cannot call .{method}() on it"
+                )
+            caller = result._caller
+            if caller is not self:
+                return await caller.call_pipeline(result.id, steps[index:], timeout)
+            result = await self.call_packed(result.id, method, payload, timeout)
         return result
 
     async def fetch(self, target: ActorId, request: Any, *, timeout: float | None = None) -> Any:

@@ -41,6 +41,22 @@ def test_serve_defaults() -> None:
     assert Durability(args.durability) is Durability.NORMAL
     assert (args.max_body, args.call_timeout, args.max_mailbox) == (1024 * 1024, 30.0, 1000)
     assert args.max_active is None and args.env == [] and args.debug is False
+    assert args.rpc_port is None and args.token is None
+
+
+def test_transport_port_follows_the_http_port() -> None:
+    from dotdo import ServeOptions
+
+    assert ServeOptions(port=8787).transport_port() == 8788
+    assert ServeOptions(port=0).transport_port() == 0  # a free one, like HTTP's
+    assert ServeOptions(port=8787, rpc_port=9000).transport_port() == 9000
+    assert ServeOptions(port=8787, rpc_port=0).transport_port() is None  # off
+
+
+def test_token_defaults_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOTDO_TOKEN", "from-env")
+    assert build_parser().parse_args(["serve"]).token == "from-env"
+    assert build_parser().parse_args(["serve", "--token", "given"]).token == "given"
 
 
 def test_serve_options() -> None:
@@ -267,6 +283,26 @@ async def test_serve_the_examples_call_them_and_stop_on_sigint(tmp_path: Path) -
         assert "Traceback" not in served.stderr.read_text()
     assert list((data / "Counter").rglob("*.sqlite"))  # the actors' databases are in --data
     assert not (tmp_path / "dotdo-data").exists()
+
+
+async def test_serve_takes_transport_clients_with_the_token(tmp_path: Path) -> None:
+    from dotdo import Unauthorized, connect
+
+    async with dotdo_serve(tmp_path, "--data", str(tmp_path / "data"), "--token", "t0ken") as served:
+        [rpc] = [line.split("rpc:  ", 1)[1] for line in served.output().splitlines() if "rpc:  " in line]
+        url = rpc.removesuffix(" (token required)")
+        assert url.startswith("tcp://127.0.0.1:") and rpc.endswith("(token required)")
+        with pytest.raises(Unauthorized):
+            await connect(url, token="wrong")
+        async with connect(url, token="t0ken") as S:
+            assert await S.Counter("x").increment(5) == 5
+            placed = await S.Order("o1").place("alice", "widget", qty=2)
+            assert placed["customer_inbox_size"] == 1
+        http = await dotdo("call", "--url", served.url, "Counter", "x", "get", cwd=tmp_path)
+        assert http.stdout == b"5\n"  # one server, one actor, whichever way it is reached
+        assert await stop(served, signal.SIGTERM) == 0
+    async with dotdo_serve(tmp_path, "--data", str(tmp_path / "data"), "--rpc-port", "0") as served:
+        assert "rpc:" not in served.output()
 
 
 async def test_serve_a_user_module_by_path_and_stop_on_sigterm(tmp_path: Path) -> None:

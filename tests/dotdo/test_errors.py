@@ -28,6 +28,9 @@ from dotdo.errors import (
     StorageError,
     StorageLimitExceeded,
     SupervisorClosed,
+    ConnectionLost,
+    ProtocolError,
+    Unauthorized,
     TransactionError,
     Unavailable,
     http_status,
@@ -59,6 +62,9 @@ CASES: list[tuple[DotdoError, int, type]] = [
     (Overloaded("x"), 503, DotdoError),
     (Unavailable("x"), 503, DotdoError),
     (SupervisorClosed("x"), 503, Unavailable),
+    (ConnectionLost("x"), 503, Unavailable),
+    (ProtocolError("x"), 400, DotdoError),
+    (Unauthorized("x"), 401, DotdoError),
 ]
 
 

@@ -1,0 +1,85 @@
+"""``connect``: stubs for actors served by another process, over the transport.
+
+::
+
+    S = await connect("tcp://127.0.0.1:8788", token=...)
+    await S.Customer("alice").notify("hi")
+    await S.aclose()
+
+    async with connect("tcp://127.0.0.1:8788") as S:   # closes on exit
+        ...
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator
+from typing import Any
+from urllib.parse import urlsplit
+
+from runtime.transport import Connection, RemoteNamespaces
+from storage.errors import InvalidInput
+
+TOKEN_ENV = "DOTDO_TOKEN"
+
+
+def parse_url(url: str) -> tuple[str, int]:
+    """``tcp://host:port`` as (host, port).
+
+    Raises:
+        InvalidInput: Another scheme, or no host or port.
+    """
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme != "tcp" or not parts.hostname or port is None or parts.path not in ("", "/"):
+        raise InvalidInput(f"a transport address looks like tcp://host:port, got {url!r}")
+    return parts.hostname, port
+
+
+class _Connect:
+    """What ``connect`` returns: await it, or use it with ``async with``."""
+
+    __slots__ = ("_url", "_kwargs", "_S")
+
+    def __init__(self, url: str, kwargs: dict[str, Any]) -> None:
+        self._url = url
+        self._kwargs = kwargs
+        self._S: RemoteNamespaces | None = None
+
+    async def _open(self) -> RemoteNamespaces:
+        host, port = parse_url(self._url)
+        connection = await Connection.open(host, port, **self._kwargs)
+        return connection.S
+
+    def __await__(self) -> Generator[Any, None, RemoteNamespaces]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> RemoteNamespaces:
+        self._S = await self._open()
+        return self._S
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._S is not None:
+            await self._S.aclose()
+
+
+def connect(url: str, *, token: str | None = None, max_inflight: int = 64, connect_timeout: float = 10.0) -> _Connect:
+    """Connect to a dotdo server's transport (``dotdo serve`` prints its address).
+
+    Args:
+        url: ``tcp://host:port``.
+        token: The server's token; defaults to ``$DOTDO_TOKEN``.
+        max_inflight: Calls this connection sends before waiting for replies (the
+            server's own cap, if lower, wins).
+        connect_timeout: Seconds to connect and shake hands.
+
+    Raises:
+        Unauthorized: Wrong or missing token (nothing was run).
+        ConnectionLost: Nothing answered there.
+    """
+    if token is None:
+        token = os.environ.get(TOKEN_ENV) or None
+    return _Connect(url, {"token": token, "max_inflight": max_inflight, "connect_timeout": connect_timeout})

@@ -1,0 +1,488 @@
+"""The msgpack/TCP transport: a server that runs calls from connections, and the client
+connection that stubs send through (``docs/protocol.md`` is the reference).
+
+Server: one task per connection reads frames and starts one task per call in the
+connection's own nursery; at most ``max_inflight`` calls run at once per connection.
+At the cap the reader stops reading, so a fast sender is slowed by TCP itself and no
+call is dropped. A frame that breaks the protocol gets an error frame and the
+connection is closed; other connections never notice.
+
+Client: ``Connection`` has no task of its own. One caller waiting for its reply reads
+the socket and hands every reply it reads to its owner; when its own has come, it wakes
+another waiting caller to read on. Replies may come in any order, and an idle
+connection costs nothing.
+"""
+
+from __future__ import annotations
+
+import hmac
+import itertools
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from storage.address import validate_namespace
+from storage.errors import DotdoError
+
+from runtime import values, wire
+from runtime.errors import ConnectionLost, MethodNotAllowed, ProtocolError, Unauthorized
+from runtime.ids import ActorId
+from runtime.stubs import ActorStub, Namespaces
+
+if TYPE_CHECKING:
+    from runtime.supervisor import Supervisor
+
+log = logging.getLogger("dotdo.transport")
+
+RECEIVE_CHUNK = 65536
+HANDSHAKE_TIMEOUT = 10.0
+DEFAULT_MAX_INFLIGHT = 128
+
+
+# -- server ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TransportOptions:
+    """Settings of the transport server.
+
+    Attributes:
+        token: Shared secret every connection must present first (None: none needed).
+        max_frame: Largest frame accepted, in bytes.
+        max_inflight: Calls one connection may have running; past it the server stops
+            reading from that connection until one finishes.
+        handshake_timeout: Seconds a new connection has to send its hello.
+    """
+
+    token: str | None = None
+    max_frame: int = wire.DEFAULT_MAX_FRAME
+    max_inflight: int = DEFAULT_MAX_INFLIGHT
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
+
+
+@dataclass(slots=True)
+class _ServerConnection:
+    stream: trio.abc.Stream
+    nursery: trio.Nursery
+    slots: trio.Semaphore
+    send_lock: trio.Lock = field(default_factory=trio.Lock)
+    running: dict[int, trio.CancelScope] = field(default_factory=dict)
+
+
+class TransportServer:
+    """Runs calls that arrive over the transport on a supervisor."""
+
+    def __init__(self, supervisor: Supervisor, options: TransportOptions = TransportOptions()) -> None:
+        self._sup = supervisor
+        self.options = options
+        self.connections = 0
+
+    async def serve(self, host: str, port: int, *, task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen on ``host:port`` (0: any free port) until cancelled."""
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        task_status.started(listeners)
+        await trio.serve_listeners(self.handle, listeners)
+
+    async def handle(self, stream: trio.abc.Stream) -> None:
+        """Serve one connection until it closes or breaks the protocol."""
+        self.connections += 1
+        decoder = wire.FrameDecoder(self.options.max_frame)
+        try:
+            async with stream:
+                if not await self._handshake(stream, decoder):
+                    return
+                async with trio.open_nursery() as nursery:
+                    conn = _ServerConnection(stream, nursery, trio.Semaphore(self.options.max_inflight))
+                    try:
+                        await self._read(conn, decoder)
+                    except ProtocolError as exc:
+                        await _send_quietly(conn.stream, conn.send_lock, wire.error_frame(None, exc))
+                    nursery.cancel_scope.cancel()  # the peer is gone or broke the protocol
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self.connections -= 1
+
+    async def _handshake(self, stream: trio.abc.Stream, decoder: wire.FrameDecoder) -> bool:
+        hello: wire.Message | None = None
+        with trio.move_on_after(self.options.handshake_timeout):
+            while hello is None:
+                data = await stream.receive_some(RECEIVE_CHUNK)
+                if not data:
+                    return False
+                try:
+                    bodies = decoder.feed(data)
+                    if bodies:
+                        hello = wire.decode(bodies[0])
+                except ProtocolError as exc:
+                    await _send_quietly(stream, None, wire.error_frame(None, exc))
+                    return False
+        if hello is None:
+            await _send_quietly(stream, None, wire.error_frame(None, ProtocolError("no hello within the handshake timeout")))
+            return False
+        if not isinstance(hello, wire.Hello):
+            await _send_quietly(stream, None, wire.error_frame(None, ProtocolError("the first frame must be a hello")))
+            return False
+        if hello.version != wire.VERSION:
+            problem = ProtocolError(f"protocol version {hello.version} is not supported (this server speaks {wire.VERSION})")
+            await _send_quietly(stream, None, wire.error_frame(None, problem))
+            return False
+        expected = self.options.token
+        if expected is not None and not hmac.compare_digest((hello.token or "").encode(), expected.encode()):
+            await _send_quietly(stream, None, wire.error_frame(None, Unauthorized("wrong or missing token")))
+            return False
+        if decoder.pending:
+            await _send_quietly(stream, None, wire.error_frame(None, ProtocolError("frames sent before the welcome")))
+            return False
+        welcome = wire.Welcome(wire.VERSION, self.options.max_frame, self.options.max_inflight)
+        await stream.send_all(wire.encode(welcome))
+        return True
+
+    async def _read(self, conn: _ServerConnection, decoder: wire.FrameDecoder) -> None:
+        stream = conn.stream
+        while True:
+            data = await stream.receive_some(RECEIVE_CHUNK)
+            if not data:
+                return
+            for body in decoder.feed(data):
+                message = wire.decode(body)
+                if isinstance(message, wire.Call):
+                    if message.id in conn.running:
+                        raise ProtocolError(f"request id {message.id} is already in flight")
+                    await conn.slots.acquire()  # at the cap: stop reading until a call ends
+                    scope = trio.CancelScope()
+                    conn.running[message.id] = scope
+                    conn.nursery.start_soon(self._run_call, conn, message, scope)
+                elif isinstance(message, wire.Cancel):
+                    scope = conn.running.get(message.id)
+                    if scope is not None:
+                        scope.cancel()
+                elif isinstance(message, wire.Event):
+                    await conn.slots.acquire()
+                    conn.nursery.start_soon(self._run_event, conn, message)
+                elif isinstance(message, wire.Ping):
+                    await _send(conn.stream, conn.send_lock, wire.Pong(message.id))
+                else:
+                    raise ProtocolError(f"a client does not send {wire.KIND_NAMES[wire.to_wire(message)[0]]} frames")
+
+    async def _run_call(self, conn: _ServerConnection, call: wire.Call, scope: trio.CancelScope) -> None:
+        reply: wire.Message | None = None
+        try:
+            with scope:
+                try:
+                    result = await self._sup.call_from_peer(
+                        call.target, call.steps, timeout=call.timeout, chain=call.chain, path=call.path
+                    )
+                    reply = wire.Reply(call.id, values.pack(result))
+                except DotdoError as exc:
+                    reply = wire.error_frame(call.id, exc)
+                except Exception as exc:  # a bug in dotdo, not in the actor (that is ActorError)
+                    log.exception("call %s on %s failed inside dotdo", call.id, call.target)
+                    reply = wire.error_frame(call.id, DotdoError(f"internal error: {type(exc).__name__}"))
+            if reply is not None:  # None: cancelled by the client, which expects nothing
+                await _send(conn.stream, conn.send_lock, reply)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            conn.nursery.cancel_scope.cancel()
+        finally:
+            del conn.running[call.id]
+            conn.slots.release()
+
+    async def _run_event(self, conn: _ServerConnection, event: wire.Event) -> None:
+        try:
+            await self._sup.call_from_peer(event.target, [(event.method, event.args)], timeout=None)
+        except DotdoError as exc:
+            log.warning("event %s on %s failed: %s", event.method, event.target, exc)
+        except Exception:
+            log.exception("event %s on %s failed inside dotdo", event.method, event.target)
+        finally:
+            conn.slots.release()
+
+
+async def _send(stream: trio.abc.Stream, lock: trio.Lock | None, message: wire.Message) -> None:
+    frame = wire.encode(message)
+    if lock is None:
+        await stream.send_all(frame)
+        return
+    async with lock:
+        await stream.send_all(frame)
+
+
+LINGER = 1.0
+"""Seconds a connection being closed for an error keeps reading (and dropping) input."""
+
+
+async def _send_quietly(stream: trio.abc.Stream, lock: trio.Lock | None, message: wire.Message) -> None:
+    """Send a last frame if the peer still listens (it may not), and close our side so
+    that the peer reads it: closing with the peer's bytes still unread would make the
+    kernel reset the connection, and the peer could lose the frame."""
+    with trio.move_on_after(LINGER):
+        try:
+            await _send(stream, lock, message)
+            if isinstance(stream, trio.abc.HalfCloseableStream):
+                await stream.send_eof()
+            while await stream.receive_some(RECEIVE_CHUNK):
+                pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+            pass
+
+
+# -- client ------------------------------------------------------------------------------
+
+
+class _Waiter:
+    __slots__ = ("frame", "event")
+
+    def __init__(self) -> None:
+        self.frame: wire.Reply | wire.Error | None = None
+        self.event = trio.Event()  # set when the frame is in, or when it must read
+
+
+class Connection:
+    """The client end of one transport connection: what remote stubs send through.
+
+    Open with ``await Connection.open(host, port, token=...)`` (or ``dotdo.connect``);
+    ``S`` gives stubs. Close with ``aclose`` (or ``async with``).
+    """
+
+    def __init__(self, stream: trio.abc.Stream, decoder: wire.FrameDecoder, welcome: wire.Welcome, max_inflight: int, label: str) -> None:
+        self._stream = stream
+        self._decoder = decoder
+        self.welcome = welcome
+        self.label = label
+        self._send_lock = trio.Lock()
+        self._reading = False
+        self._slots = trio.Semaphore(max(1, min(max_inflight, welcome.max_inflight)))
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, _Waiter] = {}
+        self._closed: DotdoError | None = None
+        self.frames_sent = 0
+        self.frames_received = 0
+        self.S = RemoteNamespaces(self)
+
+    @classmethod
+    async def open(
+        cls,
+        host: str,
+        port: int,
+        *,
+        token: str | None = None,
+        max_inflight: int = 64,
+        connect_timeout: float = 10.0,
+    ) -> Connection:
+        """Connect and shake hands.
+
+        Raises:
+            Unauthorized: The server wants another token.
+            ProtocolError: The other end does not speak this protocol.
+            ConnectionLost: Nothing listens there, or it hung up.
+        """
+        try:
+            with trio.fail_after(connect_timeout):
+                stream = await trio.open_tcp_stream(host, port)
+        except (OSError, trio.TooSlowError) as exc:
+            raise ConnectionLost(f"cannot connect to {host}:{port}: {exc or 'timed out'}") from None
+        decoder = wire.FrameDecoder()
+        try:
+            with trio.fail_after(connect_timeout):
+                await stream.send_all(wire.encode(wire.Hello(wire.VERSION, token)))
+                answer = await _read_one(stream, decoder)
+        except BaseException as exc:
+            await trio.aclose_forcefully(stream)
+            if isinstance(exc, trio.TooSlowError):
+                raise ConnectionLost(f"{host}:{port} did not answer the hello") from None
+            if isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError)):
+                raise ConnectionLost(f"{host}:{port} closed the connection") from None
+            raise
+        if isinstance(answer, wire.Error):
+            await trio.aclose_forcefully(stream)
+            raise wire.error_from_frame(answer)
+        if not isinstance(answer, wire.Welcome):
+            await trio.aclose_forcefully(stream)
+            raise ProtocolError(f"{host}:{port} answered the hello with a {type(answer).__name__}")
+        return cls(stream, decoder, answer, max_inflight, f"tcp://{host}:{port}")
+
+    async def aclose(self) -> None:
+        """Close the connection; calls still waiting get ``ConnectionLost``."""
+        self._fail(ConnectionLost(f"the connection to {self.label} was closed"))
+        await trio.aclose_forcefully(self._stream)
+
+    async def __aenter__(self) -> RemoteNamespaces:
+        return self.S
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.label}>"
+
+    # -- the Caller protocol of stubs ------------------------------------------------
+
+    def check_namespace(self, namespace: str) -> None:
+        validate_namespace(namespace)  # which kinds exist is the server's to say
+
+    def check_method(self, namespace: str, method: str) -> None:
+        if method.startswith("_"):
+            raise MethodNotAllowed(namespace, method, (), "private methods cannot be called")
+
+    async def call_packed(self, target: ActorId, method: str, payload: bytes, timeout: float | None = None) -> Any:
+        return await self.call_pipeline(target, [(method, payload)], timeout)
+
+    async def call_pipeline(self, target: ActorId, steps: list[tuple[str, bytes]], timeout: float | None = None) -> Any:
+        """Send the whole chain in one frame; the server forwards each step to the actor
+        the previous one returned and replies once."""
+        if timeout is None:
+            remaining = trio.current_effective_deadline() - trio.current_time()
+            timeout = remaining if math.isfinite(remaining) and remaining > 0 else None
+        frame = await self.request(lambda request: wire.Call(request, target, steps, timeout))
+        if isinstance(frame, wire.Error):
+            raise wire.error_from_frame(frame)
+        return values.unpack(frame.result, self._ref)
+
+    def _ref(self, actor_id: ActorId) -> ActorStub:
+        return ActorStub(self, actor_id)
+
+    # -- requests --------------------------------------------------------------------
+
+    async def ping(self) -> float:
+        """Round-trip time to the server, in seconds."""
+        started = trio.current_time()
+        await self.request(wire.Ping)
+        return trio.current_time() - started
+
+    async def request(self, make: Callable[[int], wire.Message]) -> wire.Reply | wire.Error:
+        """Send the message ``make(request_id)`` and wait for its answer."""
+        if self._closed is not None:
+            raise self._closed
+        async with self._slots:
+            request = next(self._ids)
+            waiter = self._waiting[request] = _Waiter()
+            try:
+                await self._send(make(request))
+                while waiter.frame is None:
+                    if self._closed is not None:
+                        raise self._closed
+                    if self._reading:
+                        await waiter.event.wait()
+                        if waiter.frame is None:  # woken to take over the reading
+                            waiter.event = trio.Event()
+                    else:
+                        await self._read_until(waiter)
+                return waiter.frame
+            except trio.Cancelled:
+                if self._closed is None:
+                    with trio.CancelScope(shield=True), trio.move_on_after(1):
+                        await self._send(wire.Cancel(request))
+                raise
+            finally:
+                self._waiting.pop(request, None)
+
+    async def _send(self, message: wire.Message) -> None:
+        frame = wire.encode(message)
+        if len(frame) - wire.HEADER.size > self.welcome.max_frame:
+            raise ProtocolError(f"the call is {len(frame):,} bytes, over the server's frame limit of {self.welcome.max_frame:,}")
+        async with self._send_lock:
+            if self._closed is not None:
+                raise self._closed
+            try:
+                await self._stream.send_all(frame)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._fail(ConnectionLost(f"the connection to {self.label} broke"))
+                raise self._closed from None  # type: ignore[misc]
+        self.frames_sent += 1
+
+    async def _read_until(self, waiter: _Waiter) -> None:
+        """Be the reader until ``waiter`` has its frame, then wake another waiting
+        caller to read on (if any still waits)."""
+        self._reading = True
+        try:
+            while waiter.frame is None:
+                if self._closed is not None:
+                    raise self._closed
+                try:
+                    data = await self._stream.receive_some(RECEIVE_CHUNK)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+                if not data:
+                    self._fail(ConnectionLost(f"the connection to {self.label} closed with calls in flight"))
+                    raise self._closed  # type: ignore[misc]
+                try:
+                    for body in self._decoder.feed(data):
+                        self._dispatch(wire.decode(body))
+                except ProtocolError as exc:
+                    self._fail(ConnectionLost(f"{self.label} broke the protocol: {exc}"))
+                    await trio.aclose_forcefully(self._stream)
+                    raise self._closed from None  # type: ignore[misc]
+        finally:
+            self._reading = False
+            for other in self._waiting.values():
+                if other.frame is None and other is not waiter:
+                    other.event.set()
+                    break
+
+    def _dispatch(self, message: wire.Message) -> None:
+        self.frames_received += 1
+        if isinstance(message, wire.Reply | wire.Error):
+            if message.id is None:  # about the connection: it is over
+                assert isinstance(message, wire.Error)
+                self._fail(wire.error_from_frame(message))
+                return
+            waiter = self._waiting.get(message.id)
+            if waiter is not None:
+                waiter.frame = message
+                waiter.event.set()
+        elif isinstance(message, wire.Pong):
+            waiter = self._waiting.get(message.id)
+            if waiter is not None:
+                waiter.frame = wire.Reply(message.id, b"")
+                waiter.event.set()
+        else:
+            raise ProtocolError(f"a server does not send {type(message).__name__.lower()} frames")
+
+    def _fail(self, error: DotdoError) -> None:
+        if self._closed is None:
+            self._closed = error
+            for waiter in self._waiting.values():
+                waiter.event.set()  # they see the connection is over
+
+
+async def _read_one(stream: trio.abc.Stream, decoder: wire.FrameDecoder) -> wire.Message:
+    while True:
+        data = await stream.receive_some(RECEIVE_CHUNK)
+        if not data:
+            raise trio.BrokenResourceError("closed")
+        bodies = decoder.feed(data)
+        if bodies:
+            return wire.decode(bodies[0])
+
+
+class RemoteNamespaces(Namespaces):
+    """``S`` of a connection: ``S.Customer("alice")`` as in-process, plus ``aclose``
+    (also ``async with``), ``ping`` and ``connection``. A namespace whose name clashes
+    with these is reached as ``S["aclose"]``."""
+
+    __slots__ = ()
+
+    @property
+    def connection(self) -> Connection:
+        return self._caller  # type: ignore[return-value]
+
+    async def aclose(self) -> None:
+        """Close the connection."""
+        await self.connection.aclose()
+
+    async def ping(self) -> float:
+        """Round-trip time to the server, in seconds."""
+        return await self.connection.ping()
+
+    async def __aenter__(self) -> RemoteNamespaces:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"<S via {self.connection.label}>"

@@ -1,0 +1,291 @@
+"""The msgpack/TCP transport: a real server on 127.0.0.1 and real client connections."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, ClassVar
+
+import msgpack
+import pytest
+import trio
+
+from dotdo import DO, ActorError, ActorNotFound, DotdoError, InvalidArguments
+from dotdo.client import connect, parse_url
+from runtime import wire
+from runtime.errors import CallTimeout, ConnectionLost, Unauthorized
+from runtime.ids import id_from_name
+from runtime.supervisor import Supervisor
+from runtime.transport import Connection, TransportOptions, TransportServer
+from storage.errors import InvalidInput
+
+
+class Shop(DO):
+    """Calls that succeed, fail, wait, and hand out references."""
+
+    running: ClassVar[int] = 0
+    peak: ClassVar[int] = 0
+
+    async def echo(self, value: Any, *, twice: bool = False) -> Any:
+        return [value, value] if twice else value
+
+    async def add(self, a: int, b: int) -> int:
+        return a + b
+
+    async def boom(self) -> None:
+        raise ValueError("no stock")
+
+    async def slow(self, seconds: float, mark: str) -> str:
+        Shop.running += 1
+        Shop.peak = max(Shop.peak, Shop.running)
+        try:
+            self.storage.put(mark, "started")
+            await trio.sleep(seconds)
+            self.storage.put(mark, "finished")
+            return mark
+        finally:
+            Shop.running -= 1
+
+    async def mark(self, key: str) -> Any:
+        return self.storage.get(key)
+
+    async def branch(self, name: str) -> Any:
+        return self.S.Shop(name)
+
+    async def whoami(self) -> str:
+        return self.id.name or self.id.hex
+
+    async def call_back(self, other: Any) -> str:
+        return await other.whoami()
+
+
+def frame(body: Any) -> bytes:
+    packed = msgpack.packb(body, use_bin_type=True)
+    return struct.pack(">I", len(packed)) + packed
+
+
+def slow_call(request: int, actor: str, seconds: float, mark: str) -> bytes:
+    args = msgpack.packb([[seconds, mark], {}])
+    return frame([wire.CALL, request, ["Shop", id_from_name("Shop", actor).hex, actor], [["slow", args]], {}])
+
+
+@asynccontextmanager
+async def transport(tmp_path: Path, **options: Any) -> AsyncIterator[tuple[Supervisor, TransportServer, int]]:
+    async with Supervisor([Shop], tmp_path) as sup, trio.open_nursery() as nursery:
+        server = TransportServer(sup, TransportOptions(**options))
+        listeners = await nursery.start(server.serve, "127.0.0.1", 0)
+        yield sup, server, listeners[0].socket.getsockname()[1]
+        nursery.cancel_scope.cancel()
+
+
+async def outcome(call: Any) -> Any:
+    try:
+        return ("ok", await call)
+    except DotdoError as exc:
+        return ("error", type(exc).__name__, str(exc), getattr(exc, "remote_type", None))
+
+
+async def test_tcp_round_trips_match_in_process(tmp_path: Path) -> None:
+    async with transport(tmp_path) as (sup, _, port), connect(f"tcp://127.0.0.1:{port}") as S:
+        for side in (sup.S, S):
+            assert await side.Shop("a").add(2, 3) == 5
+        cases = [
+            lambda s: s.Shop("a").echo({"x": [1, 2.5, None, b"\x00", "é"]}, twice=True),
+            lambda s: s.Shop("a").add(1, "x"),
+            lambda s: s.Shop("a").add(1),
+            lambda s: s.Shop("a").boom(),
+            lambda s: s.Shop("a").nope(),
+        ]
+        for make in cases:
+            try:
+                local = await outcome(make(sup.S))
+            except DotdoError as exc:  # refused where it is written, in-process
+                local = ("error", type(exc).__name__, str(exc), None)
+            assert await outcome(make(S)) == local
+        with pytest.raises(ActorNotFound, match="known kinds: Shop"):
+            await S.Nobody("x").anything()
+        with pytest.raises(ActorError) as info:
+            await S.Shop("a").boom()
+        assert info.value.remote_type == "ValueError" and info.value.message == "no stock"
+        with pytest.raises(InvalidArguments):
+            await S.Shop("a").add(1, 2, 3)
+        with pytest.raises(AttributeError):  # private names are never sent
+            S.Shop("a")._private()
+
+
+async def test_replies_come_back_out_of_order(tmp_path: Path) -> None:
+    async with transport(tmp_path) as (_, _, port), connect(f"tcp://127.0.0.1:{port}") as S:
+        order: list[str] = []
+
+        async def run(name: str, seconds: float) -> None:
+            order.append(await S.Shop(name).slow(seconds, name))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run, "slow", 0.5)
+            await trio.sleep(0.05)
+            nursery.start_soon(run, "fast", 0.0)
+        assert order == ["fast", "slow"]
+
+
+async def test_a_cancelled_call_is_stopped_and_rolled_back(tmp_path: Path) -> None:
+    async with transport(tmp_path) as (sup, server, port), connect(f"tcp://127.0.0.1:{port}") as S:
+        with trio.move_on_after(0.2) as scope:
+            await S.Shop("c").slow(30, "m")
+        assert scope.cancelled_caught
+        with trio.fail_after(5):
+            while Shop.running:
+                await trio.sleep(0.01)
+        assert await S.Shop("c").mark("m") is None  # the turn was rolled back on the server
+        assert await S.Shop("c").add(1, 1) == 2  # the connection goes on
+
+
+async def test_backpressure_caps_calls_running_per_connection(tmp_path: Path) -> None:
+    Shop.peak = 0
+    async with transport(tmp_path, max_inflight=3) as (_, _, port), connect(f"tcp://127.0.0.1:{port}", max_inflight=50) as S:
+        assert S.connection.welcome.max_inflight == 3
+        results: list[str] = []
+
+        async def one(i: int) -> None:
+            results.append(await S.Shop(f"s{i}").slow(0.05, f"k{i}"))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(12):
+                nursery.start_soon(one, i)
+        assert sorted(results) == sorted(f"k{i}" for i in range(12))  # nothing dropped
+        assert Shop.peak == 3
+
+
+async def test_the_server_cap_holds_against_a_client_that_ignores_it(tmp_path: Path) -> None:
+    Shop.peak = 0
+    async with transport(tmp_path, max_inflight=2) as (_, _, port):
+        stream = await raw_connection(port)
+        for i in range(6):  # all sent at once, without waiting for replies
+            await stream.send_all(slow_call(i + 1, f"p{i}", 0.05, f"k{i}"))
+        replies = await read_frames(stream, 6)
+        assert sorted(r.id for r in replies) == [1, 2, 3, 4, 5, 6]
+        assert all(isinstance(r, wire.Reply) for r in replies)
+        assert Shop.peak == 2
+        await stream.aclose()
+
+
+async def test_pipelining_sends_one_frame_and_follows_references(tmp_path: Path) -> None:
+    async with transport(tmp_path) as (_, _, port), connect(f"tcp://127.0.0.1:{port}") as S:
+        connection: Connection = S.connection
+        sent = connection.frames_sent
+        assert await S.Shop("root").branch("left").branch("leaf").whoami() == "leaf"
+        assert connection.frames_sent == sent + 1 and connection.frames_received == sent + 1
+        with pytest.raises(DotdoError, match="step 1 \\(whoami\\) returned a str"):
+            await S.Shop("root").whoami().whoami()
+        with pytest.raises(ActorError, match="no stock"):
+            await S.Shop("root").branch("x").boom()
+
+
+async def test_references_travel_both_ways(tmp_path: Path) -> None:
+    async with transport(tmp_path) as (_, _, port), connect(f"tcp://127.0.0.1:{port}") as S:
+        ref = await S.Shop("a").branch("b")
+        assert ref == S.Shop("b") and ref.id.name == "b"
+        assert await ref.whoami() == "b"  # a reference received is callable
+        assert await S.Shop("a").call_back(S.Shop("c")) == "c"  # and one sent arrives callable
+
+
+async def test_a_wrong_or_missing_token_runs_nothing(tmp_path: Path) -> None:
+    async with transport(tmp_path, token="s3cret") as (sup, _, port):
+        for token in (None, "wrong", "s3cret "):
+            with pytest.raises(Unauthorized):
+                await connect(f"tcp://127.0.0.1:{port}", token=token)
+        # A call sent right after a bad hello is not run either.
+        stream = await raw_connection(port, token="wrong", expect_welcome=False)
+        await stream.send_all(slow_call(1, "t", 0, "m"))
+        answer = await read_frames(stream, 1)
+        assert isinstance(answer[0], wire.Error) and answer[0].type == "Unauthorized"
+        assert await stream.receive_some(100) == b""  # closed
+        await stream.aclose()
+        assert await sup.S.Shop("t").mark("m") is None
+        async with connect(f"tcp://127.0.0.1:{port}", token="s3cret") as S:
+            assert await S.Shop("t").add(1, 2) == 3
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(b"\x00\x00\x00\x05\xc1\xc1\xc1\xc1\xc1", id="garbage"),
+        pytest.param(frame({"kind": 3}), id="not-an-array"),
+        pytest.param(frame([99, 1]), id="unknown-kind"),
+        pytest.param(frame([wire.CALL, "one", ["Shop", "0" * 64, None], [], {}]), id="wrong-types"),
+        pytest.param(frame([wire.CALL, 1, ["Shop", "0" * 64, None], [["echo", b""]], {}]), id="bad-target"),
+        pytest.param(frame([wire.REPLY, 1, b""]), id="reply-from-client"),
+        pytest.param(struct.pack(">I", 2**31) + b"xx", id="oversized"),
+    ],
+)
+async def test_a_bad_frame_closes_only_its_own_connection(tmp_path: Path, bad: bytes) -> None:
+    async with transport(tmp_path, max_frame=1 << 20) as (_, server, port), connect(f"tcp://127.0.0.1:{port}") as S:
+        assert await S.Shop("a").add(1, 1) == 2
+        stream = await raw_connection(port)
+        await stream.send_all(bad)
+        answer = await read_frames(stream, 1)
+        assert isinstance(answer[0], wire.Error) and answer[0].id is None and answer[0].type == "ProtocolError"
+        assert await stream.receive_some(100) == b""
+        await stream.aclose()
+        assert await S.Shop("a").add(2, 2) == 4  # the other connection never noticed
+
+
+async def test_a_truncated_frame_and_a_vanished_client_are_harmless(tmp_path: Path) -> None:
+    async with transport(tmp_path) as (_, server, port), connect(f"tcp://127.0.0.1:{port}") as S:
+        stream = await raw_connection(port)
+        await stream.send_all(struct.pack(">I", 100) + b"only part")
+        await stream.aclose()
+        stream = await raw_connection(port)  # gone with a call running
+        await stream.send_all(slow_call(1, "v", 10, "m"))
+        await trio.sleep(0.1)
+        await stream.aclose()
+        with trio.fail_after(5):
+            while server.connections > 1:
+                await trio.sleep(0.01)
+        assert await S.Shop("v").mark("m") is None  # rolled back with its connection
+        assert await S.Shop("a").add(3, 4) == 7
+
+
+async def test_timeouts_travel_and_a_lost_server_is_reported(tmp_path: Path) -> None:
+    async with transport(tmp_path) as (_, _, port):
+        S = await connect(f"tcp://127.0.0.1:{port}")
+        with trio.fail_after(5), pytest.raises(CallTimeout, match="did not finish within 0.2 s"):
+            await S.connection.call_packed(id_from_name("Shop", "t"), "slow", msgpack.packb([[10, "m"], {}]), 0.2)
+        assert await S.ping() >= 0
+        await S.aclose()
+        with pytest.raises(ConnectionLost):
+            await S.Shop("t").add(1, 1)
+    with pytest.raises(ConnectionLost):
+        await connect(f"tcp://127.0.0.1:{port}", connect_timeout=2)
+
+
+def test_urls() -> None:
+    assert parse_url("tcp://127.0.0.1:8788") == ("127.0.0.1", 8788)
+    assert parse_url("tcp://[::1]:9") == ("::1", 9)
+    for bad in ("http://x:1", "tcp://x", "tcp://:5", "tcp://x:1/path", "x"):
+        with pytest.raises(InvalidInput, match="tcp://host:port"):
+            parse_url(bad)
+
+
+# -- helpers -----------------------------------------------------------------------------
+
+
+async def raw_connection(port: int, token: str | None = None, *, expect_welcome: bool = True) -> trio.SocketStream:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(frame([wire.HELLO, {"version": 1, "token": token}]))
+    if expect_welcome:
+        (welcome,) = await read_frames(stream, 1)
+        assert isinstance(welcome, wire.Welcome)
+    return stream
+
+
+async def read_frames(stream: trio.SocketStream, count: int) -> list[wire.Message]:
+    decoder = wire.FrameDecoder()
+    messages: list[wire.Message] = []
+    with trio.fail_after(10):
+        while len(messages) < count:
+            data = await stream.receive_some(65536)
+            assert data, f"closed after {len(messages)} of {count} frames"
+            messages.extend(wire.decode(body) for body in decoder.feed(data))
+    return messages

@@ -1,0 +1,130 @@
+"""Frames and messages of the transport, including a bounded fuzz of the decoder."""
+
+from __future__ import annotations
+
+import struct
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from runtime import wire
+from runtime.errors import ActorError, DeadlockError, MethodNotAllowed, Overloaded, ProtocolError
+from runtime.ids import id_from_name
+from storage.errors import DotdoError, InvalidValue
+
+FUZZ = settings(max_examples=300, deadline=None)
+
+targets = st.builds(lambda n: id_from_name("Shop", n), st.text(min_size=1, max_size=20))
+request_ids = st.integers(0, wire.MAX_REQUEST_ID)
+steps = st.lists(st.tuples(st.text(min_size=1, max_size=20), st.binary(max_size=50)), min_size=1, max_size=5)
+messages = st.one_of(
+    st.builds(
+        wire.Call,
+        request_ids,
+        targets,
+        steps,
+        st.one_of(st.none(), st.floats(0.001, 1e6)),
+        st.one_of(st.none(), st.text(max_size=20)),
+        st.lists(st.text(max_size=20), max_size=3).map(tuple),
+    ),
+    st.builds(wire.Reply, request_ids, st.binary(max_size=100)),
+    st.builds(wire.Error, st.one_of(st.none(), request_ids), st.text(max_size=20), st.text(max_size=50), st.just({})),
+    st.builds(wire.Cancel, request_ids),
+    st.builds(wire.Event, targets, st.text(min_size=1, max_size=20), st.binary(max_size=50)),
+    st.builds(wire.Ping, request_ids),
+    st.builds(wire.Pong, request_ids),
+    st.builds(wire.Hello, st.integers(0, 5), st.one_of(st.none(), st.text(max_size=30))),
+    st.builds(wire.Welcome, st.integers(0, 5), st.integers(1, 2**31), st.integers(1, 1000)),
+)
+
+
+@FUZZ
+@given(st.lists(messages, min_size=1, max_size=6), st.lists(st.integers(1, 40), max_size=20))
+def test_frames_survive_any_split_of_the_stream(sent: list[wire.Message], cuts: list[int]) -> None:
+    stream = b"".join(wire.encode(m) for m in sent)
+    decoder = wire.FrameDecoder()
+    bodies: list[bytes] = []
+    position = 0
+    for cut in cuts:
+        bodies += decoder.feed(stream[position : position + cut])
+        position += cut
+    bodies += decoder.feed(stream[position:])
+    assert [wire.decode(b) for b in bodies] == sent
+    assert decoder.pending == 0
+
+
+@FUZZ
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_only_ever_give_protocol_errors(data: bytes) -> None:
+    decoder = wire.FrameDecoder(max_frame=1000)
+    try:
+        for body in decoder.feed(data):
+            wire.decode(body)
+    except ProtocolError:
+        pass
+
+
+msgpack_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=10) | st.binary(max_size=10),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@FUZZ
+@given(st.lists(msgpack_values, max_size=6), st.integers(1, 9))
+def test_well_formed_msgpack_of_the_wrong_shape_gives_protocol_errors(fields: list[object], kind: int) -> None:
+    body = msgpack.packb([kind, *fields], use_bin_type=True)
+    try:
+        wire.decode(body)
+    except ProtocolError:
+        pass
+
+
+def test_an_oversized_frame_is_refused_before_it_is_buffered() -> None:
+    decoder = wire.FrameDecoder(max_frame=100)
+    with pytest.raises(ProtocolError, match="over the limit of 100"):
+        decoder.feed(struct.pack(">I", 101))
+    assert wire.FrameDecoder(max_frame=100).feed(struct.pack(">I", 100) + b"x" * 100) == [b"x" * 100]
+
+
+def test_specific_problems_are_named() -> None:
+    bad_target = msgpack.packb([wire.CALL, 1, ["Shop", "0" * 64, None], [["m", b""]], {}])
+    with pytest.raises(ProtocolError, match="bad target"):
+        wire.decode(bad_target)
+    target = ["Shop", id_from_name("Shop", "a").hex, "a"]
+    with pytest.raises(ProtocolError, match="1 to 64 steps"):
+        wire.decode(msgpack.packb([wire.CALL, 1, target, [], {}]))
+    with pytest.raises(ProtocolError, match="positive number of seconds"):
+        wire.decode(msgpack.packb([wire.CALL, 1, target, [["m", b""]], {"timeout": -1}]))
+    with pytest.raises(ProtocolError, match="unknown message kind 42"):
+        wire.decode(msgpack.packb([42]))
+    with pytest.raises(ProtocolError, match="not valid msgpack"):
+        wire.decode(b"\xc1")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ActorError("ValueError", "no stock", address=("Shop", "ab" * 32)),
+        MethodNotAllowed("Shop", "nope", ["a", "b"]),
+        DeadlockError("stuck", ["Shop/a", "Shop/b"]),
+        Overloaded("busy"),
+        InvalidValue("cannot travel"),
+        DotdoError("plain"),
+    ],
+)
+def test_errors_cross_with_their_class_and_attributes(error: DotdoError) -> None:
+    frame = wire.decode(wire.encode(wire.error_frame(7, error))[wire.HEADER.size :])
+    assert isinstance(frame, wire.Error)
+    back = wire.error_from_frame(frame)
+    assert type(back) is type(error) and str(back) == str(error) and back.address == error.address
+    for name in ("remote_type", "message", "method", "allowed", "chain"):
+        assert getattr(back, name, None) == getattr(error, name, None)
+
+
+def test_an_unknown_error_type_arrives_as_a_dotdo_error() -> None:
+    back = wire.error_from_frame(wire.Error(1, "SomethingNew", "from a newer server"))
+    assert type(back) is DotdoError and str(back) == "from a newer server"
