@@ -224,7 +224,11 @@ async def main_async(args: argparse.Namespace) -> None:
     print(f"1. burst: {args.actors:,} actors x {args.per_actor} alarms, all due at once")
     b = await burst(root, args.actors, args.per_actor)
     print(f"2. paced: {args.actors:,} alarms over {args.window:g} s")
-    gc.collect()  # the burst's leftovers (100,000 timings, 10,000 closed actors) are not the paced run's
+    # Each phase starts quiet: the burst's leftovers (100,000 timings in memory, and
+    # hundreds of MB of written pages the kernel would flush during the paced run)
+    # are not the paced run's.
+    gc.collect()
+    os.sync()
     p = await paced(root, args.actors, args.window)
     s: dict[str, float] | None = None
     if args.pending:
