@@ -27,7 +27,6 @@ import datetime as dt
 import gc
 import os
 import resource
-import statistics
 import sys
 import tempfile
 import time

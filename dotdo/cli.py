@@ -157,10 +157,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     try:
         run(kinds, options)
-    except DotdoError as exc:
-        print(f"dotdo serve: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
+    except (DotdoError, OSError) as exc:  # a port in use, an unusable data directory
         print(f"dotdo serve: {exc}", file=sys.stderr)
         return 1
     return 0
