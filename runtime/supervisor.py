@@ -15,6 +15,7 @@ rolls back to its last output point and the actor keeps serving.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import math
@@ -46,6 +47,10 @@ from runtime.stubs import ActorStub, Namespaces
 log = logging.getLogger("dotdo.runtime")
 
 T = TypeVar("T")
+
+Convert = Callable[[Any], Any] | None
+"""What a turn does to its result before it ends (``values.copy`` for an in-process
+caller, ``values.pack`` for the transport; None: nothing)."""
 
 _NO_ARGS = values.pack([(), {}])
 
@@ -132,6 +137,7 @@ class Supervisor:
         # than fresh random bytes per call and as unique.
         self._chain_prefix = secrets.token_hex(8) + "-"
         self._chain_seq = itertools.count(1)
+        self._copy = functools.partial(values.copy, make_ref=self._ref)
 
     # -- lifetime --------------------------------------------------------------------
 
@@ -220,14 +226,14 @@ class Supervisor:
         """
         spec = self.registry.method(target.namespace, method)
         bound_args, bound_kwargs = spec.bind(tuple(args), dict(kwargs or {}))
-        return await self._route(target, spec.function, bound_args, bound_kwargs, True, timeout or spec.timeout)
+        return await self._route(target, spec.function, bound_args, bound_kwargs, self._copy, timeout or spec.timeout)
 
     async def call_packed(self, target: ActorId, method: str, payload: bytes, timeout: float | None = None) -> Any:
         """``call`` with arguments encoded by ``values.pack([args, kwargs])`` (stubs)."""
         spec = self.registry.method(target.namespace, method)
         args, kwargs = self._unpack_args(payload)
         bound_args, bound_kwargs = spec.bind(args, kwargs)
-        return await self._route(target, spec.function, bound_args, bound_kwargs, True, timeout or spec.timeout)
+        return await self._route(target, spec.function, bound_args, bound_kwargs, self._copy, timeout or spec.timeout)
 
     async def call_pipeline(self, target: ActorId, steps: list[tuple[str, bytes]], timeout: float | None = None) -> Any:
         """Evaluate a pipelined chain of calls: each step runs on the actor the previous
@@ -244,16 +250,19 @@ class Supervisor:
         timeout: float | None,
         chain: str | None = None,
         path: tuple[str, ...] = (),
-    ) -> Any:
-        """A call that arrived over the transport: ``steps`` as in ``call_pipeline``,
-        the first one joining the caller's ``chain`` (so that a call coming back along
-        it is admitted, not deadlocked) under the caller's remaining ``timeout``."""
+        scope: trio.CancelScope | None = None,
+    ) -> bytes:
+        """A call that arrived over the transport, its result packed for the reply:
+        ``steps`` as in ``call_pipeline``, the first one joining the caller's ``chain``
+        (so that a call coming back along it is admitted, not deadlocked) under the
+        caller's remaining ``timeout``. Cancelling ``scope`` cancels the call."""
         if self._closing:
             raise SupervisorClosed("the supervisor is shutting down")
         method, payload = steps[0]
         spec = self.registry.method(target.namespace, method)
         args, kwargs = self._unpack_args(payload)
         bound_args, bound_kwargs = spec.bind(args, kwargs)
+        last = len(steps) == 1
         result = await self._entry(
             target,
             chain or self._new_chain(),
@@ -262,11 +271,12 @@ class Supervisor:
             spec.function,
             bound_args,
             bound_kwargs,
-            True,
+            values.pack if last else self._copy,
+            scope,
         )
-        if len(steps) == 1:
-            return result
-        return await self._continue_pipeline(result, steps, 1, timeout)
+        if last:
+            return result  # type: ignore[no-any-return]
+        return values.pack(await self._continue_pipeline(result, steps, 1, timeout))
 
     async def _continue_pipeline(self, result: Any, steps: list[tuple[str, bytes]], start: int, timeout: float | None) -> Any:
         """Run ``steps[start:]``, the first on the actor ``result`` refers to. A reference
@@ -294,7 +304,7 @@ class Supervisor:
         kind = self.registry.kind(target.namespace)
         if kind.fetch is None:
             raise method_error(kind, "fetch")
-        return await self._route(target, kind.fetch, (request,), {}, False, timeout)
+        return await self._route(target, kind.fetch, (request,), {}, None, timeout)
 
     async def run_turn(
         self, target: ActorId, fn: Callable[[Any], Awaitable[T]], *, timeout: float | None = None
@@ -303,7 +313,7 @@ class Supervisor:
         the runtime's own work on an actor (alarms, administration)."""
         if self._closing:
             raise SupervisorClosed("the supervisor is shutting down")
-        return await self._entry(target, self._new_chain(), (), timeout, fn, (), {}, False)
+        return await self._entry(target, self._new_chain(), (), timeout, fn, (), {}, None)
 
     def check_namespace(self, namespace: str) -> KindSpec:
         """Resolve a namespace for a stub (``ActorNotFound`` lists the known ones)."""
@@ -338,7 +348,7 @@ class Supervisor:
         fn: Callable[..., Awaitable[Any]],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        copy_result: bool,
+        convert: Convert,
         timeout: float | None,
     ) -> Awaitable[Any]:
         """The call to await: checks and the output gate run now, the turn when awaited.
@@ -348,11 +358,11 @@ class Supervisor:
             # The output gate: the calling turn's writes are durable before we leave it.
             turn.activation.db.commit()
             if timeout is None or trio.current_time() + timeout >= turn.deadline:
-                return self._run(target, turn.chain, turn.path, turn.deadline, fn, args, kwargs, copy_result)
-            return self._entry(target, turn.chain, turn.path, timeout, fn, args, kwargs, copy_result)
+                return self._run(target, turn.chain, turn.path, turn.deadline, fn, args, kwargs, convert)
+            return self._entry(target, turn.chain, turn.path, timeout, fn, args, kwargs, convert)
         if self._closing:
             raise SupervisorClosed("the supervisor is shutting down")
-        return self._entry(target, self._new_chain(), (), timeout, fn, args, kwargs, copy_result)
+        return self._entry(target, self._new_chain(), (), timeout, fn, args, kwargs, convert)
 
     async def _entry(
         self,
@@ -363,16 +373,21 @@ class Supervisor:
         fn: Callable[..., Awaitable[Any]],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        copy_result: bool,
+        convert: Convert,
+        scope: trio.CancelScope | None = None,
     ) -> Any:
-        """Run a call under its own deadline, tracked so ``close`` can drain it."""
+        """Run a call under its own deadline (in ``scope`` when given: the transport's,
+        which a cancel frame cancels), tracked so ``close`` can drain it."""
         seconds = self.config.call_timeout if timeout is None else timeout
         deadline = trio.current_time() + seconds
-        scope = trio.CancelScope(deadline=deadline)
+        if scope is None:
+            scope = trio.CancelScope(deadline=deadline)
+        else:
+            scope.deadline = deadline
         self._entries.add(scope)
         try:
             with scope:
-                return await self._run(target, chain, path, deadline, fn, args, kwargs, copy_result)
+                return await self._run(target, chain, path, deadline, fn, args, kwargs, convert)
         finally:
             self._entries.discard(scope)
             if self._closing and not self._entries:
@@ -390,7 +405,7 @@ class Supervisor:
         fn: Callable[..., Awaitable[Any]],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        copy_result: bool,
+        convert: Convert,
     ) -> Any:
         """Run one turn of ``fn`` on the actor ``target``."""
         activation = self._activation(target)
@@ -415,8 +430,8 @@ class Supervisor:
             token = current_turn.set(Turn(activation, chain, (*path, activation.label), deadline))
             try:
                 result = await fn(activation.instance, *args, **kwargs)
-                if copy_result:
-                    result = values.copy(result, self._ref)
+                if convert is not None:
+                    result = convert(result)
                 db.commit()
             except BaseException as exc:
                 self._abort(activation, exc)

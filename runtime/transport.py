@@ -41,6 +41,8 @@ log = logging.getLogger("dotdo.transport")
 RECEIVE_CHUNK = 65536
 HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_MAX_INFLIGHT = 128
+SEND_TIMEOUT = 10.0
+"""Seconds a client waits for the server to take a frame before it gives up on it."""
 
 
 # -- server ------------------------------------------------------------------------------
@@ -66,11 +68,34 @@ class TransportOptions:
 
 @dataclass(slots=True)
 class _ServerConnection:
+    """One served connection: its calls' nursery, and the replies waiting to be sent.
+
+    Replies are not sent one by one: a call that ends adds its frame to ``outbox`` and
+    the connection's writer sends everything waiting in one write. A call's slot is
+    given back only once its reply is handed to the kernel, so a peer that stops
+    reading stops its calls too (the outbox holds at most ``max_inflight`` replies).
+    """
+
     stream: trio.abc.Stream
-    nursery: trio.Nursery
     slots: trio.Semaphore
-    send_lock: trio.Lock = field(default_factory=trio.Lock)
+    nursery: trio.Nursery | None = None
     running: dict[int, trio.CancelScope] = field(default_factory=dict)
+    cancelled: set[int] = field(default_factory=set)
+    outbox: list[bytes] = field(default_factory=list)
+    owed: int = 0  # slots to give back once the outbox is sent
+    wake: trio.Event = field(default_factory=trio.Event)
+    closing: bool = False
+    broken: bool = False
+
+    def queue(self, frame: bytes, slot: bool) -> None:
+        if self.broken:
+            if slot:
+                self.slots.release()
+            return
+        self.outbox.append(frame)
+        if slot:
+            self.owed += 1
+        self.wake.set()
 
 
 class TransportServer:
@@ -95,13 +120,21 @@ class TransportServer:
             async with stream:
                 if not await self._handshake(stream, decoder):
                     return
-                async with trio.open_nursery() as nursery:
-                    conn = _ServerConnection(stream, nursery, trio.Semaphore(self.options.max_inflight))
-                    try:
-                        await self._read(conn, decoder)
-                    except ProtocolError as exc:
-                        await _send_quietly(conn.stream, conn.send_lock, wire.error_frame(None, exc))
-                    nursery.cancel_scope.cancel()  # the peer is gone or broke the protocol
+                conn = _ServerConnection(stream, trio.Semaphore(self.options.max_inflight))
+                last: wire.Message | None = None
+                async with trio.open_nursery() as writer:
+                    writer.start_soon(self._write, conn)
+                    async with trio.open_nursery() as calls:
+                        conn.nursery = calls
+                        try:
+                            await self._read(conn, decoder)
+                        except ProtocolError as exc:
+                            last = wire.error_frame(None, exc)
+                        calls.cancel_scope.cancel()  # the peer is gone or broke the protocol
+                    conn.closing = True  # the writer sends what is left, then ends
+                    conn.wake.set()
+                if last is not None and not conn.broken:
+                    await _send_quietly(stream, wire.encode(last))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
@@ -109,6 +142,7 @@ class TransportServer:
 
     async def _handshake(self, stream: trio.abc.Stream, decoder: wire.FrameDecoder) -> bool:
         hello: wire.Message | None = None
+        problem: DotdoError | None = None
         with trio.move_on_after(self.options.handshake_timeout):
             while hello is None:
                 data = await stream.receive_some(RECEIVE_CHUNK)
@@ -119,24 +153,23 @@ class TransportServer:
                     if bodies:
                         hello = wire.decode(bodies[0])
                 except ProtocolError as exc:
-                    await _send_quietly(stream, None, wire.error_frame(None, exc))
-                    return False
-        if hello is None:
-            await _send_quietly(stream, None, wire.error_frame(None, ProtocolError("no hello within the handshake timeout")))
-            return False
-        if not isinstance(hello, wire.Hello):
-            await _send_quietly(stream, None, wire.error_frame(None, ProtocolError("the first frame must be a hello")))
-            return False
-        if hello.version != wire.VERSION:
-            problem = ProtocolError(f"protocol version {hello.version} is not supported (this server speaks {wire.VERSION})")
-            await _send_quietly(stream, None, wire.error_frame(None, problem))
-            return False
+                    problem = exc
+                    break
         expected = self.options.token
-        if expected is not None and not hmac.compare_digest((hello.token or "").encode(), expected.encode()):
-            await _send_quietly(stream, None, wire.error_frame(None, Unauthorized("wrong or missing token")))
-            return False
-        if decoder.pending:
-            await _send_quietly(stream, None, wire.error_frame(None, ProtocolError("frames sent before the welcome")))
+        if problem is not None:
+            pass
+        elif hello is None:
+            problem = ProtocolError("no hello within the handshake timeout")
+        elif not isinstance(hello, wire.Hello):
+            problem = ProtocolError("the first frame must be a hello")
+        elif hello.version != wire.VERSION:
+            problem = ProtocolError(f"protocol version {hello.version} is not supported (this server speaks {wire.VERSION})")
+        elif expected is not None and not hmac.compare_digest((hello.token or "").encode(), expected.encode()):
+            problem = Unauthorized("wrong or missing token")
+        elif decoder.pending:
+            problem = ProtocolError("frames sent before the welcome")
+        if problem is not None:
+            await _send_quietly(stream, wire.encode(wire.error_frame(None, problem)))
             return False
         welcome = wire.Welcome(wire.VERSION, self.options.max_frame, self.options.max_inflight)
         await stream.send_all(wire.encode(welcome))
@@ -144,6 +177,8 @@ class TransportServer:
 
     async def _read(self, conn: _ServerConnection, decoder: wire.FrameDecoder) -> None:
         stream = conn.stream
+        nursery = conn.nursery
+        assert nursery is not None
         while True:
             data = await stream.receive_some(RECEIVE_CHUNK)
             if not data:
@@ -154,42 +189,50 @@ class TransportServer:
                     if message.id in conn.running:
                         raise ProtocolError(f"request id {message.id} is already in flight")
                     await conn.slots.acquire()  # at the cap: stop reading until a call ends
-                    scope = trio.CancelScope()
-                    conn.running[message.id] = scope
-                    conn.nursery.start_soon(self._run_call, conn, message, scope)
+                    scope = conn.running[message.id] = trio.CancelScope()
+                    nursery.start_soon(self._run_call, conn, message, scope)
                 elif isinstance(message, wire.Cancel):
                     scope = conn.running.get(message.id)
                     if scope is not None:
+                        conn.cancelled.add(message.id)
                         scope.cancel()
                 elif isinstance(message, wire.Event):
                     await conn.slots.acquire()
-                    conn.nursery.start_soon(self._run_event, conn, message)
+                    nursery.start_soon(self._run_event, conn, message)
                 elif isinstance(message, wire.Ping):
-                    await _send(conn.stream, conn.send_lock, wire.Pong(message.id))
+                    conn.queue(wire.encode(wire.Pong(message.id)), False)
                 else:
                     raise ProtocolError(f"a client does not send {wire.KIND_NAMES[wire.to_wire(message)[0]]} frames")
 
     async def _run_call(self, conn: _ServerConnection, call: wire.Call, scope: trio.CancelScope) -> None:
-        reply: wire.Message | None = None
+        frame: bytes | None = None
         try:
-            with scope:
-                try:
-                    result = await self._sup.call_from_peer(
+            if len(call.steps) == 1:  # the call's own deadline scope is the one a cancel cancels
+                packed = await self._sup.call_from_peer(
+                    call.target, call.steps, timeout=call.timeout, chain=call.chain, path=call.path, scope=scope
+                )
+            else:
+                with scope:
+                    packed = await self._sup.call_from_peer(
                         call.target, call.steps, timeout=call.timeout, chain=call.chain, path=call.path
                     )
-                    reply = wire.Reply(call.id, values.pack(result))
-                except DotdoError as exc:
-                    reply = wire.error_frame(call.id, exc)
-                except Exception as exc:  # a bug in dotdo, not in the actor (that is ActorError)
-                    log.exception("call %s on %s failed inside dotdo", call.id, call.target)
-                    reply = wire.error_frame(call.id, DotdoError(f"internal error: {type(exc).__name__}"))
-            if reply is not None:  # None: cancelled by the client, which expects nothing
-                await _send(conn.stream, conn.send_lock, reply)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            conn.nursery.cancel_scope.cancel()
+                if scope.cancelled_caught:
+                    return
+            frame = wire.encode_reply(call.id, packed)
+        except DotdoError as exc:
+            frame = wire.encode(wire.error_frame(call.id, exc))
+        except Exception as exc:  # a bug in dotdo, not in the actor (that is ActorError)
+            log.exception("call %s on %s failed inside dotdo", call.id, call.target)
+            frame = wire.encode(wire.error_frame(call.id, DotdoError(f"internal error: {type(exc).__name__}")))
         finally:
             del conn.running[call.id]
-            conn.slots.release()
+            if call.id in conn.cancelled:  # the client gave up: it expects nothing
+                conn.cancelled.discard(call.id)
+                frame = None
+            if frame is None:
+                conn.slots.release()
+            else:
+                conn.queue(frame, True)
 
     async def _run_event(self, conn: _ServerConnection, event: wire.Event) -> None:
         try:
@@ -201,27 +244,41 @@ class TransportServer:
         finally:
             conn.slots.release()
 
-
-async def _send(stream: trio.abc.Stream, lock: trio.Lock | None, message: wire.Message) -> None:
-    frame = wire.encode(message)
-    if lock is None:
-        await stream.send_all(frame)
-        return
-    async with lock:
-        await stream.send_all(frame)
+    async def _write(self, conn: _ServerConnection) -> None:
+        """Send queued frames, all that waited in one write, until the connection closes."""
+        stream = conn.stream
+        while True:
+            await conn.wake.wait()
+            conn.wake = trio.Event()
+            if conn.outbox:
+                data = b"".join(conn.outbox) if len(conn.outbox) > 1 else conn.outbox[0]
+                conn.outbox.clear()
+                owed, conn.owed = conn.owed, 0
+                try:
+                    await stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    conn.broken = True
+                    if conn.nursery is not None:
+                        conn.nursery.cancel_scope.cancel()
+                    return
+                finally:
+                    for _ in range(owed):
+                        conn.slots.release()
+            if conn.closing and not conn.outbox:
+                return
 
 
 LINGER = 1.0
 """Seconds a connection being closed for an error keeps reading (and dropping) input."""
 
 
-async def _send_quietly(stream: trio.abc.Stream, lock: trio.Lock | None, message: wire.Message) -> None:
+async def _send_quietly(stream: trio.abc.Stream, frame: bytes) -> None:
     """Send a last frame if the peer still listens (it may not), and close our side so
     that the peer reads it: closing with the peer's bytes still unread would make the
     kernel reset the connection, and the peer could lose the frame."""
     with trio.move_on_after(LINGER):
         try:
-            await _send(stream, lock, message)
+            await stream.send_all(frame)
             if isinstance(stream, trio.abc.HalfCloseableStream):
                 await stream.send_eof()
             while await stream.receive_some(RECEIVE_CHUNK):
@@ -253,7 +310,8 @@ class Connection:
         self._decoder = decoder
         self.welcome = welcome
         self.label = label
-        self._send_lock = trio.Lock()
+        self._outbox: list[bytes] = []
+        self._flushing = False
         self._reading = False
         self._slots = trio.Semaphore(max(1, min(max_inflight, welcome.max_inflight)))
         self._ids = itertools.count(1)
@@ -337,7 +395,7 @@ class Connection:
         if timeout is None:
             remaining = trio.current_effective_deadline() - trio.current_time()
             timeout = remaining if math.isfinite(remaining) and remaining > 0 else None
-        frame = await self.request(lambda request: wire.Call(request, target, steps, timeout))
+        frame = await self.request(lambda request: wire.encode_call(request, target, steps, timeout, None, ()))
         if isinstance(frame, wire.Error):
             raise wire.error_from_frame(frame)
         return values.unpack(frame.result, self._ref)
@@ -350,18 +408,18 @@ class Connection:
     async def ping(self) -> float:
         """Round-trip time to the server, in seconds."""
         started = trio.current_time()
-        await self.request(wire.Ping)
+        await self.request(lambda request: wire.encode(wire.Ping(request)))
         return trio.current_time() - started
 
-    async def request(self, make: Callable[[int], wire.Message]) -> wire.Reply | wire.Error:
-        """Send the message ``make(request_id)`` and wait for its answer."""
+    async def request(self, make: Callable[[int], bytes]) -> wire.Reply | wire.Error:
+        """Send the frame ``make(request_id)`` and wait for its answer."""
         if self._closed is not None:
             raise self._closed
         async with self._slots:
             request = next(self._ids)
             waiter = self._waiting[request] = _Waiter()
             try:
-                await self._send(make(request))
+                await self._send_frame(make(request))
                 while waiter.frame is None:
                     if self._closed is not None:
                         raise self._closed
@@ -381,18 +439,40 @@ class Connection:
                 self._waiting.pop(request, None)
 
     async def _send(self, message: wire.Message) -> None:
-        frame = wire.encode(message)
+        await self._send_frame(wire.encode(message))
+
+    async def _send_frame(self, frame: bytes) -> None:
+        """Queue a frame and, unless another caller is sending already (it sends this
+        one too), send everything queued: frames of callers that arrive while a write
+        is under way go out together in the next write."""
         if len(frame) - wire.HEADER.size > self.welcome.max_frame:
             raise ProtocolError(f"the call is {len(frame):,} bytes, over the server's frame limit of {self.welcome.max_frame:,}")
-        async with self._send_lock:
-            if self._closed is not None:
-                raise self._closed
-            try:
-                await self._stream.send_all(frame)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self._fail(ConnectionLost(f"the connection to {self.label} broke"))
-                raise self._closed from None  # type: ignore[misc]
+        if self._closed is not None:
+            raise self._closed
+        self._outbox.append(frame)
         self.frames_sent += 1
+        if self._flushing:
+            return
+        self._flushing = True
+        outbox = self._outbox
+        try:
+            # Shielded: a write cut short would leave half a frame on the stream. A server
+            # that reads nothing for SEND_TIMEOUT is taken for gone.
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + SEND_TIMEOUT) as waited:
+                await trio.lowlevel.checkpoint()  # callers ready to run add their frames first
+                while outbox:
+                    data = b"".join(outbox) if len(outbox) > 1 else outbox[0]
+                    outbox.clear()
+                    await self._stream.send_all(data)
+            if waited.cancelled_caught:
+                self._fail(ConnectionLost(f"{self.label} took no data for {SEND_TIMEOUT:g} s"))
+                await trio.aclose_forcefully(self._stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._fail(ConnectionLost(f"the connection to {self.label} broke"))
+        finally:
+            self._flushing = False
+        if self._closed is not None:
+            raise self._closed
 
     async def _read_until(self, waiter: _Waiter) -> None:
         """Be the reader until ``waiter`` has its frame, then wake another waiting

@@ -12,6 +12,7 @@ Everything here is synchronous and side-effect free: the connection code
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from dataclasses import dataclass, field
@@ -126,18 +127,24 @@ def _target(target: ActorId) -> list[Any]:
     return [target.namespace, target.hex, target.name]
 
 
+def _call_array(
+    request: int, target: ActorId, steps: list[tuple[str, bytes]], timeout: float | None, chain: str | None, path: tuple[str, ...]
+) -> list[Any]:
+    options: dict[str, Any] = {}
+    if timeout is not None:
+        options["timeout"] = timeout
+    if chain is not None:
+        options["chain"] = chain
+    if path:
+        options["path"] = list(path)
+    return [CALL, request, _target(target), [[m, a] for m, a in steps], options]
+
+
 def to_wire(message: Message) -> list[Any]:
     """The msgpack array of a message."""
     match message:
         case Call(id, target, steps, timeout, chain, path):
-            options: dict[str, Any] = {}
-            if timeout is not None:
-                options["timeout"] = timeout
-            if chain is not None:
-                options["chain"] = chain
-            if path:
-                options["path"] = list(path)
-            return [CALL, id, _target(target), [[m, a] for m, a in steps], options]
+            return _call_array(id, target, steps, timeout, chain, path)
         case Reply(id, result):
             return [REPLY, id, result]
         case Error(id, type_, text, attrs):
@@ -160,6 +167,20 @@ def to_wire(message: Message) -> list[Any]:
 def encode(message: Message) -> bytes:
     """One frame: length prefix and msgpack body."""
     body = msgpack.packb(to_wire(message), use_bin_type=True)
+    return HEADER.pack(len(body)) + body
+
+
+def encode_call(
+    request: int, target: ActorId, steps: list[tuple[str, bytes]], timeout: float | None, chain: str | None, path: tuple[str, ...]
+) -> bytes:
+    """``encode(Call(...))`` without building the message (the hot path)."""
+    body = msgpack.packb(_call_array(request, target, steps, timeout, chain, path), use_bin_type=True)
+    return HEADER.pack(len(body)) + body
+
+
+def encode_reply(request: int, result: bytes) -> bytes:
+    """``encode(Reply(request, result))`` without building the message (the hot path)."""
+    body = msgpack.packb([REPLY, request, result], use_bin_type=True)
     return HEADER.pack(len(body)) + body
 
 
@@ -248,6 +269,12 @@ def _parse_target(value: Any) -> ActorId:
     namespace, hex_id, name = value
     if not isinstance(namespace, str) or not isinstance(hex_id, str) or not (name is None or isinstance(name, str)):
         raise ProtocolError("a target must be [namespace, hex id, name or nil] of text")
+    return _actor_id(namespace, hex_id, name)
+
+
+@functools.lru_cache(maxsize=4096)
+def _actor_id(namespace: str, hex_id: str, name: str | None) -> ActorId:
+    # Each target is checked once (ActorId is immutable); refusals are not remembered.
     try:
         actor_id = id_from_string(namespace, hex_id)
     except DotdoError as exc:
