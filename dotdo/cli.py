@@ -75,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="shared secret transport clients must present (default: $DOTDO_TOKEN; none: no token)",
     )
     serve.add_argument(
+        "--workers",
+        type=_positive(int),
+        default=None,
+        metavar="N",
+        help="worker processes, each owning a share of the actors (default: the number of cores)",
+    )
+    serve.add_argument(
         "--durability",
         choices=[d.value for d in Durability],
         default="normal",
@@ -130,6 +137,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from actors.examples import EXAMPLES
     from dotdo.loader import load_kinds
     from dotdo.server import ServeOptions, run
+    from dotdo.workers import default_workers
     from runtime.supervisor import default_max_active
     from storage.errors import DotdoError
 
@@ -154,6 +162,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         env=dict(args.env),
         rpc_port=args.rpc_port,
         token=args.token,
+        workers=args.workers or default_workers(),
     )
     try:
         run(kinds, options)

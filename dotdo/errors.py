@@ -29,6 +29,7 @@
     └── Unavailable                      503  restarting or shutting down; retry
         ├── SupervisorClosed             503
         └── ConnectionLost               503  the transport connection closed mid-call
+            └── NotSent                  503  ... before the call left: it did not run
 
 Errors raised by an actor's own code that are not dotdo errors reach the caller as
 ``ActorError`` (in-process and remotely alike); the turn that raised was rolled back.
@@ -45,6 +46,7 @@ from runtime.errors import (
     InvalidArguments,
     InvalidSchedule,
     MethodNotAllowed,
+    NotSent,
     Overloaded,
     ProtocolError,
     SupervisorClosed,
@@ -116,6 +118,7 @@ __all__ = [
     "InvalidSchedule",
     "InvalidValue",
     "MethodNotAllowed",
+    "NotSent",
     "Overloaded",
     "ProtocolError",
     "RowCountError",

@@ -27,6 +27,7 @@ import traceback
 from urllib.parse import unquote
 from typing import Any
 
+import trio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -34,9 +35,11 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dotdo.errors import BodyTooLarge, DotdoError, InvalidId, InvalidInput, http_status
+from runtime import wire
 from runtime.ids import ActorId, resolve
 from runtime.stubs import ActorStub
 from runtime.supervisor import Supervisor
+from runtime.transport import FetchHandler
 
 log = logging.getLogger("dotdo.http")
 
@@ -161,7 +164,11 @@ def create_app(supervisor: Supervisor, *, max_body: int = DEFAULT_MAX_BODY, debu
 
     async def health(request: Request) -> Response:
         stats = supervisor.statistics()
-        return JSON({"status": "ok", "active_actors": stats.active, "calls_in_flight": stats.calls_in_flight})
+        body: dict[str, Any] = {"status": "ok", "active_actors": stats.active, "calls_in_flight": stats.calls_in_flight}
+        if supervisor.peers is not None:
+            body["worker"] = supervisor.peers.index
+            body["workers"] = supervisor.peers.count
+        return JSON(body)
 
     async def kinds(request: Request) -> Response:
         listing = {
@@ -208,7 +215,14 @@ def create_app(supervisor: Supervisor, *, max_body: int = DEFAULT_MAX_BODY, debu
         return JSON({"result": result})
 
     async def actor(request: Request) -> Response:
-        response = await supervisor.fetch(addressed(request), request)
+        target = addressed(request)
+        owner = supervisor.owner_of(target)
+        if owner is not None:  # another worker owns the actor: the request goes there whole
+            status, headers, body = await supervisor.fetch_remote(owner, target, await wire_request(request))
+            forwarded = Response(body, status_code=status)
+            forwarded.raw_headers = headers
+            return forwarded
+        response = await supervisor.fetch(target, request)
         return _as_response(response)
 
     async def alarms(request: Request) -> Response:
@@ -264,6 +278,79 @@ def create_app(supervisor: Supervisor, *, max_body: int = DEFAULT_MAX_BODY, debu
     app = Starlette(routes=routes, exception_handlers={DotdoError: on_error, Exception: on_error})
     app.add_middleware(BodyLimit, limit=max_body)
     return app
+
+
+async def wire_request(request: Request) -> wire.HttpRequest:
+    """An HTTP request as a fetch frame carries it (the body read whole)."""
+    scope = request.scope
+    raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
+    return wire.HttpRequest(
+        request.method,
+        raw_path.split(b"?", 1)[0].decode("latin-1"),
+        scope.get("query_string", b""),
+        list(scope["headers"]),
+        await request.body(),
+    )
+
+
+def fetch_handler(supervisor: Supervisor) -> FetchHandler:
+    """What runs a fetch frame (from another worker, or any transport client): the
+    actor's ``fetch`` with the request rebuilt, its response captured whole."""
+
+    async def handle(target: ActorId, http: wire.HttpRequest, timeout: float | None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        owner = supervisor.owner_of(target)
+        if owner is not None:
+            return await supervisor.fetch_remote(owner, target, http, timeout)
+        path = unquote(http.path)
+        parts = path.split("/", 3)
+        scope: dict[str, Any] = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.4"},
+            "http_version": "1.1",
+            "method": http.method,
+            "scheme": "http",
+            "path": path,
+            "raw_path": http.path.encode("latin-1"),
+            "query_string": http.query,
+            "root_path": "",
+            "headers": http.headers,
+            "server": None,
+            "client": None,
+            "path_params": {"namespace": target.namespace, "id": parts[2] if len(parts) > 2 else "", "rest": parts[3] if len(parts) > 3 else ""},
+        }
+        delivered = False
+
+        async def receive() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": http.body, "more_body": False}
+            await trio.sleep_forever()
+            raise AssertionError("unreachable")
+
+        value = await supervisor.fetch(target, Request(scope, receive), timeout=timeout)
+        return await _capture(_as_response(value), scope)
+
+    return handle
+
+
+async def _capture(response: Response, scope: Scope) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Run ``response`` as ASGI and keep what it sends: (status, headers, body)."""
+    start: dict[str, Any] = {}
+    chunks: list[bytes] = []
+
+    async def receive() -> Message:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            start.update(message)
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+
+    await response(scope, receive, send)
+    return int(start["status"]), [(bytes(k), bytes(v)) for k, v in start.get("headers", [])], b"".join(chunks)
 
 
 def _iso(epoch: float) -> str:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -16,11 +18,14 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
-from dotdo.http import DEFAULT_MAX_BODY, create_app
+from dotdo.http import DEFAULT_MAX_BODY, create_app, fetch_handler
+from dotdo.workers import WorkerSpec, serve_workers
 from runtime.kinds import KindSpec
+from runtime.peers import PEER_INFLIGHT, Peers
 from runtime.transport import TransportOptions, TransportServer
 from runtime.supervisor import Supervisor, default_max_active
 from storage.database import Durability, StorageOptions
+from storage.errors import DotdoError
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +48,7 @@ class ServeOptions:
     env: Mapping[str, str] = field(default_factory=dict)
     rpc_port: int | None = None
     token: str | None = None
+    workers: int = 1
 
     def transport_port(self) -> int | None:
         """The transport's port: ``rpc_port`` if given (0: no transport), else the HTTP
@@ -70,18 +76,34 @@ async def serve(
     shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
     out: TextIO | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+    worker: WorkerSpec | None = None,
 ) -> None:
     """Serve ``kinds`` over HTTP until ``shutdown_trigger`` returns (default: SIGINT or
     SIGTERM), then stop gracefully: stop accepting, let in-flight requests finish (their
     turns commit or roll back), close every database.
 
-    ``task_status.started`` receives the bound URLs (useful with port 0).
+    With ``options.workers`` > 1 this process starts and watches that many worker
+    processes (``dotdo.workers``); the kinds must then be classes defined in importable
+    modules. ``task_status.started`` receives the bound URLs (useful with port 0).
     """
     out = out if out is not None else sys.stdout
+    if worker is None and options.workers > 1:
+        level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+        await serve_workers(
+            list(kinds),
+            options,
+            shutdown_trigger=shutdown_trigger or wait_for_signal,
+            out=out,
+            log_level=level,
+            task_status=task_status,
+        )
+        return
     data_dir = options.data_dir.resolve()
+    peers = None if worker is None else Peers(worker.index, worker.peer_paths, worker.secret)
     supervisor = Supervisor(
         kinds,
         data_dir,
+        peers=peers,
         storage=StorageOptions(durability=options.durability),
         idle_timeout=options.idle_timeout,
         max_active=options.max_active,
@@ -91,7 +113,7 @@ async def serve(
         env=options.env,
     )
     config = HypercornConfig()
-    config.bind = [_bind(options.host, options.port)]
+    config.bind = [_bind(options.host, options.port) if worker is None else f"fd://{worker.http_fd}"]
     config.accesslog = None
     # hypercorn logs through our logging setup, not a handler of its own.
     config.errorlog = logging.getLogger("hypercorn.error")
@@ -101,16 +123,27 @@ async def serve(
     config.read_timeout = options.read_timeout
     config.include_server_header = False
     app = create_app(supervisor, max_body=options.max_body, debug=options.debug)
-    trigger = shutdown_trigger or wait_for_signal
+    trigger = shutdown_trigger or (wait_for_signal if worker is None else _worker_stop)
     rpc_port = options.transport_port()
+    fetch = fetch_handler(supervisor)
     async with supervisor, trio.open_nursery() as nursery:
         rpc_urls: list[str] = []
-        transport_scope = trio.CancelScope()  # the transport stops when HTTP does
-        if rpc_port is not None:
-            transport = TransportServer(supervisor, TransportOptions(token=options.token))
-            listeners = await nursery.start(_transport, transport, options.host, rpc_port, transport_scope)
+        transport_scopes: list[trio.CancelScope] = []  # the transports stop when HTTP does
+        transport = TransportServer(supervisor, TransportOptions(token=options.token), fetch)
+        if worker is not None:
+            if worker.rpc_fd is not None:
+                nursery.start_soon(_transport_on, transport, [_inherited(worker.rpc_fd)], transport_scopes)
+        elif rpc_port is not None:
+            listeners = await nursery.start(_transport, transport, options.host, rpc_port, transport_scopes)
             rpc_urls = [_tcp_url(listener.socket.getsockname()) for listener in listeners]
-        binds: list[str] = await nursery.start(_http, app, config, trigger, transport_scope)
+        binds: list[str] = await nursery.start(_http, app, config, trigger, transport_scopes)
+        if worker is not None:
+            # The peers' socket last: the parent takes an answer on it for "ready".
+            peer_options = TransportOptions(token=worker.secret, max_inflight=PEER_INFLIGHT)
+            peer_server = TransportServer(supervisor, peer_options, fetch)
+            nursery.start_soon(_transport_on, peer_server, [_inherited(worker.peer_fd)], transport_scopes)
+            task_status.started(binds)
+            return
         kinds_list = ", ".join(supervisor.registry.namespaces)
         print(f"dotdo serving {kinds_list}", file=out)
         for url in binds:
@@ -121,34 +154,70 @@ async def serve(
         print(f"  data: {data_dir} (durability {options.durability.value})", file=out)
         print("  stop: Ctrl-C", file=out, flush=True)
         task_status.started(binds)
-    print("dotdo stopped: every database closed", file=out, flush=True)
+    if worker is None:
+        print("dotdo stopped: every database closed", file=out, flush=True)
 
 
 async def _http(
     app: Any,
     config: HypercornConfig,
     trigger: Callable[[], Awaitable[None]],
-    then: trio.CancelScope,
+    then: list[trio.CancelScope],
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """hypercorn until the shutdown trigger, then cancel ``then`` (the transport)."""
+    """hypercorn until the shutdown trigger, then cancel ``then`` (the transports)."""
     try:
         await hypercorn_serve(app, config, shutdown_trigger=trigger, task_status=task_status)
     finally:
-        then.cancel()
+        for scope in then:
+            scope.cancel()
 
 
 async def _transport(
     transport: TransportServer,
     host: str,
     port: int,
-    scope: trio.CancelScope,
+    scopes: list[trio.CancelScope],
     *,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    with scope:
+    with trio.CancelScope() as scope:
+        scopes.append(scope)
         await transport.serve(host, port, task_status=task_status)
+
+
+async def _transport_on(transport: TransportServer, listeners: list[trio.SocketListener], scopes: list[trio.CancelScope]) -> None:
+    with trio.CancelScope() as scope:
+        scopes.append(scope)
+        await transport.serve_listeners(listeners)
+
+
+def _inherited(fd: int) -> trio.SocketListener:
+    """A listener on a socket the parent opened (a worker's inherited descriptor)."""
+    return trio.SocketListener(trio.socket.from_stdlib_socket(socket.socket(fileno=fd)))
+
+
+async def _worker_stop() -> None:
+    """A worker's shutdown trigger: SIGTERM from the parent, or its stdin closing (the
+    parent is gone)."""
+    async with trio.open_nursery() as nursery:
+
+        async def parent_gone() -> None:
+            stream = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+            async with stream:
+                while await stream.receive_some(1024):
+                    pass
+            nursery.cancel_scope.cancel()
+
+        async def terminated() -> None:
+            with trio.open_signal_receiver(signal.SIGTERM) as signals:
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    return
+
+        nursery.start_soon(parent_gone)
+        nursery.start_soon(terminated)
 
 
 def _tcp_url(sockname: tuple[Any, ...]) -> str:
@@ -177,6 +246,20 @@ def tune_gc() -> None:
 
 def run(kinds: Iterable[type | KindSpec], options: ServeOptions = ServeOptions(), **kwargs: Any) -> None:
     """Blocking form of ``serve`` (starts its own trio run), for a process of its own:
-    it also tunes the garbage collector (``tune_gc``)."""
+    it also tunes the garbage collector (``tune_gc``). ``options.workers`` > 1 runs
+    that many worker processes (see ``serve``)."""
     tune_gc()
-    trio.run(partial(serve, list(kinds), options, **kwargs))
+    try:
+        trio.run(partial(serve, list(kinds), options, **kwargs))
+    except BaseExceptionGroup as group:  # a start-up failure inside a nursery: raise it plainly
+        leaves = _leaves(group)
+        if len(leaves) == 1 and isinstance(leaves[0], (DotdoError, OSError)):
+            raise leaves[0] from None
+        raise
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found

@@ -166,7 +166,9 @@ class AlarmService:
     def open(self) -> None:
         """Open the index (before the supervisor takes calls)."""
         config = self._sup.config
-        self._index = AlarmIndex.open(config.data_dir, config.storage.durability)
+        peers = self._sup.peers  # with other workers: this one wakes only the actors it owns
+        shard = None if peers is None else (peers.index, peers.count)
+        self._index = AlarmIndex.open(config.data_dir, config.storage.durability, shard)
 
     def close(self) -> None:
         """Close the index (after every activation is closed)."""

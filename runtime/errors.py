@@ -111,6 +111,11 @@ class ConnectionLost(Unavailable):
     the call is idempotent."""
 
 
+class NotSent(ConnectionLost):
+    """The connection was found broken before the call left this side: it did not run.
+    Always safe to retry."""
+
+
 class ProtocolError(DotdoError):
     """A peer sent bytes that break the wire protocol (``docs/protocol.md``)."""
 

@@ -34,7 +34,7 @@ import trio
 from storage.database import ActorDatabase, StorageOptions
 from storage.errors import DotdoError, StorageError
 
-from runtime import values
+from runtime import values, wire
 from runtime.alarms import AlarmService
 from runtime.activation import Activation, ActivationState, ActivationStats, PassivationReason
 from runtime.context import ActorContext, Turn, current_supervisor, current_turn, turn_of
@@ -42,6 +42,7 @@ from runtime.errors import ActorError, CallTimeout, SupervisorClosed, Unavailabl
 from runtime.gate import WaitGraph
 from runtime.ids import ActorId
 from runtime.kinds import KindSpec, MethodSpec, Registry, method_error
+from runtime.peers import Peers
 from runtime.stubs import ActorStub, Namespaces
 
 log = logging.getLogger("dotdo.runtime")
@@ -53,6 +54,10 @@ Convert = Callable[[Any], Any] | None
 caller, ``values.pack`` for the transport; None: nothing)."""
 
 _NO_ARGS = values.pack([(), {}])
+
+FORWARD_MARGIN = 1.0
+"""Seconds a call forwarded to another worker is given past its deadline to report
+back (its own turn ends at the deadline) before this side gives up on it."""
 
 
 def default_max_active() -> int:
@@ -118,8 +123,11 @@ class Supervisor:
     Several supervisors may run in one process (each on its own data directory).
     """
 
-    def __init__(self, kinds: Iterable[type | KindSpec], data_dir: Path | str, **settings: Any) -> None:
+    def __init__(
+        self, kinds: Iterable[type | KindSpec], data_dir: Path | str, *, peers: Peers | None = None, **settings: Any
+    ) -> None:
         self.registry = Registry(kinds)
+        self.peers = peers
         self.config = SupervisorConfig(data_dir=Path(data_dir), **settings)
         self.env: Mapping[str, str] = MappingProxyType(dict(self.config.env))
         self.S = Namespaces(self)
@@ -138,6 +146,8 @@ class Supervisor:
         self._chain_prefix = secrets.token_hex(8) + "-"
         self._chain_seq = itertools.count(1)
         self._copy = functools.partial(values.copy, make_ref=self._ref)
+        if peers is not None:
+            peers.bind(self._ref)
 
     # -- lifetime --------------------------------------------------------------------
 
@@ -197,6 +207,8 @@ class Supervisor:
             for activation in list(self._active.values()):
                 self._passivate(activation, PassivationReason.SHUTDOWN)
             self.alarms.close()
+            if self.peers is not None:
+                await self.peers.aclose()
 
     @property
     def closing(self) -> bool:
@@ -226,11 +238,18 @@ class Supervisor:
         """
         spec = self.registry.method(target.namespace, method)
         bound_args, bound_kwargs = spec.bind(tuple(args), dict(kwargs or {}))
+        owner = self._owner(target)
+        if owner is not None:
+            payload = values.pack([list(args), dict(kwargs or {})])
+            return await self._forward(owner, target, [(method, payload)], timeout or spec.timeout)
         return await self._route(target, spec.function, bound_args, bound_kwargs, self._copy, timeout or spec.timeout)
 
     async def call_packed(self, target: ActorId, method: str, payload: bytes, timeout: float | None = None) -> Any:
         """``call`` with arguments encoded by ``values.pack([args, kwargs])`` (stubs)."""
         spec = self.registry.method(target.namespace, method)
+        owner = self._owner(target)
+        if owner is not None:
+            return await self._forward(owner, target, [(method, payload)], timeout or spec.timeout)
         args, kwargs = self._unpack_args(payload)
         bound_args, bound_kwargs = spec.bind(args, kwargs)
         return await self._route(target, spec.function, bound_args, bound_kwargs, self._copy, timeout or spec.timeout)
@@ -238,6 +257,9 @@ class Supervisor:
     async def call_pipeline(self, target: ActorId, steps: list[tuple[str, bytes]], timeout: float | None = None) -> Any:
         """Evaluate a pipelined chain of calls: each step runs on the actor the previous
         step returned (a reference), the last step's result is returned."""
+        owner = self._owner(target)
+        if owner is not None:
+            return await self._forward(owner, target, steps, timeout)
         method, payload = steps[0]
         result = await self.call_packed(target, method, payload, timeout)
         return await self._continue_pipeline(result, steps, 1, timeout)
@@ -260,6 +282,9 @@ class Supervisor:
             raise SupervisorClosed("the supervisor is shutting down")
         method, payload = steps[0]
         spec = self.registry.method(target.namespace, method)
+        owner = self._owner(target)
+        if owner is not None:  # a client reached the wrong worker: pass it on, chain and all
+            return await self._forward(owner, target, steps, timeout or spec.timeout, chain, path, raw=True)  # type: ignore[no-any-return]
         args, kwargs = self._unpack_args(payload)
         bound_args, bound_kwargs = spec.bind(args, kwargs)
         last = len(steps) == 1
@@ -292,6 +317,9 @@ class Supervisor:
             caller = result._caller
             if caller is not self:
                 return await caller.call_pipeline(result.id, steps[index:], timeout)
+            owner = self._owner(result.id)
+            if owner is not None:  # the rest of the chain goes to the owner in one message
+                return await self._forward(owner, result.id, steps[index:], timeout)
             result = await self.call_packed(result.id, method, payload, timeout)
         return result
 
@@ -304,6 +332,7 @@ class Supervisor:
         kind = self.registry.kind(target.namespace)
         if kind.fetch is None:
             raise method_error(kind, "fetch")
+        self._check_owned(target)
         return await self._route(target, kind.fetch, (request,), {}, None, timeout)
 
     async def run_turn(
@@ -313,6 +342,7 @@ class Supervisor:
         the runtime's own work on an actor (alarms, administration)."""
         if self._closing:
             raise SupervisorClosed("the supervisor is shutting down")
+        self._check_owned(target)
         return await self._entry(target, self._new_chain(), (), timeout, fn, (), {}, None)
 
     def check_namespace(self, namespace: str) -> KindSpec:
@@ -341,6 +371,60 @@ class Supervisor:
 
     def _new_chain(self) -> str:
         return self._chain_prefix + str(next(self._chain_seq))
+
+    # -- other workers ---------------------------------------------------------------
+
+    def owner_of(self, target: ActorId) -> int | None:
+        """The worker that owns ``target`` when it is another one (None: this one, or
+        no other workers)."""
+        return self._owner(target)
+
+    def _owner(self, target: ActorId) -> int | None:
+        peers = self.peers
+        return None if peers is None else peers.owner(target)
+
+    def _check_owned(self, target: ActorId) -> None:
+        owner = self._owner(target)
+        if owner is not None:
+            raise Unavailable(f"{target} is served by worker {owner}, not this one")
+
+    async def _forward(
+        self,
+        owner: int,
+        target: ActorId,
+        steps: list[tuple[str, bytes]],
+        timeout: float | None,
+        chain: str | None = None,
+        path: tuple[str, ...] = (),
+        *,
+        raw: bool = False,
+    ) -> Any:
+        """Run a call on the worker that owns ``target``."""
+        peers = self.peers
+        assert peers is not None
+        if raw:
+            return await self._remote(owner, target, timeout, lambda s: peers.call_raw(owner, target, steps, s, chain, path))
+        return await self._remote(owner, target, timeout, lambda s: peers.call(owner, target, steps, s))
+
+    async def fetch_remote(self, owner: int, target: ActorId, request: wire.HttpRequest, timeout: float | None = None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """Hand an HTTP request to the worker that owns ``target`` (``owner_of``);
+        returns its (status, headers, body)."""
+        peers = self.peers
+        if peers is None:
+            raise Unavailable("this supervisor has no other workers")
+        return await self._remote(owner, target, timeout, lambda s: peers.fetch(owner, target, request, s))  # type: ignore[no-any-return]
+
+    async def _remote(self, owner: int, target: ActorId, timeout: float | None, send: Callable[[float], Awaitable[T]]) -> T:
+        """``send(seconds)`` to another worker, under this side's deadline too, so that a
+        worker that stops answering costs a ``CallTimeout``, not a hang."""
+        if self._closing and turn_of(self) is None:
+            raise SupervisorClosed("the supervisor is shutting down")
+        seconds = self.config.call_timeout if timeout is None else timeout
+        remaining = trio.current_effective_deadline() - trio.current_time()
+        seconds = max(min(seconds, remaining), 0.001)
+        with trio.move_on_after(seconds + FORWARD_MARGIN):
+            return await send(seconds)
+        raise CallTimeout(f"call to {target} on worker {owner} did not finish within {seconds:g} s")
 
     def _route(
         self,

@@ -19,7 +19,8 @@ import hmac
 import itertools
 import logging
 import math
-from collections.abc import Callable
+import select
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,9 @@ from storage.address import validate_namespace
 from storage.errors import DotdoError
 
 from runtime import values, wire
-from runtime.errors import ConnectionLost, MethodNotAllowed, ProtocolError, Unauthorized
+from runtime.errors import ConnectionLost, MethodNotAllowed, NotSent, ProtocolError, Unauthorized
+from runtime.context import current_turn
+from runtime.values import RefFactory
 from runtime.ids import ActorId
 from runtime.stubs import ActorStub, Namespaces
 
@@ -41,6 +44,7 @@ log = logging.getLogger("dotdo.transport")
 RECEIVE_CHUNK = 65536
 HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_MAX_INFLIGHT = 128
+_RDHUP: int | None = getattr(select, "POLLRDHUP", None)
 SEND_TIMEOUT = 10.0
 """Seconds a client waits for the server to take a frame before it gives up on it."""
 
@@ -98,13 +102,25 @@ class _ServerConnection:
         self.wake.set()
 
 
-class TransportServer:
-    """Runs calls that arrive over the transport on a supervisor."""
+FetchHandler = Callable[[ActorId, wire.HttpRequest, "float | None"], Awaitable[tuple[int, list[tuple[bytes, bytes]], bytes]]]
+"""Runs a fetch frame: (target, request, timeout) -> (status, headers, body)."""
 
-    def __init__(self, supervisor: Supervisor, options: TransportOptions = TransportOptions()) -> None:
+
+class TransportServer:
+    """Runs calls that arrive over the transport on a supervisor (and fetch frames on
+    ``fetch``, the HTTP side's handler, when given)."""
+
+    def __init__(
+        self, supervisor: Supervisor, options: TransportOptions = TransportOptions(), fetch: FetchHandler | None = None
+    ) -> None:
         self._sup = supervisor
         self.options = options
+        self._fetch = fetch
         self.connections = 0
+
+    async def serve_listeners(self, listeners: list[trio.SocketListener]) -> None:
+        """Serve connections from ``listeners`` (sockets made elsewhere) until cancelled."""
+        await trio.serve_listeners(self.handle, listeners)
 
     async def serve(self, host: str, port: int, *, task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen on ``host:port`` (0: any free port) until cancelled."""
@@ -191,6 +207,12 @@ class TransportServer:
                     await conn.slots.acquire()  # at the cap: stop reading until a call ends
                     scope = conn.running[message.id] = trio.CancelScope()
                     nursery.start_soon(self._run_call, conn, message, scope)
+                elif isinstance(message, wire.Fetch):
+                    if message.id in conn.running:
+                        raise ProtocolError(f"request id {message.id} is already in flight")
+                    await conn.slots.acquire()
+                    scope = conn.running[message.id] = trio.CancelScope()
+                    nursery.start_soon(self._run_fetch, conn, message, scope)
                 elif isinstance(message, wire.Cancel):
                     scope = conn.running.get(message.id)
                     if scope is not None:
@@ -205,29 +227,48 @@ class TransportServer:
                     raise ProtocolError(f"a client does not send {wire.KIND_NAMES[wire.to_wire(message)[0]]} frames")
 
     async def _run_call(self, conn: _ServerConnection, call: wire.Call, scope: trio.CancelScope) -> None:
-        frame: bytes | None = None
-        try:
+        async def run() -> bytes | None:
             if len(call.steps) == 1:  # the call's own deadline scope is the one a cancel cancels
-                packed = await self._sup.call_from_peer(
+                return await self._sup.call_from_peer(
                     call.target, call.steps, timeout=call.timeout, chain=call.chain, path=call.path, scope=scope
                 )
-            else:
-                with scope:
-                    packed = await self._sup.call_from_peer(
-                        call.target, call.steps, timeout=call.timeout, chain=call.chain, path=call.path
-                    )
-                if scope.cancelled_caught:
-                    return
-            frame = wire.encode_reply(call.id, packed)
+            with scope:
+                return await self._sup.call_from_peer(
+                    call.target, call.steps, timeout=call.timeout, chain=call.chain, path=call.path
+                )
+            return None
+
+        await self._answer(conn, call.id, call.target, scope, run)
+
+    async def _run_fetch(self, conn: _ServerConnection, fetch: wire.Fetch, scope: trio.CancelScope) -> None:
+        async def run() -> bytes | None:
+            if self._fetch is None:
+                raise MethodNotAllowed(fetch.target.namespace, "fetch", (), "this server takes no fetch frames")
+            with scope:
+                status, headers, body = await self._fetch(fetch.target, fetch.request, fetch.timeout)
+                return values.pack([status, [[name, value] for name, value in headers], body])
+            return None
+
+        await self._answer(conn, fetch.id, fetch.target, scope, run)
+
+    async def _answer(
+        self, conn: _ServerConnection, request: int, target: ActorId, scope: trio.CancelScope, run: Callable[[], Awaitable[bytes | None]]
+    ) -> None:
+        """Run a request and queue its reply (none when the client cancelled it)."""
+        frame: bytes | None = None
+        try:
+            packed = await run()
+            if packed is not None:
+                frame = wire.encode_reply(request, packed)
         except DotdoError as exc:
-            frame = wire.encode(wire.error_frame(call.id, exc))
+            frame = wire.encode(wire.error_frame(request, exc))
         except Exception as exc:  # a bug in dotdo, not in the actor (that is ActorError)
-            log.exception("call %s on %s failed inside dotdo", call.id, call.target)
-            frame = wire.encode(wire.error_frame(call.id, DotdoError(f"internal error: {type(exc).__name__}")))
+            log.exception("request %s to %s failed inside dotdo", request, target)
+            frame = wire.encode(wire.error_frame(request, DotdoError(f"internal error: {type(exc).__name__}")))
         finally:
-            del conn.running[call.id]
-            if call.id in conn.cancelled:  # the client gave up: it expects nothing
-                conn.cancelled.discard(call.id)
+            del conn.running[request]
+            if request in conn.cancelled:  # the client gave up: it expects nothing
+                conn.cancelled.discard(request)
                 frame = None
             if frame is None:
                 conn.slots.release()
@@ -305,11 +346,20 @@ class Connection:
     ``S`` gives stubs. Close with ``aclose`` (or ``async with``).
     """
 
-    def __init__(self, stream: trio.abc.Stream, decoder: wire.FrameDecoder, welcome: wire.Welcome, max_inflight: int, label: str) -> None:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        decoder: wire.FrameDecoder,
+        welcome: wire.Welcome,
+        max_inflight: int,
+        label: str,
+        refs: RefFactory | None = None,
+    ) -> None:
         self._stream = stream
         self._decoder = decoder
         self.welcome = welcome
         self.label = label
+        self._refs: RefFactory = refs or self._ref
         self._outbox: list[bytes] = []
         self._flushing = False
         self._reading = False
@@ -330,38 +380,80 @@ class Connection:
         token: str | None = None,
         max_inflight: int = 64,
         connect_timeout: float = 10.0,
+        refs: RefFactory | None = None,
     ) -> Connection:
-        """Connect and shake hands.
+        """Connect over TCP and shake hands.
+
+        ``refs`` makes the actor references found in results (default: stubs that call
+        through this connection).
 
         Raises:
             Unauthorized: The server wants another token.
             ProtocolError: The other end does not speak this protocol.
             ConnectionLost: Nothing listens there, or it hung up.
         """
+        label = f"tcp://{host}:{port}"
         try:
             with trio.fail_after(connect_timeout):
-                stream = await trio.open_tcp_stream(host, port)
+                stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
         except (OSError, trio.TooSlowError) as exc:
             raise ConnectionLost(f"cannot connect to {host}:{port}: {exc or 'timed out'}") from None
-        decoder = wire.FrameDecoder()
+        return await cls._handshake(stream, label, token, max_inflight, connect_timeout, refs)
+
+    @classmethod
+    async def open_unix(
+        cls,
+        path: str,
+        *,
+        token: str | None = None,
+        max_inflight: int = 64,
+        connect_timeout: float = 10.0,
+        refs: RefFactory | None = None,
+        label: str | None = None,
+    ) -> Connection:
+        """``open`` over a unix socket (how the workers of one server reach each other)."""
+        label = label or f"unix:{path}"
         try:
             with trio.fail_after(connect_timeout):
+                stream: trio.abc.Stream = await trio.open_unix_socket(path)
+        except (OSError, trio.TooSlowError) as exc:
+            raise ConnectionLost(f"cannot connect to {label}: {exc or 'timed out'}") from None
+        return await cls._handshake(stream, label, token, max_inflight, connect_timeout, refs)
+
+    @classmethod
+    async def _handshake(
+        cls,
+        stream: trio.abc.Stream,
+        label: str,
+        token: str | None,
+        max_inflight: int,
+        timeout: float,
+        refs: RefFactory | None,
+    ) -> Connection:
+        decoder = wire.FrameDecoder()
+        try:
+            with trio.fail_after(timeout):
                 await stream.send_all(wire.encode(wire.Hello(wire.VERSION, token)))
                 answer = await _read_one(stream, decoder)
         except BaseException as exc:
             await trio.aclose_forcefully(stream)
             if isinstance(exc, trio.TooSlowError):
-                raise ConnectionLost(f"{host}:{port} did not answer the hello") from None
+                raise ConnectionLost(f"{label} did not answer the hello") from None
             if isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError)):
-                raise ConnectionLost(f"{host}:{port} closed the connection") from None
+                raise ConnectionLost(f"{label} closed the connection") from None
             raise
         if isinstance(answer, wire.Error):
             await trio.aclose_forcefully(stream)
             raise wire.error_from_frame(answer)
         if not isinstance(answer, wire.Welcome):
             await trio.aclose_forcefully(stream)
-            raise ProtocolError(f"{host}:{port} answered the hello with a {type(answer).__name__}")
-        return cls(stream, decoder, answer, max_inflight, f"tcp://{host}:{port}")
+            raise ProtocolError(f"{label} answered the hello with a {type(answer).__name__}")
+        return cls(stream, decoder, answer, max_inflight, label, refs)
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is over (closed, broken or refused by the server)."""
+        return self._closed is not None
 
     async def aclose(self) -> None:
         """Close the connection; calls still waiting get ``ConnectionLost``."""
@@ -392,13 +484,50 @@ class Connection:
     async def call_pipeline(self, target: ActorId, steps: list[tuple[str, bytes]], timeout: float | None = None) -> Any:
         """Send the whole chain in one frame; the server forwards each step to the actor
         the previous one returned and replies once."""
-        if timeout is None:
-            remaining = trio.current_effective_deadline() - trio.current_time()
-            timeout = remaining if math.isfinite(remaining) and remaining > 0 else None
-        frame = await self.request(lambda request: wire.encode_call(request, target, steps, timeout, None, ()))
+        return values.unpack(await self.call_raw(target, steps, timeout), self._refs)
+
+    async def call_raw(
+        self,
+        target: ActorId,
+        steps: list[tuple[str, bytes]],
+        timeout: float | None = None,
+        chain: str | None = None,
+        path: tuple[str, ...] = (),
+    ) -> bytes:
+        """``call_pipeline`` with the result left packed.
+
+        Made from inside a turn, the call commits the turn's writes first (nothing
+        leaves a turn before it is durable) and joins the turn's call chain, so that a
+        call coming back to the calling actor along it is admitted; with no ``timeout``
+        it gets what is left of the turn's deadline.
+        """
+        turn = current_turn.get()
+        if turn is not None:
+            turn.activation.db.commit()  # the output gate
+            if chain is None:
+                chain, path = turn.chain, turn.path
+        timeout = _remaining(timeout)
+        frame = await self.request(lambda request: wire.encode_call(request, target, steps, timeout, chain, path))
         if isinstance(frame, wire.Error):
             raise wire.error_from_frame(frame)
-        return values.unpack(frame.result, self._ref)
+        return frame.result
+
+    async def fetch(self, target: ActorId, request: wire.HttpRequest, timeout: float | None = None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """Hand an HTTP request to the actor's ``fetch``; returns (status, headers, body)."""
+        timeout = _remaining(timeout)
+        frame = await self.request(lambda request_id: wire.encode(wire.Fetch(request_id, target, request, timeout)))
+        if isinstance(frame, wire.Error):
+            raise wire.error_from_frame(frame)
+        answer = values.unpack(frame.result)
+        if (
+            not isinstance(answer, list)
+            or len(answer) != 3
+            or type(answer[0]) is not int
+            or not isinstance(answer[1], list)
+            or not isinstance(answer[2], bytes)
+        ):
+            raise ProtocolError(f"{self.label} answered a fetch with something other than [status, headers, body]")
+        return answer[0], [(bytes(name), bytes(value)) for name, value in answer[1]], answer[2]
 
     def _ref(self, actor_id: ActorId) -> ActorStub:
         return ActorStub(self, actor_id)
@@ -412,8 +541,19 @@ class Connection:
         return trio.current_time() - started
 
     async def request(self, make: Callable[[int], bytes]) -> wire.Reply | wire.Error:
-        """Send the frame ``make(request_id)`` and wait for its answer."""
+        """Send the frame ``make(request_id)`` and wait for its answer.
+
+        Raises:
+            NotSent: The connection was closed, or found closed by the server while
+                nothing was in flight, before the request left.
+            ConnectionLost: It closed while the request was in flight.
+        """
+        if self._closed is None and not self._waiting and self._hung_up():
+            self._fail(ConnectionLost(f"{self.label} closed the connection"))
+            await trio.aclose_forcefully(self._stream)
         if self._closed is not None:
+            if isinstance(self._closed, ConnectionLost):
+                raise NotSent(f"{self._closed.public}; the call was not sent")
             raise self._closed
         async with self._slots:
             request = next(self._ids)
@@ -503,6 +643,18 @@ class Connection:
                     other.event.set()
                     break
 
+    def _hung_up(self) -> bool:
+        """Whether the server has closed its end (a worker that died, a server that
+        stopped). Checked before a request on an idle connection, where no reader
+        would have seen it, so that a request is not sent into a connection that is
+        already over. (Linux tells this apart from late replies waiting to be read.)"""
+        socket_ = getattr(self._stream, "socket", None)
+        if socket_ is None or _RDHUP is None:
+            return False
+        poller = select.poll()
+        poller.register(socket_.fileno(), _RDHUP)
+        return any(events & (_RDHUP | select.POLLHUP | select.POLLERR) for _, events in poller.poll(0))
+
     def _dispatch(self, message: wire.Message) -> None:
         self.frames_received += 1
         if isinstance(message, wire.Reply | wire.Error):
@@ -527,6 +679,14 @@ class Connection:
             self._closed = error
             for waiter in self._waiting.values():
                 waiter.event.set()  # they see the connection is over
+
+
+def _remaining(timeout: float | None) -> float | None:
+    """``timeout``, or else what is left until the caller's deadline (None: no deadline)."""
+    if timeout is not None:
+        return timeout
+    remaining = trio.current_effective_deadline() - trio.current_time()
+    return remaining if math.isfinite(remaining) and remaining > 0 else None
 
 
 async def _read_one(stream: trio.abc.Stream, decoder: wire.FrameDecoder) -> wire.Message:

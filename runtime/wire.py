@@ -32,7 +32,7 @@ HEADER = struct.Struct(">I")
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 """Largest frame payload accepted, in bytes (the length prefix not counted)."""
 
-HELLO, WELCOME, CALL, REPLY, ERROR, CANCEL, EVENT, PING, PONG = range(1, 10)
+HELLO, WELCOME, CALL, REPLY, ERROR, CANCEL, EVENT, PING, PONG, FETCH = range(1, 11)
 KIND_NAMES = {
     HELLO: "hello",
     WELCOME: "welcome",
@@ -43,10 +43,13 @@ KIND_NAMES = {
     EVENT: "event",
     PING: "ping",
     PONG: "pong",
+    FETCH: "fetch",
 }
 MAX_REQUEST_ID = 2**63 - 1
 MAX_STEPS = 64
 """Steps in one pipelined call."""
+MAX_HEADERS = 256
+"""Header lines in one fetch."""
 
 
 # -- messages --------------------------------------------------------------------------
@@ -117,7 +120,30 @@ class Pong:
     id: int
 
 
-Message = Hello | Welcome | Call | Reply | Error | Cancel | Event | Ping | Pong
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    """An HTTP request as it travels in a fetch: ``path`` as sent (percent-encoded),
+    ``query`` the raw query string, header names lower-case."""
+
+    method: str
+    path: str
+    query: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    """An HTTP request for an actor's ``fetch``; answered by a reply whose result is
+    ``[status, [[name, value], ...], body]``. ``timeout`` is seconds from receipt."""
+
+    id: int
+    target: ActorId
+    request: HttpRequest
+    timeout: float | None = None
+
+
+Message = Hello | Welcome | Call | Reply | Error | Cancel | Event | Ping | Pong | Fetch
 
 
 # -- encoding --------------------------------------------------------------------------
@@ -127,9 +153,7 @@ def _target(target: ActorId) -> list[Any]:
     return [target.namespace, target.hex, target.name]
 
 
-def _call_array(
-    request: int, target: ActorId, steps: list[tuple[str, bytes]], timeout: float | None, chain: str | None, path: tuple[str, ...]
-) -> list[Any]:
+def _options(timeout: float | None, chain: str | None, path: tuple[str, ...]) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if timeout is not None:
         options["timeout"] = timeout
@@ -137,7 +161,13 @@ def _call_array(
         options["chain"] = chain
     if path:
         options["path"] = list(path)
-    return [CALL, request, _target(target), [[m, a] for m, a in steps], options]
+    return options
+
+
+def _call_array(
+    request: int, target: ActorId, steps: list[tuple[str, bytes]], timeout: float | None, chain: str | None, path: tuple[str, ...]
+) -> list[Any]:
+    return [CALL, request, _target(target), [[m, a] for m, a in steps], _options(timeout, chain, path)]
 
 
 def to_wire(message: Message) -> list[Any]:
@@ -159,6 +189,15 @@ def to_wire(message: Message) -> list[Any]:
             return [PONG, id]
         case Hello(version, token):
             return [HELLO, {"version": version, "token": token}]
+        case Fetch(id, target, request, timeout):
+            http = {
+                "method": request.method,
+                "path": request.path,
+                "query": request.query,
+                "headers": [[name, value] for name, value in request.headers],
+                "body": request.body,
+            }
+            return [FETCH, id, _target(target), http, _options(timeout, None, ())]
         case Welcome(version, max_frame, max_inflight):
             return [WELCOME, {"version": version, "max_frame": max_frame, "max_inflight": max_inflight}]
     raise TypeError(f"not a message: {message!r}")
@@ -313,6 +352,10 @@ def _parse_call(raw: list[Any]) -> Call:
         if not isinstance(step, list) or len(step) != 2 or not isinstance(step[1], bytes):
             raise ProtocolError("a call step is [method, arguments as bin]")
         steps.append((_text(step[0], "a method name", 256), step[1]))
+    return Call(request, target, steps, *_parse_options(options))
+
+
+def _parse_options(options: Any) -> tuple[float | None, str | None, tuple[str, ...]]:
     if not isinstance(options, dict):
         raise ProtocolError("call options must be a map")
     timeout = options.get("timeout")
@@ -327,7 +370,32 @@ def _parse_call(raw: list[Any]) -> Call:
     if not isinstance(path_raw, list) or len(path_raw) > 1024:
         raise ProtocolError("a call path must be a list of at most 1024 addresses")
     path = tuple(_text(p, "a path entry", 512) for p in path_raw)
-    return Call(request, target, steps, timeout, chain, path)
+    return timeout, chain, path
+
+
+def _parse_fetch(raw: list[Any]) -> Fetch:
+    _shape(raw, 5, "fetch")
+    request = _request_id(raw[1], "fetch")
+    target = _parse_target(raw[2])
+    http = raw[3]
+    if not isinstance(http, dict):
+        raise ProtocolError("a fetch request is a map {method, path, query, headers, body}")
+    method = _text(http.get("method"), "an HTTP method", 16)
+    path = _text(http.get("path"), "an HTTP path", 65536)
+    if not path.startswith("/"):
+        raise ProtocolError("an HTTP path must start with /")
+    query, body, headers_raw = http.get("query", b""), http.get("body", b""), http.get("headers", [])
+    if not isinstance(query, bytes) or not isinstance(body, bytes):
+        raise ProtocolError("a fetch's query and body must be bin")
+    if not isinstance(headers_raw, list) or len(headers_raw) > MAX_HEADERS:
+        raise ProtocolError(f"a fetch's headers are a list of at most {MAX_HEADERS} [name, value] pairs of bin")
+    headers: list[tuple[bytes, bytes]] = []
+    for pair in headers_raw:
+        if not isinstance(pair, list) or len(pair) != 2 or not isinstance(pair[0], bytes) or not isinstance(pair[1], bytes):
+            raise ProtocolError("a fetch header is [name, value], both bin")
+        headers.append((pair[0], pair[1]))
+    timeout, _chain, _path = _parse_options(raw[4])  # a fetch starts a chain of its own
+    return Fetch(request, target, HttpRequest(method, path, query, headers, body), timeout)
 
 
 def _parse_reply(raw: list[Any]) -> Reply:
@@ -381,6 +449,7 @@ _PARSERS = {
     EVENT: _parse_event,
     PING: _parse_ping,
     PONG: _parse_pong,
+    FETCH: _parse_fetch,
 }
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import apsw
 
+from storage.address import shard_of
 from storage.alarms import PendingItem
 from storage.database import Durability, translate
 from storage.errors import StorageError
@@ -66,13 +67,25 @@ class IndexEntry:
 class AlarmIndex:
     """The pending-alarm index of one data directory. Open with ``AlarmIndex.open``."""
 
-    def __init__(self, conn: apsw.Connection, path: Path) -> None:
+    def __init__(self, conn: apsw.Connection, path: Path, shard: tuple[int, int] | None) -> None:
         self._conn = conn
         self.path = path
+        self._mine = ""  # the condition that picks this process's rows (all: none)
+        if shard is not None:
+            index, shards = shard
+            conn.create_scalar_function("dotdo_shard", lambda hex_id: shard_of(hex_id, shards), 1, deterministic=True)
+            self._mine = f" AND dotdo_shard(hex) = {int(index)}"
 
     @classmethod
-    def open(cls, data_dir: Path | str, durability: Durability = Durability.NORMAL) -> AlarmIndex:
+    def open(
+        cls, data_dir: Path | str, durability: Durability = Durability.NORMAL, shard: tuple[int, int] | None = None
+    ) -> AlarmIndex:
         """Open (creating if needed) the index of ``data_dir``.
+
+        With ``shard=(i, n)`` the process is worker ``i`` of ``n`` sharing the file:
+        ``due`` and ``next_after`` see only the actors it owns (``shard_of``). Several
+        processes may write the file at once (SQLite's WAL; a writer waits for another
+        up to 5 s).
 
         Raises:
             StorageError: The file cannot be created or opened.
@@ -93,7 +106,7 @@ class AlarmIndex:
         except apsw.Error as exc:
             conn.close()
             raise StorageError(f"cannot open the alarm index at {path}: {exc}") from None
-        return cls(conn, path)
+        return cls(conn, path, shard)
 
     def close(self) -> None:
         """Close the file. Safe to call twice."""
@@ -144,7 +157,7 @@ class AlarmIndex:
         marks = ",".join("?" * len(namespaces))
         rows = self._exec(
             f"SELECT namespace, hex, name, item, kind, spec, due, retries FROM pending "
-            f"WHERE due <= ? AND namespace IN ({marks}) ORDER BY due LIMIT ?",
+            f"WHERE due <= ? AND namespace IN ({marks}){self._mine} ORDER BY due LIMIT ?",
             (now, *namespaces, limit),
         )
         return [IndexEntry(*row) for row in rows]
@@ -153,7 +166,7 @@ class AlarmIndex:
         """The earliest due time after ``now`` in ``namespaces``, or None."""
         marks = ",".join("?" * len(namespaces))
         rows = self._exec(
-            f"SELECT due FROM pending WHERE due > ? AND namespace IN ({marks}) ORDER BY due LIMIT 1",
+            f"SELECT due FROM pending WHERE due > ? AND namespace IN ({marks}){self._mine} ORDER BY due LIMIT 1",
             (now, *namespaces),
         )
         return rows[0][0] if rows else None

@@ -216,11 +216,12 @@ class Served:
 @asynccontextmanager
 async def dotdo_serve(tmp_path: Path, *args: str) -> AsyncIterator[Served]:
     """``python -m dotdo serve --port 0 ARGS`` until it printed its URL; killed on exit
-    if it is still running."""
+    if it is still running. One worker process unless ARGS say ``--workers``."""
     stdout, stderr = tmp_path / "serve.out", tmp_path / "serve.err"
+    workers = [] if "--workers" in args else ["--workers", "1"]
     with stdout.open("wb") as out, stderr.open("wb") as err:
         process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "dotdo", "serve", "--port", "0", *args],
+            [sys.executable, "-m", "dotdo", "serve", "--port", "0", *workers, *args],
             stdout=out,
             stderr=err,
             stdin=subprocess.DEVNULL,
@@ -262,11 +263,13 @@ async def stop(served: Served, sig: signal.Signals) -> int:
         return await served.process.wait()
 
 
-async def test_serve_the_examples_call_them_and_stop_on_sigint(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_serve_the_examples_call_them_and_stop_on_sigint(tmp_path: Path, workers: int) -> None:
     data = tmp_path / "data"
-    async with dotdo_serve(tmp_path, "--data", str(data)) as served:
+    async with dotdo_serve(tmp_path, "--data", str(data), "--workers", str(workers)) as served:
         output = served.output()
-        assert output.startswith("dotdo serving Counter, Customer, Order\n")
+        with_workers = f" with {workers} workers" if workers > 1 else ""
+        assert output.startswith(f"dotdo serving Counter, Customer, Order{with_workers}\n")
         assert f"  data: {data.resolve()} (durability normal)\n" in output
         first = await dotdo("call", "--url", served.url, "Counter", "x", "increment", cwd=tmp_path)
         assert (first.returncode, first.stdout, first.stderr) == (0, b"1\n", b"")

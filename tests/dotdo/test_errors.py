@@ -29,6 +29,7 @@ from dotdo.errors import (
     StorageLimitExceeded,
     SupervisorClosed,
     ConnectionLost,
+    NotSent,
     ProtocolError,
     Unauthorized,
     TransactionError,
@@ -63,6 +64,7 @@ CASES: list[tuple[DotdoError, int, type]] = [
     (Unavailable("x"), 503, DotdoError),
     (SupervisorClosed("x"), 503, Unavailable),
     (ConnectionLost("x"), 503, Unavailable),
+    (NotSent("x"), 503, ConnectionLost),
     (ProtocolError("x"), 400, DotdoError),
     (Unauthorized("x"), 401, DotdoError),
 ]

@@ -33,6 +33,7 @@ EXPECTED = [
     "InvalidSchedule",
     "InvalidValue",
     "MethodNotAllowed",
+    "NotSent",
     "Overloaded",
     "ProtocolError",
     "RowCountError",
