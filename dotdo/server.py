@@ -92,7 +92,7 @@ async def serve(
         await serve_workers(
             list(kinds),
             options,
-            shutdown_trigger=shutdown_trigger or wait_for_signal,
+            shutdown_trigger=shutdown_trigger,
             out=out,
             log_level=level,
             task_status=task_status,

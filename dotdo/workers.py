@@ -286,6 +286,13 @@ class _Pool:
             nursery.cancel_scope.cancel()
         return answered
 
+    def kill(self) -> None:
+        """SIGKILL every worker still running."""
+        self.stopping = True
+        for proc in self.procs.values():
+            if proc.returncode is None:
+                proc.kill()
+
     async def stop(self, grace: float) -> None:
         """SIGTERM every worker, wait up to ``grace`` + KILL_AFTER, kill the rest."""
         self.stopping = True
@@ -325,13 +332,14 @@ async def serve_workers(
     kinds: Sequence[type | KindSpec],
     options: ServeOptions,
     *,
-    shutdown_trigger: Callable[[], Awaitable[None]],
+    shutdown_trigger: Callable[[], Awaitable[None]] | None,
     out: TextIO,
     log_level: str = "WARNING",
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run ``options.workers`` worker processes serving ``kinds`` until
-    ``shutdown_trigger`` returns, then stop them gracefully."""
+    ``shutdown_trigger`` returns (or SIGINT or SIGTERM comes), then stop them
+    gracefully."""
     if os.environ.get(WORKER_ENV):
         raise DotdoError(
             "a worker tried to start workers: guard the script's serve()/run() call with "
@@ -353,22 +361,46 @@ async def serve_workers(
                 WorkerSpec(index, count, sources, names, worker_options, http_fd, rpc_fd, peer_fd, sockets.peer_paths, secret, log_level)
             )
         pool = _Pool(specs)
-        async with trio.open_nursery() as nursery:
-            for index in range(count):
-                await nursery.start(pool.keep, index)
-            http_urls = [_url("http", sockets.http[0])]
-            print(f"dotdo serving {', '.join(registry.namespaces)} with {count} workers", file=out)
-            for url in http_urls:
-                print(f"  http: {url}", file=out)
-            if sockets.rpc:
-                secured = " (token required)" if options.token else ""
-                print(f"  rpc:  {_url('tcp', sockets.rpc[0])}{secured}", file=out)
-            print(f"  data: {data_dir} (durability {options.durability.value})", file=out)
-            print("  stop: Ctrl-C", file=out, flush=True)
-            task_status.started(http_urls)
-            await shutdown_trigger()
-            await pool.stop(options.shutdown_grace)
-            nursery.cancel_scope.cancel()
+        # The parent holds SIGINT and SIGTERM for its whole life: the first (or the
+        # trigger) stops the workers gracefully, another one kills them at once.
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                for index in range(count):
+                    await nursery.start(pool.keep, index)
+                http_urls = [_url("http", sockets.http[0])]
+                print(f"dotdo serving {', '.join(registry.namespaces)} with {count} workers", file=out)
+                for url in http_urls:
+                    print(f"  http: {url}", file=out)
+                if sockets.rpc:
+                    secured = " (token required)" if options.token else ""
+                    print(f"  rpc:  {_url('tcp', sockets.rpc[0])}{secured}", file=out)
+                print(f"  data: {data_dir} (durability {options.durability.value})", file=out)
+                print("  stop: Ctrl-C", file=out, flush=True)
+                task_status.started(http_urls)
+                async with trio.open_nursery() as waiting:
+
+                    async def first_signal() -> None:
+                        await signals.__anext__()
+                        waiting.cancel_scope.cancel()
+
+                    async def trigger() -> None:
+                        await shutdown_trigger()
+                        waiting.cancel_scope.cancel()
+
+                    waiting.start_soon(first_signal)
+                    if shutdown_trigger is not None:
+                        waiting.start_soon(trigger)
+                async with trio.open_nursery() as stopping:
+
+                    async def again() -> None:
+                        await signals.__anext__()
+                        print("dotdo: stopping the workers now", file=sys.stderr, flush=True)
+                        pool.kill()
+
+                    stopping.start_soon(again)
+                    await pool.stop(options.shutdown_grace)
+                    stopping.cancel_scope.cancel()
+                nursery.cancel_scope.cancel()
     finally:
         sockets.close()
     print("dotdo stopped: every database closed", file=out, flush=True)

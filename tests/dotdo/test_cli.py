@@ -4,14 +4,8 @@ process, and ``python -m dotdo serve`` / ``call`` as real subprocesses."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +16,7 @@ from actors.examples import EXAMPLES
 from dotdo.cli import DEFAULT_URL, _json_or_text, build_parser, main
 from storage.database import Durability
 from tests.dotdo.kinds import Waker
-from tests.dotdo.serving import serving
+from tests.dotdo.serving import dotdo, dotdo_serve, serving, stop
 
 # -- parsing ---------------------------------------------------------------------------
 
@@ -191,77 +185,6 @@ async def test_call_reports_an_unreachable_server(capsys: pytest.CaptureFixture[
 
 
 # -- python -m dotdo, as subprocesses ----------------------------------------------------
-
-STARTUP_TIMEOUT = 30
-STOP_TIMEOUT = 15
-
-
-def environment() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "DOTDO_URL"}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-@dataclass
-class Served:
-    process: trio.Process
-    url: str
-    stdout: Path
-    stderr: Path
-
-    def output(self) -> str:
-        return self.stdout.read_text()
-
-
-@asynccontextmanager
-async def dotdo_serve(tmp_path: Path, *args: str) -> AsyncIterator[Served]:
-    """``python -m dotdo serve --port 0 ARGS`` until it printed its URL; killed on exit
-    if it is still running. One worker process unless ARGS say ``--workers``."""
-    stdout, stderr = tmp_path / "serve.out", tmp_path / "serve.err"
-    workers = [] if "--workers" in args else ["--workers", "1"]
-    with stdout.open("wb") as out, stderr.open("wb") as err:
-        process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "dotdo", "serve", "--port", "0", *workers, *args],
-            stdout=out,
-            stderr=err,
-            stdin=subprocess.DEVNULL,
-            cwd=tmp_path,
-            env=environment(),
-        )
-    try:
-        with trio.fail_after(STARTUP_TIMEOUT):
-            while "stop: Ctrl-C" not in stdout.read_text():
-                if process.poll() is not None:
-                    raise AssertionError(f"dotdo serve exited with {process.returncode}: {stderr.read_text()}")
-                await trio.sleep(0.02)
-        [url] = [line.split("http: ", 1)[1] for line in stdout.read_text().splitlines() if "http: " in line]
-        assert url.startswith("http://127.0.0.1:") and not url.endswith(":0")
-        yield Served(process, url, stdout, stderr)
-    finally:
-        if process.returncode is None:
-            process.kill()
-        with trio.move_on_after(STOP_TIMEOUT):
-            await process.wait()
-
-
-async def dotdo(*args: str, cwd: Path) -> subprocess.CompletedProcess[bytes]:
-    with trio.fail_after(STARTUP_TIMEOUT):
-        return await trio.run_process(
-            [sys.executable, "-m", "dotdo", *args],
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-            stdin=subprocess.DEVNULL,
-            cwd=cwd,
-            env=environment(),
-        )
-
-
-async def stop(served: Served, sig: signal.Signals) -> int:
-    served.process.send_signal(sig)
-    with trio.fail_after(STOP_TIMEOUT):
-        return await served.process.wait()
-
 
 @pytest.mark.parametrize("workers", [1, 2])
 async def test_serve_the_examples_call_them_and_stop_on_sigint(tmp_path: Path, workers: int) -> None:

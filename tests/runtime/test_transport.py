@@ -15,8 +15,8 @@ import trio
 from dotdo import DO, ActorError, ActorNotFound, DotdoError, InvalidArguments
 from dotdo.client import connect, parse_url
 from runtime import wire
-from runtime.errors import CallTimeout, ConnectionLost, Unauthorized
-from runtime.ids import id_from_name
+from runtime.errors import CallTimeout, ConnectionLost, MethodNotAllowed, NotSent, Unauthorized
+from runtime.ids import ActorId, id_from_name
 from runtime.supervisor import Supervisor
 from runtime.transport import Connection, TransportOptions, TransportServer
 from storage.errors import InvalidInput
@@ -258,6 +258,44 @@ async def test_timeouts_travel_and_a_lost_server_is_reported(tmp_path: Path) -> 
             await S.Shop("t").add(1, 1)
     with pytest.raises(ConnectionLost):
         await connect(f"tcp://127.0.0.1:{port}", connect_timeout=2)
+
+
+async def test_fetch_frames_reach_the_actors_fetch(tmp_path: Path) -> None:
+    async def handler(target: ActorId, request: wire.HttpRequest, timeout: float | None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        seen.append((target, request, timeout))
+        return 202, [(b"x-a", b"1")], request.body[::-1]
+
+    seen: list[Any] = []
+    async with Supervisor([Shop], tmp_path) as sup, trio.open_nursery() as nursery:
+        listeners = await nursery.start(TransportServer(sup, TransportOptions(), handler).serve, "127.0.0.1", 0)
+        port = listeners[0].socket.getsockname()[1]
+        target = id_from_name("Shop", "f")
+        request = wire.HttpRequest("POST", "/Shop/f/x", b"q=1", [(b"host", b"h")], b"abc")
+        async with connect(f"tcp://127.0.0.1:{port}") as S:
+            assert await S.connection.fetch(target, request, 5) == (202, [(b"x-a", b"1")], b"cba")
+            assert seen == [(target, request, 5.0)]
+        nursery.cancel_scope.cancel()
+    async with transport(tmp_path / "plain") as (_, _, port), connect(f"tcp://127.0.0.1:{port}") as S:
+        with pytest.raises(MethodNotAllowed, match="takes no fetch frames"):
+            await S.connection.fetch(target, request)
+
+
+async def test_a_call_into_a_connection_the_server_closed_is_not_sent(tmp_path: Path) -> None:
+    async with Supervisor([Shop], tmp_path) as sup, trio.open_nursery() as nursery:
+        server = TransportServer(sup)
+        with trio.CancelScope() as serving:
+            listeners = await nursery.start(server.serve, "127.0.0.1", 0)
+            port = listeners[0].socket.getsockname()[1]
+            S = await connect(f"tcp://127.0.0.1:{port}")
+            assert await S.Shop("n").add(1, 1) == 2
+            serving.cancel()  # the server goes away while the connection is idle
+        nursery.cancel_scope.cancel()
+    with trio.fail_after(5):
+        while server.connections:
+            await trio.sleep(0.01)
+    with pytest.raises(NotSent, match="the call was not sent"):
+        await S.Shop("n").add(1, 1)
+    await S.aclose()
 
 
 def test_urls() -> None:

@@ -37,6 +37,20 @@ messages = st.one_of(
     st.builds(wire.Pong, request_ids),
     st.builds(wire.Hello, st.integers(0, 5), st.one_of(st.none(), st.text(max_size=30))),
     st.builds(wire.Welcome, st.integers(0, 5), st.integers(1, 2**31), st.integers(1, 1000)),
+    st.builds(
+        wire.Fetch,
+        request_ids,
+        targets,
+        st.builds(
+            wire.HttpRequest,
+            st.sampled_from(["GET", "POST", "DELETE"]),
+            st.text(max_size=30).map(lambda p: "/" + p),
+            st.binary(max_size=30),
+            st.lists(st.tuples(st.binary(max_size=10), st.binary(max_size=20)), max_size=4),
+            st.binary(max_size=50),
+        ),
+        st.one_of(st.none(), st.floats(0.001, 1e6)),
+    ),
 )
 
 
@@ -88,6 +102,24 @@ def test_an_oversized_frame_is_refused_before_it_is_buffered() -> None:
     with pytest.raises(ProtocolError, match="over the limit of 100"):
         decoder.feed(struct.pack(">I", 101))
     assert wire.FrameDecoder(max_frame=100).feed(struct.pack(">I", 100) + b"x" * 100) == [b"x" * 100]
+
+
+def test_fetch_frames_are_checked() -> None:
+    target = ["Shop", id_from_name("Shop", "a").hex, "a"]
+    good = {"method": "GET", "path": "/Shop/a", "query": b"", "headers": [[b"x", b"y"]], "body": b""}
+    fetch = wire.decode(msgpack.packb([wire.FETCH, 1, target, good, {"timeout": 2}], use_bin_type=True))
+    assert fetch == wire.Fetch(1, id_from_name("Shop", "a"), wire.HttpRequest("GET", "/Shop/a", b"", [(b"x", b"y")], b""), 2.0)
+    for change, problem in [
+        ({"path": "Shop/a"}, "must start with /"),
+        ({"body": "text"}, "query and body must be bin"),
+        ({"headers": [[b"x"]]}, "a fetch header is"),
+        ({"headers": [[b"x", "y"]]}, "a fetch header is"),
+        ({"headers": [[b"x", b"y"]] * (wire.MAX_HEADERS + 1)}, "at most 256"),
+        ({"method": 5}, "an HTTP method"),
+    ]:
+        body = msgpack.packb([wire.FETCH, 1, target, {**good, **change}, {}], use_bin_type=True)
+        with pytest.raises(ProtocolError, match=problem):
+            wire.decode(body)
 
 
 def test_specific_problems_are_named() -> None:
