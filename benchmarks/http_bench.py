@@ -1,5 +1,7 @@
-"""HTTP load benchmark: ``dotdo serve`` (one process, the Counter example) against a bare
-starlette + hypercorn + apsw app doing the same increment (``benchmarks/bare_app.py``).
+"""HTTP load benchmark: ``dotdo serve`` (one worker, the Counter example) against a bare
+starlette + hypercorn + apsw app doing the same increment (``benchmarks/bare_app.py``);
+or, with ``--compare workers``, ``dotdo serve --workers 2`` against ``--workers 1``
+(nothing pinned: two workers need both cores, and share them with the load generator).
 
 Both servers run as subprocesses on 127.0.0.1 (free ports, temporary data directories,
 durability ``normal``), in the same run, and the load alternates between them round by
@@ -26,6 +28,7 @@ when a request failed or a read-back is off.
 
     python benchmarks/http_bench.py [--duration 10] [--connections 32] [--threads 1]
         [--rounds 2] [--counters 2000] [--scenarios hot,spread] [--route fetch|rpc]
+        [--compare bare|workers]
 """
 
 from __future__ import annotations
@@ -70,12 +73,9 @@ class Server:
         return parts.hostname, parts.port
 
     def rss_mb(self) -> float:
-        """Resident memory now, from /proc/PID/status (MiB)."""
-        with open(f"/proc/{self.proc.pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        raise RuntimeError("no VmRSS line")
+        """Resident memory now of the server and its worker processes, from
+        /proc/PID/status (MiB)."""
+        return sum(_rss_kib(pid) for pid in _tree(self.proc.pid)) / 1024
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -87,11 +87,47 @@ class Server:
                 self.proc.wait()
 
 
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (from the parent ids in /proc/*/stat)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, ()))
+    return found
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+SERVERS = {"bare": None, "dotdo": 1, "w1": 1, "w2": 2}
+"""Server names: the bare app, and dotdo with that many worker processes."""
+
+
 def start_server(name: str, data_dir: Path, logs: Path, cpu: int | None) -> Server:
-    """Start ``dotdo`` or ``bare`` on a free port and wait until it listens."""
-    if name == "dotdo":
-        argv = [sys.executable, "-m", "dotdo", "serve", "--host", "127.0.0.1", "--port", "0",
-                "--data", str(data_dir), "--durability", "normal", "--log-level", "warning"]
+    """Start ``bare`` or a dotdo (``dotdo``, ``w1``, ``w2``) on a free port and wait
+    until it listens."""
+    workers = SERVERS[name]
+    if workers is not None:
+        argv = [sys.executable, "-m", "dotdo", "serve", "--host", "127.0.0.1", "--port", "0", "--rpc-port", "0",
+                "--workers", str(workers), "--data", str(data_dir), "--durability", "normal", "--log-level", "warning"]
     else:
         argv = [sys.executable, str(ROOT / "benchmarks" / "bare_app.py"), "--host", "127.0.0.1",
                 "--port", "0", "--data", str(data_dir)]
@@ -306,7 +342,7 @@ def run_scenario(scenario: str, args: argparse.Namespace, scratch: Path, cpus: t
     wrk = None if args.loadgen == "python" else shutil.which("wrk")
     if args.loadgen == "wrk" and wrk is None:
         raise SystemExit("wrk is not installed")
-    names = ["bare", "dotdo"]
+    names = ["bare", "dotdo"] if args.compare == "bare" else ["w1", "w2"]
     servers: dict[str, Server] = {}
     loads: dict[str, list[Load]] = {name: [] for name in names}
     ok: dict[str, int] = {}
@@ -359,14 +395,15 @@ def _table(results: list[Result], args: argparse.Namespace) -> None:
         check = "ok" if r.correct else f"BAD {r.read_back}"
         print(f"{r.scenario:10} {r.server:6} {r.median(lambda x: x.rate):9,.0f} {r.median(lambda x: x.p50_ms):8.2f} "
               f"{r.median(lambda x: x.p99_ms):8.2f} {r.rss_mb:8.1f} {r.failures:7} {check:>10}")
+    mine, theirs = ("dotdo", "bare") if args.compare == "bare" else ("w2", "w1")
     for scenario, pair in by_scenario.items():
-        d, b = pair["dotdo"], pair["bare"]
+        d, b = pair[mine], pair[theirs]
 
         def ratio(f: Callable[[Load], float]) -> float:
             return d.median(f) / b.median(f)
 
         print(f"{scenario:10} {'ratio':6} {ratio(lambda x: x.rate):8.2f}x {ratio(lambda x: x.p50_ms):7.2f}x "
-              f"{ratio(lambda x: x.p99_ms):7.2f}x {d.rss_mb / b.rss_mb:7.2f}x   (dotdo/bare)")
+              f"{ratio(lambda x: x.p99_ms):7.2f}x {d.rss_mb / b.rss_mb:7.2f}x   ({mine}/{theirs})")
 
 
 def main() -> None:
@@ -379,11 +416,13 @@ def main() -> None:
     parser.add_argument("--scenarios", default="hot,spread", help="comma-separated: hot, spread (default both)")
     parser.add_argument("--route", choices=["fetch", "rpc"], default="fetch", help="fetch (default) or rpc")
     parser.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
+    parser.add_argument("--compare", choices=["bare", "workers"], default="bare",
+                        help="bare: dotdo (one worker) against the bare app (default); workers: --workers 2 against --workers 1")
     parser.add_argument("--no-pin", action="store_true", help="do not pin servers and load to separate cores")
     parser.add_argument("--dir", help="where to put data directories (default: a temporary folder)")
     args = parser.parse_args()
     cpus: tuple[int, int] | None = None
-    if not args.no_pin and hasattr(os, "sched_setaffinity"):
+    if not args.no_pin and args.compare == "bare" and hasattr(os, "sched_setaffinity"):
         available = sorted(os.sched_getaffinity(0))
         if len(available) >= 2:
             cpus = (available[0], available[-1])

@@ -1,4 +1,8 @@
-"""In-process RPC benchmark: calls through a ``Supervisor`` against a direct await.
+"""RPC benchmark: in-process calls, calls over the TCP transport, and HTTP with workers.
+
+Sections (``--sections``, default all three):
+
+``inproc``: calls through a ``Supervisor`` against a direct await.
 
 dotdo: ``await sup.S.Counter(name).increment()`` on the built-in Counter example, from
 trio tasks outside any actor: the stub encodes the arguments, the supervisor checks
@@ -15,7 +19,18 @@ Figures: sequential calls to one actor (p50/p99 microseconds per call), and
 ``--callers`` concurrent trio tasks calling over ``--callers`` actors (one each) and
 over one actor (calls per second). Runs on one core (pinned when it can).
 
-    python benchmarks/rpc_bench.py [--calls 20000] [--callers 100] [--durability normal]
+``tcp``: ``dotdo serve --workers 1`` in a subprocess on one core, this process as the
+client on the other, over loopback: sequential calls (``get``, a read, and
+``increment``, a committed write) p50/p99, and 64 trio tasks calling over 64 actors on
+one connection (calls/s). Baseline in the same run: ``benchmarks/bare_echo.py``, a trio
++ msgpack echo server with the same framing: sequential round trips, and a window of 64
+frames kept in flight by one task (messages/s; no per-call task, actor or storage).
+
+``workers``: ``http_bench.py --compare workers`` (HTTP with ``--workers 2`` against
+``--workers 1``, both scenarios) with ``--http-duration`` seconds per round.
+
+    python benchmarks/rpc_bench.py [--sections inproc,tcp,workers] [--calls 20000]
+        [--callers 100] [--durability normal] [--http-duration 10]
 """
 
 from __future__ import annotations
@@ -23,6 +38,8 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,8 +52,11 @@ import msgpack
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from actors.examples import Counter  # noqa: E402
+from dotdo.client import connect  # noqa: E402
+from runtime.wire import HEADER, FrameDecoder  # noqa: E402
 from runtime.supervisor import Supervisor  # noqa: E402
 from storage import Durability, StorageOptions  # noqa: E402
 
@@ -172,22 +192,168 @@ async def run(args: argparse.Namespace, root: Path) -> list[tuple[str, float, fl
     return rows
 
 
+# -- over TCP ---------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+INFLIGHT = 64
+
+
+def _spawn(argv: list[str], cpu: int | None, scratch: Path, name: str) -> tuple[subprocess.Popen[bytes], str, int]:
+    """Start a server printing ``  rpc:  tcp://HOST:PORT``; return it and its address."""
+    log = open(scratch / f"{name}.log", "wb")  # noqa: SIM115 - kept open for the process
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, cwd=ROOT, env=env)
+    if cpu is not None:
+        os.sched_setaffinity(proc.pid, {cpu})
+    assert proc.stdout is not None
+    for raw in proc.stdout:
+        line = raw.decode()
+        if "rpc:  tcp://" in line:
+            host, port = line.split("tcp://", 1)[1].split()[0].rsplit(":", 1)
+            return proc, host, int(port)
+    proc.kill()
+    raise SystemExit(f"{name} did not start: {(scratch / f'{name}.log').read_text()}")
+
+
+async def _bare_sequential(host: str, port: int, n: int) -> list[float]:
+    stream = await trio.open_tcp_stream(host, port)
+    decoder = FrameDecoder()
+    payload = msgpack.packb([[], {}])
+    times = []
+    async with stream:
+        for i in range(n):
+            t0 = time.perf_counter_ns()
+            body = msgpack.packb([i, payload])
+            await stream.send_all(HEADER.pack(len(body)) + body)
+            while not decoder.feed(await stream.receive_some(65536)):
+                pass
+            times.append((time.perf_counter_ns() - t0) / 1e3)
+    return times
+
+
+async def _bare_window(host: str, port: int, n: int, window: int) -> float:
+    """Messages/s with ``window`` frames kept in flight by one task."""
+    stream = await trio.open_tcp_stream(host, port)
+    decoder = FrameDecoder()
+    payload = msgpack.packb([[], {}])
+
+    def frame(i: int) -> bytes:
+        body = msgpack.packb([i, payload])
+        return HEADER.pack(len(body)) + body
+
+    async with stream:
+        start = time.perf_counter()
+        await stream.send_all(b"".join(frame(i) for i in range(window)))
+        sent, received = window, 0
+        while received < n:
+            got = decoder.feed(await stream.receive_some(65536))
+            received += len(got)
+            more = min(len(got), n - sent)
+            if more > 0:
+                await stream.send_all(b"".join(frame(sent + i) for i in range(more)))
+                sent += more
+        return n / (time.perf_counter() - start)
+
+
+async def _dotdo_concurrent(S: Any, method: str, per_task: int) -> float:
+    """Calls/s with INFLIGHT tasks on one connection, one actor each."""
+    return await concurrent([getattr(S.Counter(f"c{i}"), method) for i in range(INFLIGHT)], per_task)
+
+
+async def run_tcp(args: argparse.Namespace, scratch: Path, server_cpu: int | None) -> list[tuple[str, float, float]]:
+    dotdo, d_host, d_port = _spawn(
+        [sys.executable, "-m", "dotdo", "serve", "--workers", "1", "--port", "0", "--rpc-port", "0",
+         "--data", str(scratch / "tcp-data"), "--durability", args.durability],
+        server_cpu, scratch, "dotdo",
+    )
+    bare, b_host, b_port = _spawn([sys.executable, str(ROOT / "benchmarks" / "bare_echo.py")], server_cpu, scratch, "bare")
+    rows: list[tuple[str, float, float]] = []
+    try:
+        n = args.calls
+        per_task = max(1, n // INFLIGHT)
+        async with connect(f"tcp://{d_host}:{d_port}") as S:
+            one = S.Counter("one")
+            for _ in range(200):
+                await one.increment()
+            await _dotdo_concurrent(S, "increment", 20)  # open and warm the 64 actors
+            seq: dict[str, list[float]] = {"get": [], "increment": [], "bare": []}
+            chunk = max(1, n // 10)
+            for _ in range(10):  # interleaved, so a noisy neighbour hits all alike
+                for method in ("get", "increment"):
+                    call = getattr(one, method)
+                    for _ in range(chunk):
+                        t0 = time.perf_counter_ns()
+                        await call()
+                        seq[method].append((time.perf_counter_ns() - t0) / 1e3)
+                seq["bare"] += await _bare_sequential(b_host, b_port, chunk)
+            for method in ("get", "increment"):
+                rows.append((f"sequential {method} p50 (us)", _pct(seq[method], 0.5), _pct(seq["bare"], 0.5)))
+                rows.append((f"sequential {method} p99 (us)", _pct(seq[method], 0.99), _pct(seq["bare"], 0.99)))
+            best = {"get": 0.0, "increment": 0.0, "bare": 0.0}
+            for _ in range(args.repeat):
+                for method in ("get", "increment"):
+                    best[method] = max(best[method], await _dotdo_concurrent(S, method, per_task))
+                best["bare"] = max(best["bare"], await _bare_window(b_host, b_port, INFLIGHT * per_task, INFLIGHT))
+            for method in ("get", "increment"):
+                rows.append((f"{INFLIGHT} in flight, {method} (calls/s)", best[method], best["bare"]))
+            total = await one.get()
+            if total != 200 + chunk * 10:
+                raise SystemExit(f"counter mismatch over TCP: {total}")
+    finally:
+        for proc in (dotdo, bare):
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sections", default="inproc,tcp,workers", help="comma-separated: inproc, tcp, workers (default all)")
+    parser.add_argument("--http-duration", type=float, default=10.0, help="seconds per round of the workers section (default 10)")
     parser.add_argument("--calls", type=int, default=20_000, help="calls per figure (default 20000)")
     parser.add_argument("--callers", type=int, default=100, help="concurrent trio tasks (default 100)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per concurrent figure; the best is kept (default 3)")
     parser.add_argument("--durability", choices=["normal", "full"], default="normal")
     parser.add_argument("--dir", help="where to create databases (default: a temporary folder)")
     args = parser.parse_args()
-    if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
+    sections = [part.strip() for part in args.sections.split(",") if part.strip()]
+    unknown = set(sections) - {"inproc", "tcp", "workers"}
+    if unknown:
+        raise SystemExit(f"unknown sections: {', '.join(sorted(unknown))}")
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else []
+    date = time.strftime("%Y-%m-%d")
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        rows = trio.run(run, args, Path(tmp))
-    print(f"# RPC benchmark: in-process, durability={args.durability}, one core, {time.strftime('%Y-%m-%d')}")
-    print(f"{'figure':36} {'dotdo':>10} {'bare':>10} {'ratio':>7} {'bare+yield':>11} {'ratio':>7}")
-    for label, mine, theirs, yielding in rows:
-        print(f"{label:36} {mine:10,.1f} {theirs:10,.1f} {mine / theirs:7.2f} {yielding:11,.1f} {mine / yielding:7.2f}")
+        if "inproc" in sections:
+            if cores:
+                os.sched_setaffinity(0, {cores[-1]})
+            rows = trio.run(run, args, Path(tmp))
+            print(f"# RPC benchmark: in-process, durability={args.durability}, one core, {date}")
+            print(f"{'figure':36} {'dotdo':>10} {'bare':>10} {'ratio':>7} {'bare+yield':>11} {'ratio':>7}")
+            for label, mine, theirs, yielding in rows:
+                print(f"{label:36} {mine:10,.1f} {theirs:10,.1f} {mine / theirs:7.2f} {yielding:11,.1f} {mine / yielding:7.2f}")
+        if "tcp" in sections:
+            server_cpu = cores[0] if len(cores) >= 2 else None
+            if len(cores) >= 2:
+                os.sched_setaffinity(0, {cores[-1]})
+            tcp_rows = trio.run(run_tcp, args, Path(tmp), server_cpu)
+            placement = "server and client on separate cores" if server_cpu is not None else "unpinned"
+            print(f"\n# RPC benchmark: TCP over loopback, one connection, durability={args.durability}, {placement}, {date}")
+            print(f"{'figure':36} {'dotdo':>10} {'bare echo':>10} {'ratio':>7}")
+            for label, mine, theirs in tcp_rows:
+                print(f"{label:36} {mine:10,.1f} {theirs:10,.1f} {mine / theirs:7.2f}")
+        if "workers" in sections:
+            if cores:
+                os.sched_setaffinity(0, set(cores))
+            import http_bench
+
+            http_args = argparse.Namespace(
+                duration=args.http_duration, connections=32, threads=1, rounds=2, counters=2000,
+                route="fetch", loadgen="auto", compare="workers", no_pin=True, dir=None,
+            )
+            results = []
+            for scenario in ("hot", "spread"):
+                results.extend(http_bench.run_scenario(scenario, http_args, Path(tmp), None))
+            http_bench._table(results, http_args)
 
 
 if __name__ == "__main__":

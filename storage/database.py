@@ -193,9 +193,18 @@ class ActorDatabase:
             raise translate(exc, address) from None
         try:
             _configure(conn, options, created)
-            _lock_and_migrate(conn, address, name)
-            if created and options.durability is Durability.NORMAL:
-                conn.execute(_synchronous(options))
+            if _lock_and_migrate(conn, address, name):
+                # The connection that built or upgraded a schema keeps about 100 KiB more
+                # of SQLite's memory than a fresh one to the same file (measured: 180 KiB
+                # against 80); an actor stays open long after it is created, so it gets
+                # a fresh connection (about 0.1 ms, once per creation or upgrade). The
+                # WAL stays (no checkpoint on close), and so does the flock.
+                conn.close()
+                conn = apsw.Connection(
+                    str(path), flags=apsw.SQLITE_OPEN_READWRITE, vfs="unix-none", statementcachesize=options.statement_cache
+                )
+                _configure(conn, options, False)
+                _lock_and_migrate(conn, address, name)
             _trim_page_cache(conn, options)
         except BaseException as exc:
             conn.close()
@@ -561,8 +570,9 @@ def _small_lookaside() -> None:
 _small_lookaside()
 
 
-def _lock_and_migrate(conn: apsw.Connection, address: Address, name: str | None) -> None:
-    """Take the write lock for this connection's lifetime and bring the schema up to date."""
+def _lock_and_migrate(conn: apsw.Connection, address: Address, name: str | None) -> bool:
+    """Take the write lock for this connection's lifetime and bring the schema up to
+    date; returns whether it changed the schema."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         version = int(conn.pragma("user_version"))
@@ -584,6 +594,7 @@ def _lock_and_migrate(conn: apsw.Connection, address: Address, name: str | None)
                     ],
                 )
         conn.execute("COMMIT")
+        return version < schema.LATEST_VERSION
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")

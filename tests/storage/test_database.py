@@ -29,6 +29,21 @@ def test_new_database_is_wal_and_records_its_address(tmp_path: Path) -> None:
         assert repr(db) == "<ActorDatabase Customer/alice>"
 
 
+def test_a_new_database_holds_no_more_memory_than_a_reopened_one(tmp_path: Path) -> None:
+    def per_database(open_all: object) -> float:
+        before = apsw.status(apsw.SQLITE_STATUS_MEMORY_USED)[0]
+        dbs = open_all()  # type: ignore[operator]
+        used = (apsw.status(apsw.SQLITE_STATUS_MEMORY_USED)[0] - before) / len(dbs)
+        for db in dbs:
+            db.close()
+        return used
+
+    addresses = [Address("Counter", f"{i + 1:064x}") for i in range(20)]
+    created = per_database(lambda: [ActorDatabase.open(tmp_path, a) for a in addresses])
+    reopened = per_database(lambda: [ActorDatabase.open(tmp_path, a) for a in addresses])
+    assert created < reopened * 1.25  # building the schema left nothing behind
+
+
 def test_a_creation_cut_short_before_its_schema_is_completed_on_open(tmp_path: Path) -> None:
     # What a power loss can leave of a new database under `normal`: the switch to WAL
     # reached the file, the schema (written without fsyncs) did not.
