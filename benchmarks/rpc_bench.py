@@ -262,7 +262,7 @@ async def _dotdo_concurrent(S: Any, method: str, per_task: int) -> float:
 
 async def run_tcp(args: argparse.Namespace, scratch: Path, server_cpu: int | None) -> list[tuple[str, float, float]]:
     dotdo, d_host, d_port = _spawn(
-        [sys.executable, "-m", "dotdo", "serve", "--workers", "1", "--port", "0", "--rpc-port", "0",
+        [sys.executable, "-m", "dotdo", "serve", "--workers", "1", "--port", "0",
          "--data", str(scratch / "tcp-data"), "--durability", args.durability],
         server_cpu, scratch, "dotdo",
     )
