@@ -18,6 +18,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
+from dotdo.banner import print_banner, url
 from dotdo.http import DEFAULT_MAX_BODY, create_app, fetch_handler
 from dotdo.workers import WorkerSpec, serve_workers
 from runtime.kinds import KindSpec
@@ -134,8 +135,9 @@ async def serve(
             if worker.rpc_fd is not None:
                 nursery.start_soon(_transport_on, transport, [_inherited(worker.rpc_fd)], transport_scopes)
         elif rpc_port is not None:
-            listeners = await nursery.start(_transport, transport, options.host, rpc_port, transport_scopes)
-            rpc_urls = [_tcp_url(listener.socket.getsockname()) for listener in listeners]
+            listeners = await trio.open_tcp_listeners(rpc_port, host=options.host)
+            nursery.start_soon(_transport_on, transport, listeners, transport_scopes)
+            rpc_urls = [url("tcp", listener.socket.getsockname()) for listener in listeners]
         binds: list[str] = await nursery.start(_http, app, config, trigger, transport_scopes)
         if worker is not None:
             # The peers' socket last: the parent takes an answer on it for "ready".
@@ -144,15 +146,15 @@ async def serve(
             nursery.start_soon(_transport_on, peer_server, [_inherited(worker.peer_fd)], transport_scopes)
             task_status.started(binds)
             return
-        kinds_list = ", ".join(supervisor.registry.namespaces)
-        print(f"dotdo serving {kinds_list}", file=out)
-        for url in binds:
-            print(f"  http: {url}", file=out)
-        for url in rpc_urls:
-            secured = " (token required)" if options.token else ""
-            print(f"  rpc:  {url}{secured}", file=out)
-        print(f"  data: {data_dir} (durability {options.durability.value})", file=out)
-        print("  stop: Ctrl-C", file=out, flush=True)
+        print_banner(
+            out,
+            supervisor.registry.namespaces,
+            binds,
+            rpc_urls,
+            token=bool(options.token),
+            data_dir=data_dir,
+            durability=options.durability,
+        )
         task_status.started(binds)
     if worker is None:
         print("dotdo stopped: every database closed", file=out, flush=True)
@@ -172,19 +174,6 @@ async def _http(
     finally:
         for scope in then:
             scope.cancel()
-
-
-async def _transport(
-    transport: TransportServer,
-    host: str,
-    port: int,
-    scopes: list[trio.CancelScope],
-    *,
-    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    with trio.CancelScope() as scope:
-        scopes.append(scope)
-        await transport.serve(host, port, task_status=task_status)
 
 
 async def _transport_on(transport: TransportServer, listeners: list[trio.SocketListener], scopes: list[trio.CancelScope]) -> None:
@@ -218,11 +207,6 @@ async def _worker_stop() -> None:
 
         nursery.start_soon(parent_gone)
         nursery.start_soon(terminated)
-
-
-def _tcp_url(sockname: tuple[Any, ...]) -> str:
-    host, port = sockname[0], sockname[1]
-    return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
 
 
 GC_THRESHOLDS = (10_000, 20, 10)

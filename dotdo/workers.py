@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import trio
 
+from dotdo.banner import print_banner, url
 from runtime.errors import ConnectionLost, Unauthorized
 from runtime.kinds import KindSpec, Registry
 from runtime.transport import Connection
@@ -186,11 +187,6 @@ def _open_sockets(options: ServeOptions, count: int) -> _Sockets:
     return sockets
 
 
-def _url(scheme: str, sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
-
-
 # -- the parent ------------------------------------------------------------------------
 
 
@@ -205,7 +201,6 @@ class _Pool:
         self.specs = specs
         self.stopping = False
         self.procs: dict[int, trio.Process] = {}
-        self.restarts = 0
 
     async def keep(self, index: int, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run worker ``index`` and start it again whenever it dies. ``started`` once it
@@ -236,7 +231,6 @@ class _Pool:
             lived = trio.current_time() - began
             quick_deaths = 0 if lived >= STABLE_AFTER else quick_deaths + 1
             delay = 0.0 if quick_deaths == 0 else min(0.1 * 2**quick_deaths, RESTART_DELAY_MAX)
-            self.restarts += 1
             print(
                 f"dotdo: worker {index} (pid {proc.pid}) exited with {_status(proc.returncode)}; "
                 f"restarting{f' in {delay:.1f} s' if delay else ''}",
@@ -296,25 +290,20 @@ class _Pool:
     async def stop(self, grace: float) -> None:
         """SIGTERM every worker, wait up to ``grace`` + KILL_AFTER, kill the rest."""
         self.stopping = True
-        procs = list(self.procs.values())
-        for proc in procs:
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-        with trio.move_on_after(grace + KILL_AFTER):
-            for proc in procs:
-                await proc.wait()
-        for proc in procs:
-            if proc.returncode is None:
-                print(f"dotdo: worker pid {proc.pid} did not stop in time; killing it", file=sys.stderr, flush=True)
-                proc.kill()
-                await proc.wait()
+        async with trio.open_nursery() as nursery:
+            for proc in list(self.procs.values()):
+                nursery.start_soon(_stop, proc, grace + KILL_AFTER)
 
 
 async def _stop(proc: trio.Process, wait: float) -> None:
+    """SIGTERM ``proc``; SIGKILL it if it still runs ``wait`` seconds later."""
+    if proc.returncode is not None:
+        return
     proc.send_signal(signal.SIGTERM)
     with trio.move_on_after(wait):
         await proc.wait()
         return
+    print(f"dotdo: worker pid {proc.pid} did not stop in time; killing it", file=sys.stderr, flush=True)
     proc.kill()
     await proc.wait()
 
@@ -367,15 +356,18 @@ async def serve_workers(
             async with trio.open_nursery() as nursery:
                 for index in range(count):
                     await nursery.start(pool.keep, index)
-                http_urls = [_url("http", sockets.http[0])]
-                print(f"dotdo serving {', '.join(registry.namespaces)} with {count} workers", file=out)
-                for url in http_urls:
-                    print(f"  http: {url}", file=out)
-                if sockets.rpc:
-                    secured = " (token required)" if options.token else ""
-                    print(f"  rpc:  {_url('tcp', sockets.rpc[0])}{secured}", file=out)
-                print(f"  data: {data_dir} (durability {options.durability.value})", file=out)
-                print("  stop: Ctrl-C", file=out, flush=True)
+                http_urls = [url("http", sockets.http[0].getsockname())]
+                rpc_urls = [url("tcp", sock.getsockname()) for sock in sockets.rpc[:1]]
+                print_banner(
+                    out,
+                    registry.namespaces,
+                    http_urls,
+                    rpc_urls,
+                    token=bool(options.token),
+                    data_dir=data_dir,
+                    durability=options.durability,
+                    workers=count,
+                )
                 task_status.started(http_urls)
                 async with trio.open_nursery() as waiting:
 

@@ -10,7 +10,8 @@ connection waits in its backlog until the worker is back rather than failing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import trio
 
@@ -20,7 +21,8 @@ from runtime import wire
 from runtime.errors import NotSent
 from runtime.ids import ActorId
 from runtime.transport import Connection
-from runtime.values import RefFactory
+
+T = TypeVar("T")
 
 PEER_INFLIGHT = 4096
 """Calls one worker may have running at another at once (its server's cap too)."""
@@ -40,11 +42,6 @@ class Peers:
         self._connect_timeout = connect_timeout
         self._links: dict[int, Connection] = {}
         self._locks = [trio.Lock() for _ in paths]
-        self._refs: RefFactory | None = None
-
-    def bind(self, refs: RefFactory) -> None:
-        """Make the references in results with ``refs`` (the supervisor's own stubs)."""
-        self._refs = refs
 
     def owner(self, target: ActorId) -> int | None:
         """The worker that owns ``target``, or None when it is this one."""
@@ -64,7 +61,6 @@ class Peers:
                     token=self._token,
                     max_inflight=PEER_INFLIGHT,
                     connect_timeout=self._connect_timeout,
-                    refs=self._refs,
                     label=f"worker {worker}",
                 )
                 self._links[worker] = conn
@@ -85,26 +81,21 @@ class Peers:
             ConnectionLost: The worker went away while the call ran (it may or may not
                 have run; its turn committed or rolled back as a whole). Retryable.
         """
-        try:
-            return await (await self.link(worker)).call_raw(target, steps, timeout, chain, path)
-        except NotSent:  # the link was over before the call left (a restarted worker)
-            return await (await self.link(worker)).call_raw(target, steps, timeout, chain, path)
-
-    async def call(self, worker: int, target: ActorId, steps: list[tuple[str, bytes]], timeout: float | None) -> object:
-        """``call_raw`` with the result unpacked (references are the supervisor's)."""
-        try:
-            return await (await self.link(worker)).call_pipeline(target, steps, timeout)
-        except NotSent:
-            return await (await self.link(worker)).call_pipeline(target, steps, timeout)
+        return await self._on(worker, lambda conn: conn.call_raw(target, steps, timeout, chain, path))
 
     async def fetch(
         self, worker: int, target: ActorId, request: wire.HttpRequest, timeout: float | None
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """Hand an HTTP request to the worker owning ``target``."""
+        return await self._on(worker, lambda conn: conn.fetch(target, request, timeout))
+
+    async def _on(self, worker: int, send: Callable[[Connection], Awaitable[T]]) -> T:
+        """``send`` on the link to ``worker``; once more on a fresh link if the first
+        was over before the request left (a restarted worker)."""
         try:
-            return await (await self.link(worker)).fetch(target, request, timeout)
+            return await send(await self.link(worker))
         except NotSent:
-            return await (await self.link(worker)).fetch(target, request, timeout)
+            return await send(await self.link(worker))
 
     async def aclose(self) -> None:
         """Close every link."""

@@ -146,8 +146,6 @@ class Supervisor:
         self._chain_prefix = secrets.token_hex(8) + "-"
         self._chain_seq = itertools.count(1)
         self._copy = functools.partial(values.copy, make_ref=self._ref)
-        if peers is not None:
-            peers.bind(self._ref)
 
     # -- lifetime --------------------------------------------------------------------
 
@@ -399,12 +397,12 @@ class Supervisor:
         *,
         raw: bool = False,
     ) -> Any:
-        """Run a call on the worker that owns ``target``."""
+        """Run a call on the worker that owns ``target``: the result, or with ``raw`` the
+        result still packed."""
         peers = self.peers
         assert peers is not None
-        if raw:
-            return await self._remote(owner, target, timeout, lambda s: peers.call_raw(owner, target, steps, s, chain, path))
-        return await self._remote(owner, target, timeout, lambda s: peers.call(owner, target, steps, s))
+        packed = await self._remote(owner, target, timeout, lambda s: peers.call_raw(owner, target, steps, s, chain, path))
+        return packed if raw else values.unpack(packed, self._ref)
 
     async def fetch_remote(self, owner: int, target: ActorId, request: wire.HttpRequest, timeout: float | None = None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """Hand an HTTP request to the worker that owns ``target`` (``owner_of``);

@@ -15,6 +15,7 @@ connection costs nothing.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import itertools
 import logging
@@ -32,7 +33,6 @@ from storage.errors import DotdoError
 from runtime import values, wire
 from runtime.errors import ConnectionLost, MethodNotAllowed, NotSent, ProtocolError, Unauthorized
 from runtime.context import current_turn
-from runtime.values import RefFactory
 from runtime.ids import ActorId
 from runtime.stubs import ActorStub, Namespaces
 
@@ -171,25 +171,28 @@ class TransportServer:
                 except ProtocolError as exc:
                     problem = exc
                     break
-        expected = self.options.token
-        if problem is not None:
-            pass
-        elif hello is None:
-            problem = ProtocolError("no hello within the handshake timeout")
-        elif not isinstance(hello, wire.Hello):
-            problem = ProtocolError("the first frame must be a hello")
-        elif hello.version != wire.VERSION:
-            problem = ProtocolError(f"protocol version {hello.version} is not supported (this server speaks {wire.VERSION})")
-        elif expected is not None and not hmac.compare_digest((hello.token or "").encode(), expected.encode()):
-            problem = Unauthorized("wrong or missing token")
-        elif decoder.pending:
-            problem = ProtocolError("frames sent before the welcome")
+        problem = problem or self._refusal(hello, decoder)
         if problem is not None:
             await _send_quietly(stream, wire.encode(wire.error_frame(None, problem)))
             return False
         welcome = wire.Welcome(wire.VERSION, self.options.max_frame, self.options.max_inflight)
         await stream.send_all(wire.encode(welcome))
         return True
+
+    def _refusal(self, hello: wire.Message | None, decoder: wire.FrameDecoder) -> DotdoError | None:
+        """Why the connection that sent ``hello`` is refused (None: it is welcome)."""
+        expected = self.options.token
+        if hello is None:
+            return ProtocolError("no hello within the handshake timeout")
+        if not isinstance(hello, wire.Hello):
+            return ProtocolError("the first frame must be a hello")
+        if hello.version != wire.VERSION:
+            return ProtocolError(f"protocol version {hello.version} is not supported (this server speaks {wire.VERSION})")
+        if expected is not None and not hmac.compare_digest((hello.token or "").encode(), expected.encode()):
+            return Unauthorized("wrong or missing token")
+        if decoder.pending:
+            return ProtocolError("frames sent before the welcome")
+        return None
 
     async def _read(self, conn: _ServerConnection, decoder: wire.FrameDecoder) -> None:
         stream = conn.stream
@@ -201,18 +204,13 @@ class TransportServer:
                 return
             for body in decoder.feed(data):
                 message = wire.decode(body)
-                if isinstance(message, wire.Call):
+                if isinstance(message, wire.Call | wire.Fetch):
                     if message.id in conn.running:
                         raise ProtocolError(f"request id {message.id} is already in flight")
                     await conn.slots.acquire()  # at the cap: stop reading until a call ends
                     scope = conn.running[message.id] = trio.CancelScope()
-                    nursery.start_soon(self._run_call, conn, message, scope)
-                elif isinstance(message, wire.Fetch):
-                    if message.id in conn.running:
-                        raise ProtocolError(f"request id {message.id} is already in flight")
-                    await conn.slots.acquire()
-                    scope = conn.running[message.id] = trio.CancelScope()
-                    nursery.start_soon(self._run_fetch, conn, message, scope)
+                    run = self._run_call if isinstance(message, wire.Call) else self._run_fetch
+                    nursery.start_soon(run, conn, message, scope)
                 elif isinstance(message, wire.Cancel):
                     scope = conn.running.get(message.id)
                     if scope is not None:
@@ -353,13 +351,11 @@ class Connection:
         welcome: wire.Welcome,
         max_inflight: int,
         label: str,
-        refs: RefFactory | None = None,
     ) -> None:
         self._stream = stream
         self._decoder = decoder
         self.welcome = welcome
         self.label = label
-        self._refs: RefFactory = refs or self._ref
         self._outbox: list[bytes] = []
         self._flushing = False
         self._reading = False
@@ -380,25 +376,16 @@ class Connection:
         token: str | None = None,
         max_inflight: int = 64,
         connect_timeout: float = 10.0,
-        refs: RefFactory | None = None,
     ) -> Connection:
         """Connect over TCP and shake hands.
-
-        ``refs`` makes the actor references found in results (default: stubs that call
-        through this connection).
 
         Raises:
             Unauthorized: The server wants another token.
             ProtocolError: The other end does not speak this protocol.
             ConnectionLost: Nothing listens there, or it hung up.
         """
-        label = f"tcp://{host}:{port}"
-        try:
-            with trio.fail_after(connect_timeout):
-                stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
-        except (OSError, trio.TooSlowError) as exc:
-            raise ConnectionLost(f"cannot connect to {host}:{port}: {exc or 'timed out'}") from None
-        return await cls._handshake(stream, label, token, max_inflight, connect_timeout, refs)
+        connect = functools.partial(trio.open_tcp_stream, host, port)
+        return await cls._open(connect, f"tcp://{host}:{port}", token, max_inflight, connect_timeout)
 
     @classmethod
     async def open_unix(
@@ -408,28 +395,26 @@ class Connection:
         token: str | None = None,
         max_inflight: int = 64,
         connect_timeout: float = 10.0,
-        refs: RefFactory | None = None,
         label: str | None = None,
     ) -> Connection:
         """``open`` over a unix socket (how the workers of one server reach each other)."""
-        label = label or f"unix:{path}"
-        try:
-            with trio.fail_after(connect_timeout):
-                stream: trio.abc.Stream = await trio.open_unix_socket(path)
-        except (OSError, trio.TooSlowError) as exc:
-            raise ConnectionLost(f"cannot connect to {label}: {exc or 'timed out'}") from None
-        return await cls._handshake(stream, label, token, max_inflight, connect_timeout, refs)
+        connect = functools.partial(trio.open_unix_socket, path)
+        return await cls._open(connect, label or f"unix:{path}", token, max_inflight, connect_timeout)
 
     @classmethod
-    async def _handshake(
+    async def _open(
         cls,
-        stream: trio.abc.Stream,
+        connect: Callable[[], Awaitable[trio.abc.Stream]],
         label: str,
         token: str | None,
         max_inflight: int,
         timeout: float,
-        refs: RefFactory | None,
     ) -> Connection:
+        try:
+            with trio.fail_after(timeout):
+                stream = await connect()
+        except (OSError, trio.TooSlowError) as exc:
+            raise ConnectionLost(f"cannot connect to {label}: {exc or 'timed out'}") from None
         decoder = wire.FrameDecoder()
         try:
             with trio.fail_after(timeout):
@@ -448,7 +433,7 @@ class Connection:
         if not isinstance(answer, wire.Welcome):
             await trio.aclose_forcefully(stream)
             raise ProtocolError(f"{label} answered the hello with a {type(answer).__name__}")
-        return cls(stream, decoder, answer, max_inflight, label, refs)
+        return cls(stream, decoder, answer, max_inflight, label)
 
     @property
     def closed(self) -> bool:
@@ -484,7 +469,7 @@ class Connection:
     async def call_pipeline(self, target: ActorId, steps: list[tuple[str, bytes]], timeout: float | None = None) -> Any:
         """Send the whole chain in one frame; the server forwards each step to the actor
         the previous one returned and replies once."""
-        return values.unpack(await self.call_raw(target, steps, timeout), self._refs)
+        return values.unpack(await self.call_raw(target, steps, timeout), self._ref)
 
     async def call_raw(
         self,
@@ -507,18 +492,12 @@ class Connection:
             if chain is None:
                 chain, path = turn.chain, turn.path
         timeout = _remaining(timeout)
-        frame = await self.request(lambda request: wire.encode_call(request, target, steps, timeout, chain, path))
-        if isinstance(frame, wire.Error):
-            raise wire.error_from_frame(frame)
-        return frame.result
+        return await self._result(lambda request: wire.encode_call(request, target, steps, timeout, chain, path))
 
     async def fetch(self, target: ActorId, request: wire.HttpRequest, timeout: float | None = None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """Hand an HTTP request to the actor's ``fetch``; returns (status, headers, body)."""
         timeout = _remaining(timeout)
-        frame = await self.request(lambda request_id: wire.encode(wire.Fetch(request_id, target, request, timeout)))
-        if isinstance(frame, wire.Error):
-            raise wire.error_from_frame(frame)
-        answer = values.unpack(frame.result)
+        answer = values.unpack(await self._result(lambda request_id: wire.encode(wire.Fetch(request_id, target, request, timeout))))
         if (
             not isinstance(answer, list)
             or len(answer) != 3
@@ -539,6 +518,13 @@ class Connection:
         started = trio.current_time()
         await self.request(lambda request: wire.encode(wire.Ping(request)))
         return trio.current_time() - started
+
+    async def _result(self, make: Callable[[int], bytes]) -> bytes:
+        """The packed result of the request ``make`` builds (its error raised)."""
+        frame = await self.request(make)
+        if isinstance(frame, wire.Error):
+            raise wire.error_from_frame(frame)
+        return frame.result
 
     async def request(self, make: Callable[[int], bytes]) -> wire.Reply | wire.Error:
         """Send the frame ``make(request_id)`` and wait for its answer.
