@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from storage.alarms import AlarmStore
     from storage.kv import KVStore
     from storage.sql import SqlStore
+    from storage.things import ThingStore
 
 
 class Durability(enum.StrEnum):
@@ -143,7 +144,9 @@ class ActorDatabase:
         "_kv",
         "_sql",
         "_alarms",
+        "_things",
         "_vectors_loaded",
+        "_features",
     )
 
     def __init__(self, conn: apsw.Connection, address: Address, path: Path, options: StorageOptions, lock: int):
@@ -158,7 +161,9 @@ class ActorDatabase:
         self._kv: KVStore | None = None
         self._sql: SqlStore | None = None
         self._alarms: AlarmStore | None = None
+        self._things: ThingStore | None = None
         self._vectors_loaded = False
+        self._features: set[str] = set()  # features known to be in place (see require)
 
     # -- opening and closing ---------------------------------------------------------
 
@@ -291,6 +296,15 @@ class ActorDatabase:
         return self._alarms
 
     @property
+    def things(self) -> ThingStore:
+        """The semantic stores: things, relationships, full-text and vector search."""
+        if self._things is None:
+            from storage.things import ThingStore
+
+            self._things = ThingStore(self)
+        return self._things
+
+    @property
     def connection(self) -> apsw.Connection:
         """The underlying apsw connection, for the engine's own stores. Not for user SQL."""
         return self._conn
@@ -355,6 +369,7 @@ class ActorDatabase:
             except apsw.Error as exc:
                 raise translate(exc, self.address) from None
         self._savepoints = 0
+        self._features.clear()  # a feature built since the last commit is gone
 
     @contextlib.contextmanager
     def turn(self) -> Iterator[None]:
@@ -399,6 +414,7 @@ class ActorDatabase:
             yield
         except BaseException:
             self._savepoints -= 1
+            self._features.clear()
             with contextlib.suppress(apsw.Error):
                 conn.execute(f"ROLLBACK TO {name}")
                 conn.execute(f"RELEASE {name}")
@@ -414,6 +430,42 @@ class ActorDatabase:
     def savepoint_depth(self) -> int:
         """How many ``transaction()`` blocks are open."""
         return self._savepoints
+
+    # -- features --------------------------------------------------------------------
+
+    def require(self, feature: str) -> None:
+        """Make sure the tables of ``feature`` (see ``storage.schema``) exist.
+
+        The first call on a database that lacks them builds them: inside a turn, in the
+        turn's transaction (so a turn that rolls back takes them away again, and the
+        next call builds them again); outside one, in a transaction of its own. Later
+        calls cost a set lookup.
+
+        Raises:
+            StorageError: The feature's tables are newer than this dotdo, or cannot be built.
+        """
+        if feature in self._features:
+            return
+        declared = schema.FEATURES[feature]
+        conn = self._conn
+        try:
+            rows = conn.execute("SELECT value FROM _dotdo_meta WHERE key = ?", (declared.meta_key,)).fetchall()
+            version = int(rows[0][0]) if rows else 0
+            if version > declared.latest:
+                raise StorageError(
+                    f"the {feature} tables of {self.address} have version {version}, newer than "
+                    f"this dotdo understands ({declared.latest}); upgrade dotdo"
+                )
+            if version < declared.latest:
+                if self._turn_depth or self._savepoints:
+                    self.ensure_transaction()
+                    schema.migrate_feature(conn, declared, version)
+                else:
+                    with conn:
+                        schema.migrate_feature(conn, declared, version)
+        except apsw.Error as exc:
+            raise translate(exc, self.address) from None
+        self._features.add(feature)
 
     # -- metadata and statistics -----------------------------------------------------
 

@@ -7,6 +7,14 @@ at the old version or at the new one, never in between.
 
 Engine tables share the reserved prefix ``_dotdo_``; user SQL cannot name them.
 To add a table, append a ``Migration`` to ``MIGRATIONS``; never edit a released one.
+
+**Features.** The workflow stores (things, relationships, search, actions, events, the
+outbox...) are many tables, and most actors never touch them. Built into every database,
+they would make each actor's file seven times larger and every open slower (SQLite parses
+the whole schema when a connection first uses it). So they come as *features*: a named
+chain of migrations, versioned in ``_dotdo_meta`` (key ``schema.<name>``), applied by
+``ActorDatabase.require(name)`` the first time an actor uses them, in the transaction of
+the write that needs them. Same rule: append migrations, never edit a released one.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ class Migration:
     apply: Callable[[apsw.Connection], None]
 
 
-def _run(sql: str) -> Callable[[apsw.Connection], None]:
+def run_sql(sql: str) -> Callable[[apsw.Connection], None]:
     def apply(conn: apsw.Connection) -> None:
         for _ in conn.execute(sql):
             pass
@@ -40,7 +48,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
         "address metadata and the key-value table",
-        _run(
+        run_sql(
             """
             CREATE TABLE _dotdo_meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;
             CREATE TABLE _dotdo_kv(k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID;
@@ -50,7 +58,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         2,
         "the alarm, recurring schedules and abandoned alarm runs",
-        _run(
+        run_sql(
             """
             CREATE TABLE _dotdo_alarm(
                 slot INTEGER PRIMARY KEY CHECK (slot = 1),
@@ -87,7 +95,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         3,
         "the alarm row keeps its sequence number when deleted (due and scheduled become NULL)",
-        _run(
+        run_sql(
             """
             CREATE TABLE _dotdo_alarm_v3(
                 slot INTEGER PRIMARY KEY CHECK (slot = 1),
@@ -112,6 +120,51 @@ MIGRATIONS: tuple[Migration, ...] = (
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
+
+
+@dataclass(frozen=True, slots=True)
+class Feature:
+    """A set of engine tables created on first use (see the module docstring)."""
+
+    name: str
+    summary: str
+    migrations: tuple[Migration, ...]
+
+    @property
+    def latest(self) -> int:
+        return self.migrations[-1].version
+
+    @property
+    def meta_key(self) -> str:
+        return f"schema.{self.name}"
+
+
+FEATURES: dict[str, Feature] = {}
+
+
+def feature(name: str, summary: str, migrations: tuple[Migration, ...]) -> Feature:
+    """Declare a feature (at import time of the module that owns its tables)."""
+    if name in FEATURES:
+        raise ValueError(f"the feature {name!r} is declared twice")
+    versions = [m.version for m in migrations]
+    if not versions or versions != list(range(1, len(versions) + 1)):
+        raise ValueError(f"the migrations of {name!r} must be numbered 1, 2, ...")
+    declared = FEATURES[name] = Feature(name, summary, migrations)
+    return declared
+
+
+def migrate_feature(conn: apsw.Connection, declared: Feature, current: int) -> int:
+    """Apply the feature's migrations newer than ``current`` (the caller holds the
+    transaction); return the new version."""
+    version = current
+    for migration in declared.migrations:
+        if migration.version > version:
+            migration.apply(conn)
+            version = migration.version
+    conn.execute(
+        "INSERT OR REPLACE INTO _dotdo_meta(key, value) VALUES (?, ?)", (declared.meta_key, version)
+    ).fetchall()
+    return version
 
 
 def migrate(conn: apsw.Connection, current: int) -> int:
