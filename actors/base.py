@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from runtime.kinds import KindSpec
 
 from actors.methods import public_methods
+from actors.subscribe import declared
 from actors.workflow import Workflow
 
 if TYPE_CHECKING:
@@ -75,6 +76,7 @@ class DO:
             alarm=_hook(cls, "alarm"),
             hidden=hidden,
             cls=cls,
+            subscriptions=declared(cls),
         )
         cls._dotdo_spec = spec
         return spec

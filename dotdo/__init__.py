@@ -51,7 +51,9 @@ from dotdo.errors import (
 )
 from dotdo.client import connect
 from dotdo.server import ServeOptions, serve
+from actors.subscribe import on
 from runtime.alarms import AlarmInfo, ScheduleInfo, ScheduleRun
+from runtime.events import Event, Retry, Sent, Subscribed
 from runtime.ids import ActorId, id_from_name, id_from_string, new_unique_id
 from runtime.supervisor import Supervisor
 from storage.database import Durability
@@ -71,6 +73,7 @@ __all__ = [
     "DeadlockError",
     "DotdoError",
     "Durability",
+    "Event",
     "InvalidArguments",
     "InvalidId",
     "InvalidInput",
@@ -83,14 +86,17 @@ __all__ = [
     "NotSent",
     "Overloaded",
     "ProtocolError",
+    "Retry",
     "RowCountError",
     "S",
     "ScheduleInfo",
     "ScheduleRun",
+    "Sent",
     "ServeOptions",
     "SqlError",
     "StorageError",
     "StorageLimitExceeded",
+    "Subscribed",
     "Supervisor",
     "SupervisorClosed",
     "TransactionError",
@@ -100,6 +106,7 @@ __all__ = [
     "id_from_string",
     "new_unique_id",
     "connect",
+    "on",
     "rpc",
     "serve",
 ]

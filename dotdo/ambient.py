@@ -7,6 +7,7 @@ With several supervisors in one run, use ``supervisor.S`` explicitly.
 
 from __future__ import annotations
 
+from actors.subscribe import On, on
 from runtime.context import current_supervisor, current_turn
 from runtime.stubs import NamespaceStub
 from storage.errors import DotdoError
@@ -32,6 +33,11 @@ class AmbientS:
     """``S.Customer("alice")``: stubs through the current supervisor."""
 
     __slots__ = ()
+
+    @property
+    def on(self) -> On:
+        """Subscriptions: ``@S.on.Customer.created`` (see ``actors.subscribe``)."""
+        return on
 
     def __getattr__(self, namespace: str) -> NamespaceStub:
         if namespace.startswith("_"):

@@ -141,7 +141,7 @@ async def serve(
         binds: list[str] = await nursery.start(_http, app, config, trigger, transport_scopes)
         if worker is not None:
             # The peers' socket last: the parent takes an answer on it for "ready".
-            peer_options = TransportOptions(token=worker.secret, max_inflight=PEER_INFLIGHT)
+            peer_options = TransportOptions(token=worker.secret, max_inflight=PEER_INFLIGHT, trusted=True)
             peer_server = TransportServer(supervisor, peer_options, fetch)
             nursery.start_soon(_transport_on, peer_server, [_inherited(worker.peer_fd)], transport_scopes)
             task_status.started(binds)

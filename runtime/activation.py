@@ -68,6 +68,9 @@ class Activation:
         "alarm_deleted",
         "indexed",
         "delivering",
+        "subscribed",
+        "subscriptions_dirty",
+        "live_steps",
     )
 
     def __init__(self, actor_id: ActorId, kind: KindSpec, db: ActorDatabase, supervisor: Supervisor, graph: WaitGraph, now: float) -> None:
@@ -91,6 +94,9 @@ class Activation:
         # index's, so "already early enough" checks against it are safe.
         self.indexed: dict[str, tuple[float, int]] | None = None
         self.delivering = False  # an alarm delivery runs turn after turn: sync at its end
+        self.subscribed: set[tuple[str, str, str]] | None = None  # (noun, verb, method), once read
+        self.subscriptions_dirty = False  # a turn changed subscriptions: sync the shared index
+        self.live_steps: set[int] = set()  # actions of the durable steps running now
 
     def stats(self) -> ActivationStats:
         """A snapshot of this activation."""

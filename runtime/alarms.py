@@ -57,6 +57,8 @@ MAX_RUNS_PER_WAKE = 64
 """Items one delivery runs before it gives the actor back to the scheduler."""
 ACTIVATION_RETRY = 30.0
 """Seconds before retrying an actor whose activation failed (on_start raised, locked)."""
+WORKFLOW = "workflow"
+"""What ``_fire`` returns when the outbox or a step is due."""
 _LATEST = dt.datetime(9999, 1, 1, tzinfo=dt.timezone.utc).timestamp()
 
 
@@ -169,6 +171,9 @@ class AlarmService:
         peers = self._sup.peers  # with other workers: this one wakes only the actors it owns
         shard = None if peers is None else (peers.index, peers.count)
         self._index = AlarmIndex.open(config.data_dir, config.storage.durability, shard)
+        # No step can still be running in a process that is only starting: wake every
+        # actor with unfinished steps now rather than at the end of their lease.
+        self._index.advance("steps", self.now())
 
     def close(self) -> None:
         """Close the index (after every activation is closed)."""
@@ -245,7 +250,10 @@ class AlarmService:
                     if running:  # timed out in the handler, not on the way to it
                         await sup.run_turn(target, functools.partial(self._timed_out, running[0]))
                     continue
-                if not more:
+                if more is WORKFLOW:
+                    await sup.events.deliver_round(target)
+                    await sup.steps.resume_due(target)
+                elif not more:
                     return
         except SupervisorClosed:
             return
@@ -267,9 +275,10 @@ class AlarmService:
 
     # -- inside the delivery turn ----------------------------------------------------
 
-    async def _fire(self, running: list[AlarmRow | ScheduleRow], instance: Any) -> bool:
+    async def _fire(self, running: list[AlarmRow | ScheduleRow], instance: Any) -> bool | str:
         """Run the earliest due item of the actor (appended to ``running``); whether
-        another is due after it (then the delivery runs another turn)."""
+        another is due after it (then the delivery runs another turn), or ``WORKFLOW``
+        when what is due is the outbox or a step to resume (run outside this turn)."""
         activation = _activation()
         activation.wake_dirty = True
         alarms = activation.db.alarms
@@ -277,15 +286,19 @@ class AlarmService:
         item = alarms.next_due(now)
         if item is not None:
             # While this delivery runs, the entry that started it (due now or earlier)
-            # stays in the index, so no write of this turn needs to lower it (_lower).
+            # stays in the index, so no write of this turn needs to lower it (lower).
             activation.delivering = True
             running.append(item)
             if isinstance(item, AlarmRow):
                 await self._run_alarm(activation, instance, item, now)
             else:
                 await self._run_schedule(activation, instance, item, now)
-            if alarms.due_at(self.now()):
+            later = self.now()
+            if alarms.due_at(later) or activation.db.workflow.due_at(later):
                 return True
+        elif activation.db.workflow.due_at(now):
+            activation.delivering = True
+            return WORKFLOW
         # The delivery ends with this turn: rewrite the actor's entries at its end,
         # whatever this activation believes they are (the index said something was due).
         activation.delivering = False
@@ -389,7 +402,7 @@ class AlarmService:
             raise DotdoError(f"{activation.kind.namespace} has no alarm() handler: define `async def alarm(self, info)`")
         epoch = to_epoch(when, self.now())
         activation.db.alarms.set(epoch)
-        self._lower(activation, PendingItem(ALARM_ITEM, "alarm", None, epoch, 0))
+        self.lower(activation, PendingItem(ALARM_ITEM, "alarm", None, epoch, 0))
         return utc(epoch)
 
     def get_alarm(self, ctx: ActorContext) -> dt.datetime | None:
@@ -422,7 +435,7 @@ class AlarmService:
         activation = self._own(ctx)
         method = _method_name(activation, handler)
         name = method if name is None else name
-        if not isinstance(name, str) or not name or len(name) > 200:
+        if not isinstance(name, str) or not name or len(name) > 200 or "\x00" in name:
             raise InvalidInput(f"a schedule name is 1 to 200 characters of text, got {name!r}")
         alarms = activation.db.alarms
         existing = alarms.schedule(name)
@@ -430,7 +443,7 @@ class AlarmService:
             return _schedule_info(existing)
         next_run = schedule.next_after(self.now())
         row = alarms.put_schedule(name, schedule.phrase, schedule.spec, schedule.tz, method, next_run)
-        self._lower(activation, PendingItem(name, "schedule", schedule.phrase, next_run, 0))
+        self.lower(activation, PendingItem(name, "schedule", schedule.phrase, next_run, 0))
         return _schedule_info(row)
 
     def remove_schedule(self, ctx: ActorContext, name: str) -> bool:
@@ -444,7 +457,7 @@ class AlarmService:
         activation = self._own(ctx)
         return [_schedule_info(row) for row in activation.db.alarms.schedules()]
 
-    def _lower(self, activation: Activation, item: PendingItem) -> None:
+    def lower(self, activation: Activation, item: PendingItem) -> None:
         # The index first, committed before the turn's own commit (see storage.alarm_index),
         # unless it already wakes the actor at least as early.
         activation.wake_dirty = True
@@ -470,6 +483,9 @@ class AlarmService:
             return
         try:
             items = db.alarms.pending()
+            extra = db.workflow.pending()
+            if extra:
+                items = sorted(items + extra, key=lambda item: item.due)
             exact = {item.item: (item.due, item.retries) for item in items}
             if exact == activation.indexed:
                 return
@@ -480,7 +496,7 @@ class AlarmService:
             self._index.replace(activation.id.namespace, activation.id.hex, name, items)
             activation.indexed = exact
         except StorageError:
-            # Safe to skip: the index is never later than the truth (see _lower).
+            # Safe to skip: the index is never later than the truth (see lower).
             activation.indexed = None
             log.exception("cannot update the alarm index for %s", activation.label)
             return

@@ -54,6 +54,8 @@ class KindSpec:
         alarm: ``async alarm(instance, info)``, run when the actor's alarm fires.
         hidden: Names that exist on the class but may not be called, with the reason.
         cls: The class, for messages and introspection.
+        subscriptions: Events every actor of the kind listens to once activated, as
+            (noun, verb, method, priority, timeout).
     """
 
     namespace: str
@@ -64,6 +66,7 @@ class KindSpec:
     alarm: Handler | None = None
     hidden: Mapping[str, str] = field(default_factory=dict)
     cls: type | None = None
+    subscriptions: tuple[tuple[str, str, str, int, float | None], ...] = ()
 
 
 def spec_of(kind: type | KindSpec) -> KindSpec:

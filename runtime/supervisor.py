@@ -36,6 +36,8 @@ from storage.errors import DotdoError, StorageError
 
 from runtime import values, wire
 from runtime.alarms import AlarmService
+from runtime.events import EventService
+from runtime.steps import StepService
 from runtime.activation import Activation, ActivationState, ActivationStats, PassivationReason
 from runtime.context import ActorContext, Turn, current_supervisor, current_turn, turn_of
 from runtime.errors import ActorError, CallTimeout, SupervisorClosed, Unavailable
@@ -89,6 +91,15 @@ class SupervisorConfig:
         alarm_concurrency: Alarms delivered at once.
         clock: Wall-clock time in epoch seconds, for alarms (tests pass one that follows
             trio's clock, so a ``MockClock`` drives alarms too).
+        event_max_attempts: Tries of an event delivery before it goes to the dead
+            letters (``send(retry=...)`` overrides it).
+        event_retry_initial: Seconds before the first retry of a delivery (doubling).
+        event_retry_max: The longest wait between two tries of a delivery.
+        step_lease: Seconds after a durable step starts (or last checked in) at which
+            it is resumed if its process died; a live step is checked again then.
+        step_max_attempts: Tries of a ``do`` step (``do(retry=...)`` overrides it).
+        step_retry_initial: Seconds before the first retry of a step (doubling).
+        step_retry_max: The longest wait between two tries of a step.
     """
 
     data_dir: Path
@@ -103,6 +114,13 @@ class SupervisorConfig:
     alarm_max_retries: int = 6
     alarm_concurrency: int = 16
     clock: Callable[[], float] = time.time
+    event_max_attempts: int = 5
+    event_retry_initial: float = 1.0
+    event_retry_max: float = 60.0
+    step_lease: float = 60.0
+    step_max_attempts: int = 3
+    step_retry_initial: float = 0.5
+    step_retry_max: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +150,8 @@ class Supervisor:
         self.env: Mapping[str, str] = MappingProxyType(dict(self.config.env))
         self.S = Namespaces(self)
         self.alarms = AlarmService(self)
+        self.events = EventService(self)
+        self.steps = StepService(self)
         self._active: OrderedDict[tuple[str, str], Activation] = OrderedDict()
         self._graph = WaitGraph()
         self._entries: set[trio.CancelScope] = set()
@@ -154,6 +174,11 @@ class Supervisor:
             raise DotdoError("a Supervisor can be entered once")
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         self.alarms.open()
+        try:
+            self.events.open()
+        except BaseException:
+            self.alarms.close()
+            raise
         self._nursery_cm = trio.open_nursery()
         self._nursery = await self._nursery_cm.__aenter__()
         await self._nursery.start(self._sweep_idle)
@@ -205,6 +230,7 @@ class Supervisor:
             for activation in list(self._active.values()):
                 self._passivate(activation, PassivationReason.SHUTDOWN)
             self.alarms.close()
+            self.events.close()
             if self.peers is not None:
                 await self.peers.aclose()
 
@@ -271,14 +297,24 @@ class Supervisor:
         chain: str | None = None,
         path: tuple[str, ...] = (),
         scope: trio.CancelScope | None = None,
+        trusted: bool = False,
     ) -> bytes:
         """A call that arrived over the transport, its result packed for the reply:
         ``steps`` as in ``call_pipeline``, the first one joining the caller's ``chain``
         (so that a call coming back along it is admitted, not deadlocked) under the
-        caller's remaining ``timeout``. Cancelling ``scope`` cancels the call."""
+        caller's remaining ``timeout``. Cancelling ``scope`` cancels the call.
+        ``trusted`` connections (other workers) may also make system calls."""
         if self._closing:
             raise SupervisorClosed("the supervisor is shutting down")
         method, payload = steps[0]
+        if method[:1] == "$" and trusted and len(steps) == 1:
+            self.registry.kind(target.namespace)
+            owner = self._owner(target)
+            if owner is not None:
+                return await self._forward(owner, target, steps, timeout, chain, path, raw=True)  # type: ignore[no-any-return]
+            fn = self.events.run_system
+            chain = chain or self._new_chain()
+            return await self._entry(target, chain, path, timeout, fn, (method, payload), {}, None, scope)  # type: ignore[no-any-return]
         spec = self.registry.method(target.namespace, method)
         owner = self._owner(target)
         if owner is not None:  # a client reached the wrong worker: pass it on, chain and all
@@ -366,6 +402,19 @@ class Supervisor:
 
     def _ref(self, actor_id: ActorId) -> ActorStub:
         return ActorStub(self, actor_id)
+
+    def ref(self, actor_id: ActorId) -> ActorStub:
+        """A stub of ``actor_id`` through this supervisor."""
+        return ActorStub(self, actor_id)
+
+    async def system_call(self, target: ActorId, method: str, payload: bytes, *, timeout: float | None = None) -> bytes:
+        """Run one of the runtime's own operations on ``target`` (an event delivery, a
+        subscription: ``runtime.events``) as a turn, on whichever worker owns it."""
+        owner = self._owner(target)
+        if owner is not None:
+            return await self._forward(owner, target, [(method, payload)], timeout, raw=True)  # type: ignore[no-any-return]
+        self.registry.kind(target.namespace)
+        return await self._route(target, self.events.run_system, (method, payload), {}, None, timeout)  # type: ignore[no-any-return]
 
     def _new_chain(self) -> str:
         return self._chain_prefix + str(next(self._chain_seq))
@@ -534,6 +583,8 @@ class Supervisor:
         db.end_turn()
         if activation.wake_dirty and not db.in_turn:
             self.alarms.sync(activation)
+        if activation.subscriptions_dirty and not db.in_turn:
+            self.events.sync_subscriptions(activation)
 
     def _abort(self, activation: Activation, exc: BaseException) -> None:
         """Roll back a failed turn; log what the actor's own code raised."""
@@ -596,6 +647,8 @@ class Supervisor:
         activation = Activation(target, kind, db, self, self._graph, now)
         try:
             activation.instance = kind.create(ActorContext(target, db, self.env, self))
+            if kind.subscriptions:
+                self.events.declare(activation)
         except BaseException as exc:
             db.close()
             _raise_public(exc, activation)

@@ -62,12 +62,15 @@ class TransportOptions:
         max_inflight: Calls one connection may have running; past it the server stops
             reading from that connection until one finishes.
         handshake_timeout: Seconds a new connection has to send its hello.
+        trusted: Whether connections may make the runtime's system calls (event
+            deliveries, subscriptions): only the socket other workers connect to.
     """
 
     token: str | None = None
     max_frame: int = wire.DEFAULT_MAX_FRAME
     max_inflight: int = DEFAULT_MAX_INFLIGHT
     handshake_timeout: float = HANDSHAKE_TIMEOUT
+    trusted: bool = False
 
 
 @dataclass(slots=True)
@@ -228,7 +231,8 @@ class TransportServer:
         async def run() -> bytes | None:
             if len(call.steps) == 1:  # the call's own deadline scope is the one a cancel cancels
                 return await self._sup.call_from_peer(
-                    call.target, call.steps, timeout=call.timeout, chain=call.chain, path=call.path, scope=scope
+                    call.target, call.steps, timeout=call.timeout, chain=call.chain, path=call.path, scope=scope,
+                    trusted=self.options.trusted,
                 )
             with scope:
                 return await self._sup.call_from_peer(

@@ -150,6 +150,10 @@ class AlarmIndex:
             (until, namespace, hex_id, until),
         )
 
+    def advance(self, kind: str, until: float) -> None:
+        """Make this process's entries of ``kind`` due at ``until`` at the latest."""
+        self._exec(f"UPDATE pending SET due = ? WHERE kind = ? AND due > ?{self._mine}", (until, kind, until))
+
     # -- reads -----------------------------------------------------------------------
 
     def due(self, now: float, namespaces: Sequence[str], limit: int) -> list[IndexEntry]:

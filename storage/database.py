@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from storage.kv import KVStore
     from storage.sql import SqlStore
     from storage.things import ThingStore
+    from storage.workflow import WorkflowStore
 
 
 class Durability(enum.StrEnum):
@@ -145,6 +146,7 @@ class ActorDatabase:
         "_sql",
         "_alarms",
         "_things",
+        "_workflow",
         "_vectors_loaded",
         "_features",
     )
@@ -162,6 +164,7 @@ class ActorDatabase:
         self._sql: SqlStore | None = None
         self._alarms: AlarmStore | None = None
         self._things: ThingStore | None = None
+        self._workflow: WorkflowStore | None = None
         self._vectors_loaded = False
         self._features: set[str] = set()  # features known to be in place (see require)
 
@@ -305,6 +308,15 @@ class ActorDatabase:
         return self._things
 
     @property
+    def workflow(self) -> WorkflowStore:
+        """Events, actions, the outbox, the inbox and subscriptions."""
+        if self._workflow is None:
+            from storage.workflow import WorkflowStore
+
+            self._workflow = WorkflowStore(self)
+        return self._workflow
+
+    @property
     def connection(self) -> apsw.Connection:
         """The underlying apsw connection, for the engine's own stores. Not for user SQL."""
         return self._conn
@@ -432,6 +444,19 @@ class ActorDatabase:
         return self._savepoints
 
     # -- features --------------------------------------------------------------------
+
+    def has(self, feature: str) -> bool:
+        """Whether the tables of ``feature`` exist (without building them)."""
+        if feature in self._features:
+            return True
+        declared = schema.FEATURES[feature]
+        try:
+            rows = self._conn.execute("SELECT 1 FROM _dotdo_meta WHERE key = ?", (declared.meta_key,)).fetchall()
+        except apsw.Error as exc:
+            raise translate(exc, self.address) from None
+        if rows:
+            self.require(feature)  # checks the version, and remembers
+        return bool(rows)
 
     def require(self, feature: str) -> None:
         """Make sure the tables of ``feature`` (see ``storage.schema``) exist.

@@ -1,0 +1,173 @@
+"""The subscription index: which actors listen to which events, for the whole data
+directory.
+
+One small SQLite file (``<data_dir>/_dotdo/subscriptions.sqlite``) shared by every
+process serving the directory (worker processes read and write it at once, through
+SQLite's WAL). A sender looks up the subscribers of ``Noun.verb`` here when it sends;
+the lookup is served from memory and re-read only when another connection changed the
+file (``PRAGMA data_version``), so it costs a few microseconds.
+
+Like the alarm index it is a hint: each actor's own ``_dotdo_subscriptions`` table is the
+truth. A subscription is added here before the turn that makes it commits (so an event
+sent right after reaches it) and the actor's entries are rewritten from its table when the
+turn ends; a row left behind by a crash only sends the actor an event it drops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import apsw
+
+from storage.alarm_index import INDEX_DIR
+from storage.database import Durability, translate
+from storage.errors import StorageError
+
+INDEX_FILE = "subscriptions.sqlite"
+WILDCARD = "*"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS subscriptions(
+    noun TEXT NOT NULL,
+    verb TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    hex TEXT NOT NULL,
+    name TEXT,
+    method TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    timeout REAL,
+    PRIMARY KEY (noun, verb, namespace, hex, method)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS subscriptions_actor ON subscriptions(namespace, hex);
+"""
+
+_COLUMNS = "noun, verb, namespace, hex, name, method, priority, timeout"
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """Events ``noun.verb`` (either may be ``*``) run ``method`` on the actor
+    ``namespace``/``hex``."""
+
+    noun: str
+    verb: str
+    namespace: str
+    hex: str
+    name: str | None
+    method: str
+    priority: int
+    timeout: float | None
+
+
+class SubscriptionIndex:
+    """The subscription index of one data directory. Open with ``SubscriptionIndex.open``."""
+
+    def __init__(self, conn: apsw.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+        self._version = -1
+        self._cache: dict[tuple[str, str], list[Subscription]] = {}
+
+    @classmethod
+    def open(cls, data_dir: Path | str, durability: Durability = Durability.NORMAL) -> SubscriptionIndex:
+        """Open (creating if needed) the index of ``data_dir``.
+
+        Raises:
+            StorageError: The file cannot be created or opened.
+        """
+        path = Path(data_dir) / INDEX_DIR / INDEX_FILE
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            conn = apsw.Connection(str(path))
+        except OSError as exc:
+            raise StorageError(f"cannot create the subscription index at {path}: {exc}") from None
+        except apsw.Error as exc:
+            raise StorageError(f"cannot open the subscription index at {path}: {exc}") from None
+        try:
+            conn.set_busy_timeout(5000)
+            sync = "FULL" if durability is Durability.FULL else "NORMAL"
+            for _ in conn.execute(f"PRAGMA journal_mode=WAL; PRAGMA synchronous={sync};" + _SCHEMA):
+                pass
+        except apsw.Error as exc:
+            conn.close()
+            raise StorageError(f"cannot open the subscription index at {path}: {exc}") from None
+        return cls(conn, path)
+
+    def close(self) -> None:
+        """Close the file. Safe to call twice."""
+        self._conn.close()
+
+    def _exec(self, query: str, bindings: Sequence[object] = ()) -> list[tuple]:
+        try:
+            return self._conn.execute(query, bindings).fetchall()
+        except apsw.Error as exc:
+            raise translate(exc) from None
+
+    # -- lookups ---------------------------------------------------------------------
+
+    def matching(self, noun: str, verb: str) -> list[Subscription]:
+        """The subscriptions an event ``noun.verb`` goes to (exact and wildcard ones),
+        in a stable order."""
+        version = self._conn.data_version()
+        if version != self._version:
+            self._cache.clear()
+            self._version = version
+        key = (noun, verb)
+        found = self._cache.get(key)
+        if found is None:
+            found = [
+                Subscription(*row)
+                for row in self._exec(
+                    f"SELECT {_COLUMNS} FROM subscriptions WHERE noun IN (?, '*') AND verb IN (?, '*') "
+                    "ORDER BY namespace, hex, method, noun, verb",
+                    (noun, verb),
+                )
+            ]
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            self._cache[key] = found
+        return found
+
+    def of_actor(self, namespace: str, hex_id: str) -> list[Subscription]:
+        """The actor's entries."""
+        return [
+            Subscription(*row)
+            for row in self._exec(
+                f"SELECT {_COLUMNS} FROM subscriptions WHERE namespace = ? AND hex = ? ORDER BY noun, verb, method",
+                (namespace, hex_id),
+            )
+        ]
+
+    def entries(self, limit: int = 1000) -> list[Subscription]:
+        """Every entry (for listings), by event."""
+        return [
+            Subscription(*row)
+            for row in self._exec(f"SELECT {_COLUMNS} FROM subscriptions ORDER BY noun, verb, namespace, hex LIMIT ?", (limit,))
+        ]
+
+    # -- writes ----------------------------------------------------------------------
+
+    def add(self, subscription: Subscription) -> None:
+        """Add (or update) one entry, committed when this returns."""
+        s = subscription
+        self._exec(
+            f"INSERT OR REPLACE INTO subscriptions({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (s.noun, s.verb, s.namespace, s.hex, s.name, s.method, s.priority, s.timeout),
+        )
+        self._cache.clear()
+
+    def replace(self, namespace: str, hex_id: str, subscriptions: Iterable[Subscription]) -> None:
+        """Make the actor's entries exactly ``subscriptions``."""
+        conn = self._conn
+        try:
+            with conn:
+                conn.execute("DELETE FROM subscriptions WHERE namespace = ? AND hex = ?", (namespace, hex_id))
+                conn.executemany(
+                    f"INSERT OR REPLACE INTO subscriptions({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(s.noun, s.verb, s.namespace, s.hex, s.name, s.method, s.priority, s.timeout) for s in subscriptions],
+                )
+        except apsw.Error as exc:
+            raise translate(exc) from None
+        self._cache.clear()
