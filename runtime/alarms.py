@@ -173,7 +173,8 @@ class AlarmService:
         self._index = AlarmIndex.open(config.data_dir, config.storage.durability, shard)
         # No step can still be running in a process that is only starting: wake every
         # actor with unfinished steps now rather than at the end of their lease.
-        self._index.advance("steps", self.now())
+        self._sup.steps.started = started = self.now()
+        self._index.advance("steps", started)
 
     def close(self) -> None:
         """Close the index (after every activation is closed)."""
@@ -294,9 +295,9 @@ class AlarmService:
             else:
                 await self._run_schedule(activation, instance, item, now)
             later = self.now()
-            if alarms.due_at(later) or activation.db.workflow.due_at(later):
+            if alarms.due_at(later) or activation.db.workflow.due_at(later, self._sup.steps.started):
                 return True
-        elif activation.db.workflow.due_at(now):
+        elif activation.db.workflow.due_at(now, self._sup.steps.started):
             activation.delivering = True
             return WORKFLOW
         # The delivery ends with this turn: rewrite the actor's entries at its end,

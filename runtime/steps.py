@@ -10,7 +10,8 @@ together. So, whatever happens:
 - a step cut short (the server died, or its turn was cancelled) is resumed: the alarm
   index holds a wake-up for the actor at the step's lease (``step_lease`` seconds after
   it started), and a supervisor starting up wakes every actor with unfinished steps at
-  once, since none of them can still be running;
+  once: a step last recorded before the supervisor started cannot still be running (an
+  actor is active in one process at a time);
 - a failed try is rolled back (its writes vanish), recorded, and retried after a
   backoff (tenacity's exponential wait with jitter) inside the same turn, up to the
   policy's attempts; the last failure is recorded and raised.
@@ -34,6 +35,7 @@ from storage.workflow import STEPS_ITEM, ActionRow, RetryPolicy
 
 from runtime import values
 from runtime.context import current_turn
+from runtime.errors import CallTimeout
 from runtime.events import Retry, backoff, method_of, own_turn
 from runtime.ids import ActorId
 
@@ -51,6 +53,7 @@ class StepService:
         self._sup = supervisor
         config = supervisor.config
         self.lease = config.step_lease
+        self.started = 0.0  # when the supervisor started: steps recorded before are orphans
         self.default_retry = Retry(config.step_max_attempts, config.step_retry_initial, config.step_retry_max)
 
     async def do(
@@ -139,6 +142,8 @@ class StepService:
                     if tried >= policy.attempts:
                         workflow.finish(action, error=error, now=clock())
                         db.commit()
+                        if isinstance(exc, trio.TooSlowError):
+                            raise CallTimeout(f"the step {name} did not finish within {timeout:g} s") from None
                         raise
                     wait = backoff(policy, tried)
                     now = clock()
@@ -172,7 +177,7 @@ class StepService:
         workflow = activation.db.workflow
         now = self._sup.alarms.now()
         rows = []
-        for row in workflow.resumable(now):
+        for row in workflow.resumable(now, self.started):
             if row.id in activation.live_steps:
                 workflow.extend(row.id, now + self.lease)  # still running: look again later
             else:

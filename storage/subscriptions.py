@@ -110,7 +110,9 @@ class SubscriptionIndex:
     def matching(self, noun: str, verb: str) -> list[Subscription]:
         """The subscriptions an event ``noun.verb`` goes to (exact and wildcard ones),
         in a stable order."""
-        version = self._conn.data_version()
+        # PRAGMA data_version changes when another connection commits (the file
+        # control of the same name lags until this connection reads).
+        version = self._exec("PRAGMA data_version")[0][0]
         if version != self._version:
             self._cache.clear()
             self._version = version

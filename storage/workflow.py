@@ -638,14 +638,18 @@ class WorkflowStore:
         """Move a running step's resume time (it is alive and still running)."""
         self._write("UPDATE _dotdo_actions SET resume_at = ? WHERE id = ?", resume_at, action)
 
-    def resumable(self, now: float) -> list[ActionRow]:
-        """Steps whose process may have died: running or retrying, due to resume."""
+    def resumable(self, now: float, orphaned_before: float) -> list[ActionRow]:
+        """Steps whose process may have died: running or retrying, due to resume at
+        ``now``, or last recorded before ``orphaned_before`` (by a process that is gone)."""
         if not self.ready:
             return []
         return [
             ActionRow(*row)
             for row in self._rows(
-                f"SELECT {_ACTION_COLUMNS} FROM _dotdo_actions WHERE resume_at <= ? ORDER BY resume_at", now
+                f"SELECT {_ACTION_COLUMNS} FROM _dotdo_actions WHERE resume_at <= ?1 "
+                "OR (resume_at IS NOT NULL AND updated_at < ?2) ORDER BY resume_at",
+                now,
+                orphaned_before,
             )
         ]
 
@@ -702,14 +706,16 @@ class WorkflowStore:
             items.append(PendingItem(item, kind, None, due, 0))
         return items
 
-    def due_at(self, now: float) -> bool:
-        """Whether a delivery or a step to resume is due at ``now``."""
+    def due_at(self, now: float, orphaned_before: float = 0.0) -> bool:
+        """Whether a delivery or a step to resume is due at ``now`` (see ``resumable``)."""
         if not self.ready:
             return False
         return bool(
             self._rows(
                 "SELECT 1 WHERE EXISTS (SELECT 1 FROM _dotdo_outbox WHERE due <= ?1) "
-                "OR EXISTS (SELECT 1 FROM _dotdo_actions WHERE resume_at <= ?1)",
+                "OR EXISTS (SELECT 1 FROM _dotdo_actions WHERE resume_at <= ?1 "
+                "OR (resume_at IS NOT NULL AND updated_at < ?2))",
                 now,
+                orphaned_before,
             )
         )

@@ -343,14 +343,14 @@ async def test_events_of_one_path_arrive_in_order_even_across_retries(autojump_c
         recorder = sup.S.Recorder("r")
         await recorder.listen("Seq.step")
         await recorder.listen("Other.thing")
-        await recorder.fail_next(2)  # the first event fails twice, then goes through
+        await recorder.fail_next(1)  # the first event fails once, then goes through
         customer = sup.S.Customer("ivy")
         await customer.emit_many([["Seq.step", i, 0] for i in range(20)] + [["Other.thing", "x", 0]])
         log = await eventually(lambda: _at_least(recorder, 21))
         steps = [entry[1] for entry in log if entry[0] == "Seq.step"]
         assert steps == list(range(20))
         # The other path was not held back by the failing one.
-        assert [entry[0] for entry in log].index("Other.thing") < 20
+        assert log[0][0] == "Other.thing"
 
 
 async def test_wildcard_subscriptions(autojump_clock: MockClock, tmp_path: Path) -> None:
