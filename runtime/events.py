@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import datetime as dt
 import inspect
+import itertools
 import logging
 import math
 import re
@@ -65,6 +66,10 @@ SUBSCRIBE_METHOD = "$subscribe"
 """The system method that subscribes an actor on its own worker."""
 BATCH = 256
 """Outbox rows one delivery round takes."""
+CHUNK = 64
+"""Events one system call delivers to a receiver (each a step of one turn there)."""
+SKIPPED = 1
+"""A receiver's answer for an event it did not run (an earlier one of its path failed)."""
 PARALLEL_RECEIVERS = 32
 """Receivers one round delivers to at once."""
 
@@ -261,6 +266,11 @@ class EventService:
         self.default_retry = Retry(config.event_max_attempts, config.event_retry_initial, config.event_retry_max)
         self.delivered = 0
         self.dead = 0
+        # Event ids: a random prefix per supervisor and a counter (unique, and cheaper
+        # than fresh random bytes per event).
+        self._uid_prefix = secrets.token_hex(8)
+        self._uid_seq = itertools.count(1)
+        self._refreshed_for: Any = None  # the turn in which the index was last re-read
 
     def open(self) -> None:
         config = self._sup.config
@@ -305,12 +315,18 @@ class EventService:
         trace_id = _optional_id(trace_id, "trace_id") or (handling.trace_id if handling else None) or secrets.token_hex(8)
         correlation_id = _optional_id(correlation_id, "correlation_id") or (handling.correlation_id if handling else None)
         packed = values.pack(data)
+        # The index is re-read once per turn: a subscription acknowledged before the
+        # turn began is seen by every send in it.
+        turn = current_turn.get()
+        refresh = turn is not self._refreshed_for
+        self._refreshed_for = turn
         targets = [
-            Target(s.namespace, s.hex, s.name, s.method, s.priority, s.timeout) for s in self.index.matching(noun, verb)
+            Target(s.namespace, s.hex, s.name, s.method, s.priority, s.timeout)
+            for s in self.index.matching(noun, verb, refresh=refresh)
         ]
         now = self._sup.alarms.now()
         due = now + wait
-        uid = secrets.token_hex(16)
+        uid = f"{self._uid_prefix}{next(self._uid_seq):016x}"
         if targets:
             # The index first (committed now), so that a crash after the turn's commit
             # still finds the outbox (see storage.alarm_index).
@@ -448,29 +464,48 @@ class EventService:
     async def _deliver_queue(
         self, sender: list[str | None], queue: list[Delivery], low: int, outcomes: dict[int, str | None], limit: trio.Semaphore
     ) -> None:
+        """Deliver one receiver's rows in order, ``CHUNK`` per system call; a failed
+        event holds back the later events of its path (they stay queued)."""
         failed_paths: set[str] = set()
         async with limit:
-            for delivery in queue:
-                if delivery.path in failed_paths:
-                    continue  # stays queued: events of a path arrive in order
+            for start in range(0, len(queue), CHUNK):
+                chunk = [d for d in queue[start : start + CHUNK] if d.path not in failed_paths]
+                if not chunk:
+                    continue
                 try:
-                    await self._deliver_one(sender, delivery, low)
+                    results = await self._deliver_chunk(sender, chunk, low)
                 except (DotdoError, OSError) as exc:
-                    outcomes[delivery.seq] = f"{type(exc).__name__}: {exc}"
-                    failed_paths.add(delivery.path)
-                except Exception as exc:  # a bug; logged, and the delivery is retried
-                    log.exception("delivering %s to %s/%s", delivery.path, delivery.namespace, delivery.hex)
-                    outcomes[delivery.seq] = f"{type(exc).__name__}: {exc}"
-                    failed_paths.add(delivery.path)
-                else:
-                    outcomes[delivery.seq] = None
+                    results = [f"{type(exc).__name__}: {exc}"] * len(chunk)
+                except Exception as exc:  # a bug; logged, and the deliveries are retried
+                    log.exception("delivering to %s/%s", chunk[0].namespace, chunk[0].hex)
+                    results = [f"{type(exc).__name__}: {exc}"] * len(chunk)
+                for delivery, result in zip(chunk, results, strict=True):
+                    if result == SKIPPED or delivery.path in failed_paths:
+                        continue
+                    outcomes[delivery.seq] = result
+                    if result is not None:
+                        failed_paths.add(delivery.path)
 
-    async def _deliver_one(self, sender: list[str | None], d: Delivery, low: int) -> None:
+    async def _deliver_chunk(self, sender: list[str | None], chunk: list[Delivery], low: int) -> list[Any]:
+        first = chunk[0]
         envelope = msgpack.packb(
-            [*sender, d.seq, low, d.method, d.uid, d.path, d.data, d.timestamp, d.trace_id, d.correlation_id, d.attempts + 1]
+            [
+                *sender,
+                low,
+                [
+                    [d.seq, d.method, d.uid, d.path, d.data, d.timestamp, d.trace_id, d.correlation_id, d.attempts + 1, d.timeout]
+                    for d in chunk
+                ],
+            ]
         )
-        receiver = ActorId(d.namespace, d.hex, d.name)
-        await self._sup.system_call(receiver, EVENT_METHOD, envelope, timeout=d.timeout)
+        receiver = ActorId(first.namespace, first.hex, first.name)
+        timeouts = [d.timeout for d in chunk if d.timeout is not None]
+        budget = None if not timeouts else sum(timeouts) + 1.0
+        raw = await self._sup.system_call(receiver, EVENT_METHOD, envelope, timeout=budget)
+        results = msgpack.unpackb(raw)
+        if not isinstance(results, list) or len(results) != len(chunk):
+            raise ProtocolError("a delivery's answer must be one result per event")
+        return results
 
     async def _settle(self, deliveries: list[Delivery], outcomes: dict[int, str | None]) -> None:
         workflow = _activation().db.workflow
@@ -493,35 +528,58 @@ class EventService:
     # -- receiving (a turn on the receiver) ------------------------------------------
 
     async def receive(self, instance: Any, envelope: bytes) -> bytes:
-        """Run one delivery on the receiver: de-duplicate, then call the handler."""
-        fields = _fields(envelope, 13)
-        namespace, hex_id, name, seq, low, method, uid, path, data, timestamp, trace_id, correlation_id, attempt = fields
+        """Run deliveries on the receiver, in order, each as a step of this turn (its
+        own fate: a handler that raises rolls back its event alone): de-duplicate,
+        then call the handler. Answers one result per event: None (handled, or dropped
+        as a repeat or for want of a subscription), ``SKIPPED`` (not run: an earlier
+        event of its path failed), or the error."""
+        namespace, hex_id, name, low, items = _fields(envelope, 5)
         activation = _activation()
-        noun, verb = parse_path(path)
-        if not self._listens(activation, noun, verb, method):
-            return b"\xc2"  # not (or no longer) subscribed: dropped
-        if not activation.db.workflow.accept(f"{namespace}/{hex_id}", seq, low):
-            return b"\xc2"  # handled before
+        db = activation.db
+        workflow = db.workflow
+        sender = f"{namespace}/{hex_id}"
+        source = self._sup.ref(ActorId(namespace, hex_id, name))
+        results: list[Any] = []
+        failed: set[str] = set()
+        for seq, method, uid, path, data, timestamp, trace_id, correlation_id, attempt, timeout in items:
+            if path in failed:
+                results.append(SKIPPED)
+                continue
+            try:
+                with db.step():
+                    noun, verb = parse_path(path)
+                    # Not (or no longer) subscribed, or handled before: done, nothing to run.
+                    if self._listens(activation, noun, verb, method) and workflow.accept(sender, seq, low):
+                        when = dt.datetime.fromtimestamp(timestamp, dt.timezone.utc)
+                        data = values.unpack(data, self._sup.ref)
+                        event = Event(uid, path, data, source, when, trace_id, correlation_id, attempt)
+                        await self._handle(instance, activation, method, path, timeout, event)
+            except trio.TooSlowError:
+                failed.add(path)
+                results.append(f"CallTimeout: the handler {method} did not finish within {timeout:g} s; its writes were rolled back")
+            except Exception as exc:
+                failed.add(path)
+                if not isinstance(exc, DotdoError):
+                    log.warning("%s raised %s handling %s: %s", activation.label, type(exc).__name__, path, exc, exc_info=exc)
+                results.append(f"{type(exc).__name__}: {exc}")
+            else:
+                results.append(None)
+        return msgpack.packb(results)
+
+    @staticmethod
+    async def _handle(instance: Any, activation: Activation, method: str, path: str, timeout: float | None, event: Event) -> None:
         handler = getattr(type(instance), method, None)
         if handler is None or not inspect.iscoroutinefunction(handler):
             raise DotdoError(f"{activation.kind.namespace}.{method} is not an async method: it cannot handle {path}")
-        source = self._sup._ref(ActorId(namespace, hex_id, name))
-        event = Event(
-            uid,
-            path,
-            values.unpack(data, self._sup._ref),
-            source,
-            dt.datetime.fromtimestamp(timestamp, dt.timezone.utc),
-            trace_id,
-            correlation_id,
-            attempt,
-        )
         token = current_event.set(event)
         try:
-            await handler(instance, event)
+            if timeout is None:
+                await handler(instance, event)
+            else:
+                with trio.fail_after(timeout):
+                    await handler(instance, event)
         finally:
             current_event.reset(token)
-        return b"\xc3"
 
     async def run_system(self, instance: Any, method: str, payload: bytes) -> bytes:
         """A system call's turn: a delivery or a subscription."""

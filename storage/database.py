@@ -149,6 +149,7 @@ class ActorDatabase:
         "_workflow",
         "_vectors_loaded",
         "_features",
+        "_stepping",
     )
 
     def __init__(self, conn: apsw.Connection, address: Address, path: Path, options: StorageOptions, lock: int):
@@ -167,6 +168,7 @@ class ActorDatabase:
         self._workflow: WorkflowStore | None = None
         self._vectors_loaded = False
         self._features: set[str] = set()  # features known to be in place (see require)
+        self._stepping = False  # inside step(): see there
 
     # -- opening and closing ---------------------------------------------------------
 
@@ -366,6 +368,16 @@ class ActorDatabase:
                 "cannot reply, call another actor or send an event inside "
                 "storage.transaction(): finish the block first"
             )
+        if self._stepping:
+            try:
+                conn.execute("RELEASE _dotdo_step")
+                conn.execute("COMMIT")
+                conn.execute("BEGIN")
+                conn.execute("SAVEPOINT _dotdo_step")
+            except apsw.Error as exc:
+                self.rollback()
+                raise translate(exc, self.address) from None
+            return
         try:
             conn.execute("COMMIT")
         except apsw.Error as exc:
@@ -381,6 +393,7 @@ class ActorDatabase:
             except apsw.Error as exc:
                 raise translate(exc, self.address) from None
         self._savepoints = 0
+        self._stepping = False
         self._features.clear()  # a feature built since the last commit is gone
 
     @contextlib.contextmanager
@@ -400,6 +413,41 @@ class ActorDatabase:
             self.commit()
         finally:
             self._turn_depth -= 1
+
+    @contextlib.contextmanager
+    def step(self) -> Iterator[None]:
+        """A part of a turn that behaves as a turn of its own: if it raises, its writes
+        since it began (or since an output point inside it) are rolled back and the
+        turn's earlier writes stay. An output point inside it (``commit``) commits
+        everything before, as in a turn. Used to run several event deliveries in one
+        turn, each with its own fate. Steps do not nest.
+        """
+        if self._stepping or self._savepoints or not self._turn_depth:
+            raise TransactionError("a step runs inside a turn, outside transaction() blocks, and does not nest")
+        conn = self._conn
+        try:
+            self.ensure_transaction()
+            conn.execute("SAVEPOINT _dotdo_step")
+        except apsw.Error as exc:
+            raise translate(exc, self.address) from None
+        self._stepping = True
+        try:
+            yield
+        except BaseException:
+            self._stepping = False
+            self._savepoints = 0
+            self._features.clear()
+            with contextlib.suppress(apsw.Error):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK TO _dotdo_step")
+                    conn.execute("RELEASE _dotdo_step")
+            raise
+        else:
+            self._stepping = False
+            try:
+                conn.execute("RELEASE _dotdo_step")
+            except apsw.Error as exc:
+                raise translate(exc, self.address) from None
 
     def ensure_transaction(self) -> None:
         """Start the turn's transaction before a write, if a turn is open and none is."""

@@ -107,15 +107,20 @@ class SubscriptionIndex:
 
     # -- lookups ---------------------------------------------------------------------
 
-    def matching(self, noun: str, verb: str) -> list[Subscription]:
-        """The subscriptions an event ``noun.verb`` goes to (exact and wildcard ones),
-        in a stable order."""
+    def refresh(self) -> None:
+        """Forget what was read if another connection changed the file since."""
         # PRAGMA data_version changes when another connection commits (the file
         # control of the same name lags until this connection reads).
         version = self._exec("PRAGMA data_version")[0][0]
         if version != self._version:
             self._cache.clear()
             self._version = version
+
+    def matching(self, noun: str, verb: str, *, refresh: bool = True) -> list[Subscription]:
+        """The subscriptions an event ``noun.verb`` goes to (exact and wildcard ones),
+        in a stable order; without ``refresh``, as of the last ``refresh``."""
+        if refresh:
+            self.refresh()
         key = (noun, verb)
         found = self._cache.get(key)
         if found is None:

@@ -93,6 +93,8 @@ WORKFLOW = schema.feature(
                     last_error TEXT
                 );
                 CREATE INDEX _dotdo_outbox_due ON _dotdo_outbox(due);
+                CREATE INDEX _dotdo_outbox_action ON _dotdo_outbox(action);
+                CREATE INDEX _dotdo_outbox_receiver ON _dotdo_outbox(namespace, hex, path);
                 CREATE TABLE _dotdo_dead_letters(
                     id INTEGER PRIMARY KEY,
                     seq INTEGER NOT NULL,
@@ -317,54 +319,36 @@ class WorkflowStore:
         """Log an event and queue it for ``targets``, in the current transaction;
         returns the action's id."""
         db = self._db
-        with db.transaction():
-            event = self._write(
-                "INSERT INTO _dotdo_events(uid, verb, source, data, timestamp, trace_id, correlation_id) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
-                uid,
-                path,
-                source,
-                data,
-                now,
-                trace_id,
-                correlation_id,
-            )[0][0]
-            status = "pending" if targets else "completed"
-            action = self._write(
-                "INSERT INTO _dotdo_actions(verb, target, actor, input, durability, status, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, 'send', ?, ?, ?) RETURNING id",
-                path,
-                f"{len(targets)} subscriber(s)",
-                source,
-                data,
-                status,
-                now,
-                now,
-            )[0][0]
-            if targets:
-                self._many(
-                    "INSERT INTO _dotdo_outbox(action, event, path, namespace, hex, name, method, priority, rank, "
-                    "timeout, due, max_attempts, initial, max_wait) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            action,
-                            event,
-                            path,
-                            t.namespace,
-                            t.hex,
-                            t.name,
-                            t.method,
-                            priority,
-                            t.rank,
-                            t.timeout,
-                            due,
-                            policy.attempts,
-                            policy.initial,
-                            policy.max_wait,
-                        )
-                        for t in targets
-                    ],
+        db.require("workflow")
+        conn = db.connection
+        try:
+            with db.transaction():
+                conn.execute(
+                    "INSERT INTO _dotdo_events(uid, verb, source, data, timestamp, trace_id, correlation_id) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (uid, path, source, data, now, trace_id, correlation_id),
                 )
+                event = conn.last_insert_rowid()
+                conn.execute(
+                    "INSERT INTO _dotdo_actions(verb, target, actor, input, durability, status, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, 'send', ?, ?, ?)",
+                    (path, f"{len(targets)} subscriber(s)", source, data, "pending" if targets else "completed", now, now),
+                )
+                action = conn.last_insert_rowid()
+                if targets:
+                    conn.executemany(
+                        "INSERT INTO _dotdo_outbox(action, event, path, namespace, hex, name, method, priority, rank, "
+                        "timeout, due, max_attempts, initial, max_wait) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [
+                            (
+                                action, event, path, t.namespace, t.hex, t.name, t.method, priority, t.rank, t.timeout,
+                                due, policy.attempts, policy.initial, policy.max_wait,
+                            )
+                            for t in targets
+                        ],
+                    )
+        except apsw.Error as exc:
+            raise translate(exc, db.address) from None
         return int(action)
 
     def take(self, now: float, limit: int) -> tuple[list[Delivery], dict[tuple[str, str], int]]:
@@ -393,9 +377,12 @@ class WorkflowStore:
                  uid, data, ts, trace, corr) in rows
         ]
         lows: dict[tuple[str, str], int] = {}
-        if deliveries:
-            for ns, hex_id, low in self._rows("SELECT namespace, hex, min(seq) FROM _dotdo_outbox GROUP BY namespace, hex"):
-                lows[(ns, hex_id)] = int(low)
+        for d in deliveries:
+            key = (d.namespace, d.hex)
+            if key not in lows:
+                lows[key] = int(
+                    self._rows("SELECT min(seq) FROM _dotdo_outbox WHERE namespace = ? AND hex = ?", *key)[0][0]
+                )
         return deliveries, lows
 
     def delivered(self, seqs: Sequence[int], now: float) -> None:

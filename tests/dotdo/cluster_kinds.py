@@ -47,6 +47,18 @@ class Probe(DO):
     async def fired(self) -> int | None:
         return self.storage.get("fired")
 
+    async def listen(self) -> None:
+        self.S.on.Probe.pinged(self._pinged)
+
+    async def _pinged(self, event: object) -> None:
+        self.storage.put("pinged", [os.getpid(), event.data, event.source.id.name])  # type: ignore[attr-defined]
+
+    async def ping(self) -> int:
+        return self.S.send("Probe.pinged", self.id.name).subscribers
+
+    async def pinged(self) -> list[object] | None:
+        return self.storage.get("pinged")
+
     async def fetch(self, request: Request) -> Response:
         body = await request.body()
         return Response(

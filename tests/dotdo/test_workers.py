@@ -12,7 +12,7 @@ import httpx
 import pytest
 import trio
 
-from dotdo import ConnectionLost, connect
+from dotdo import ConnectionLost, MethodNotAllowed, connect
 from runtime.ids import resolve
 from storage.address import shard_of
 from tests.dotdo.serving import STARTUP_TIMEOUT, Served, dotdo_serve, stop
@@ -119,6 +119,18 @@ async def test_two_workers_share_the_actors_without_ever_both_activating_one(tmp
                 while await S.Probe(a).fired() is None or await S.Probe(b).fired() is None:
                     await trio.sleep(0.05)
             assert (await S.Probe(a).fired(), await S.Probe(b).fired()) == (pid0, pid1)
+            # An event sent in one worker reaches a subscriber the other worker owns
+            # (the subscription index is shared; the delivery crosses the peer socket).
+            await S.Probe(b).listen()
+            assert await S.Probe(a).ping() == 1
+            with trio.fail_after(10):
+                while await S.Probe(b).pinged() is None:
+                    await trio.sleep(0.05)
+            assert await S.Probe(b).pinged() == [pid1, a, a]
+            # System calls are for workers only, not for clients.
+            target = resolve("Probe", b)
+            with pytest.raises(MethodNotAllowed):
+                await S.connection.call_raw(target, [("$event", b"\x90")], 5.0)
 
         # HTTP to an actor's fetch arrives whole at its owner, whichever worker took it.
         for _ in range(6):

@@ -293,7 +293,7 @@ async def test_failed_deliveries_are_retried_then_dead_lettered_then_replayed(au
         assert wall() - started >= 0.1 + 0.2  # backoff between the tries
         [(path, method, attempts, error)] = logs["dead"]
         assert (path, method, attempts) == ("Customer.flaky", "_record", 3)
-        assert error.startswith("ActorError: RuntimeError in Recorder/") and error.endswith("handler failed")
+        assert error == "RuntimeError: handler failed"
         assert logs["actions"] == [["Customer.flaky", "send", "failed"]]
         assert await recorder.log() == []
         assert await customer.replay() == 1

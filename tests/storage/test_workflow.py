@@ -175,3 +175,40 @@ def test_the_subscription_index_sees_other_connections_writes(tmp_path: Path) ->
     finally:
         first.close()
         second.close()
+
+
+def test_a_step_rolls_back_alone_and_an_output_point_inside_commits_what_came_before(db: ActorDatabase) -> None:
+    with db.turn():
+        db.kv.put("before", 1)
+        with pytest.raises(ValueError):
+            with db.step():
+                db.kv.put("failed", 1)
+                raise ValueError
+        with db.step():
+            db.kv.put("kept", 1)
+        with pytest.raises(ValueError):
+            with db.step():
+                db.kv.put("committed", 1)
+                db.commit()  # an output point inside the step: everything so far is durable
+                db.kv.put("lost", 1)
+                raise ValueError
+    assert {k: db.kv.get(k) for k in ("before", "failed", "kept", "committed", "lost")} == {
+        "before": 1,
+        "failed": None,
+        "kept": 1,
+        "committed": 1,
+        "lost": None,
+    }
+
+
+def test_steps_are_only_for_turns_and_do_not_nest(db: ActorDatabase) -> None:
+    from storage import TransactionError
+
+    with pytest.raises(TransactionError):
+        with db.step():
+            pass
+    with db.turn():
+        with db.step():
+            with pytest.raises(TransactionError):
+                with db.step():
+                    pass
