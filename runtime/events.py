@@ -34,7 +34,7 @@ import logging
 import math
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Generator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -631,5 +631,3 @@ def _activation() -> Activation:
     assert turn is not None
     return turn.activation
 
-
-Handler = Callable[..., Awaitable[Any]]
