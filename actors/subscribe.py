@@ -25,7 +25,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from runtime.events import parse_path
+from runtime.workflow import check_priority, check_timeout, parse_path
 from runtime.stubs import _Method
 from storage.errors import InvalidInput
 
@@ -72,8 +72,8 @@ class Pattern:
     def __init__(self, pattern: str, priority: int = 0, timeout: float | None = None) -> None:
         parse_path(pattern, wildcards=True)
         self.pattern = pattern
-        self.priority = priority
-        self.timeout = timeout
+        self.priority = check_priority(priority)
+        self.timeout = None if timeout is None else check_timeout(timeout)
 
     def with_(self, *, priority: int | None = None, timeout: float | None = None) -> Pattern:
         """The same pattern with a priority and/or a handler deadline (seconds)."""
@@ -83,16 +83,16 @@ class Pattern:
 
     def __call__(self, handler: Any) -> Any:
         if isinstance(handler, _Method):
-            events = getattr(handler._caller, "events", None)
-            if events is None:
+            subscriptions = getattr(handler._caller, "subscriptions", None)
+            if subscriptions is None:
                 raise InvalidInput("subscribing another actor works through an in-process supervisor, not a connection")
-            return events.subscribe_remote(
+            return subscriptions.subscribe_remote(
                 handler._target, self.pattern, handler._name, priority=self.priority, timeout=self.timeout
             )
         owner = getattr(handler, "__self__", None)
         ctx = getattr(owner, "_dotdo_ctx", None)
         if inspect.ismethod(handler) and ctx is not None:
-            return ctx.supervisor.events.subscribe(
+            return ctx.supervisor.subscriptions.subscribe(
                 ctx.id, self.pattern, handler, priority=self.priority, timeout=self.timeout
             )
         if inspect.isfunction(handler):

@@ -12,7 +12,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
-from runtime.events import Retry, Sent, Subscribed
+from runtime.events import Sent
+from runtime.subscriptions import Subscribed
+from runtime.workflow import Retry
 from runtime.stubs import NamespaceStub
 
 from actors.schedules import Every
@@ -120,12 +122,12 @@ class Workflow:
         """Stop listening to ``event`` (a pattern as subscribed) with ``handler`` (a
         method or its name), or with every handler; how many subscriptions ended."""
         ctx = self._ctx
-        return ctx.supervisor.events.unsubscribe(ctx.id, event, handler)
+        return ctx.supervisor.subscriptions.unsubscribe(ctx.id, event, handler)
 
     def subscriptions(self) -> list[Subscribed]:
         """What this actor listens to."""
         ctx = self._ctx
-        return ctx.supervisor.events.subscriptions(ctx.id)
+        return ctx.supervisor.subscriptions.subscriptions(ctx.id)
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """Deliveries of this actor's events that were given up on, oldest first."""

@@ -53,7 +53,9 @@ from dotdo.client import connect
 from dotdo.server import ServeOptions, serve
 from actors.subscribe import on
 from runtime.alarms import AlarmInfo, ScheduleInfo, ScheduleRun
-from runtime.events import Event, Retry, Sent, Subscribed
+from runtime.events import Event, Sent
+from runtime.subscriptions import Subscribed
+from runtime.workflow import Retry
 from runtime.ids import ActorId, id_from_name, id_from_string, new_unique_id
 from runtime.supervisor import Supervisor
 from storage.database import Durability

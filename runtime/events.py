@@ -31,8 +31,6 @@ import datetime as dt
 import inspect
 import itertools
 import logging
-import math
-import re
 import secrets
 from collections.abc import Generator
 from contextvars import ContextVar
@@ -40,17 +38,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import msgpack
-import tenacity
 import trio
 
-from storage.errors import DotdoError, InvalidInput, StorageError
-from storage.subscriptions import WILDCARD, Subscription, SubscriptionIndex
-from storage.workflow import OUTBOX_ITEM, Delivery, RetryPolicy, SubscriptionRow, Target
+from storage.errors import DotdoError, InvalidInput
+from storage.workflow import OUTBOX_ITEM, Delivery, Target
 
 from runtime import values
-from runtime.context import current_turn, turn_of
+from runtime.context import current_turn
 from runtime.errors import ProtocolError
 from runtime.ids import ActorId
+from runtime.subscriptions import SUBSCRIBE_METHOD
+from runtime.workflow import Retry, activation_of_turn, backoff, check_priority, fields, optional_id, own_turn, parse_path, seconds
 
 if TYPE_CHECKING:
     from storage.alarms import PendingItem
@@ -62,8 +60,6 @@ log = logging.getLogger("dotdo.events")
 
 EVENT_METHOD = "$event"
 """The system method a delivery travels as between worker processes."""
-SUBSCRIBE_METHOD = "$subscribe"
-"""The system method that subscribes an actor on its own worker."""
 BATCH = 256
 """Outbox rows one delivery round takes."""
 CHUNK = 64
@@ -72,50 +68,6 @@ SKIPPED = 1
 """A receiver's answer for an event it did not run (an earlier one of its path failed)."""
 PARALLEL_RECEIVERS = 32
 """Receivers one round delivers to at once."""
-
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}")
-
-
-@dataclass(frozen=True, slots=True)
-class Retry:
-    """How a delivery (``send``) or a step (``do``) is retried.
-
-    Attributes:
-        attempts: Tries in all, the first included (1: no retry).
-        initial: Seconds before the first retry; each retry waits twice the one before,
-            plus up to half of ``initial`` of jitter.
-        max_wait: The longest wait between two tries.
-    """
-
-    attempts: int = 5
-    initial: float = 1.0
-    max_wait: float = 60.0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.attempts, int) or isinstance(self.attempts, bool) or not 1 <= self.attempts <= 1000:
-            raise InvalidInput(f"Retry.attempts is a whole number from 1 to 1000, got {self.attempts!r}")
-        for field_name in ("initial", "max_wait"):
-            value = getattr(self, field_name)
-            if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 86400 or math.isnan(value):
-                raise InvalidInput(f"Retry.{field_name} is seconds from 0 to 86400, got {value!r}")
-
-    @property
-    def policy(self) -> RetryPolicy:
-        return RetryPolicy(self.attempts, float(self.initial), float(self.max_wait))
-
-    def wait(self, attempts_so_far: int) -> float:
-        """Seconds to wait after ``attempts_so_far`` failed tries."""
-        return backoff(self.policy, attempts_so_far)
-
-
-def backoff(policy: RetryPolicy, attempts_so_far: int) -> float:
-    """Seconds before the next try of ``policy`` after ``attempts_so_far`` failures."""
-    wait = tenacity.wait_exponential_jitter(
-        multiplier=policy.initial, max=policy.max_wait, exp_base=2, jitter=policy.initial / 2
-    )
-    state = tenacity.RetryCallState(None, None, (), {})  # type: ignore[arg-type]
-    state.attempt_number = attempts_so_far
-    return float(wait(state))
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,89 +123,7 @@ class Sent:
         yield  # pragma: no cover - makes this a generator
 
 
-@dataclass(frozen=True, slots=True)
-class Subscribed:
-    """A subscription: events ``pattern`` run ``method`` on ``actor``. Awaiting it is
-    optional for one's own methods and returns it."""
-
-    pattern: str
-    actor: ActorId
-    method: str
-    priority: int
-    timeout: float | None
-
-    def __await__(self) -> Generator[Any, None, Subscribed]:
-        return self
-        yield  # pragma: no cover - makes this a generator
-
-
 current_event: ContextVar[Event | None] = ContextVar("dotdo_current_event", default=None)
-
-
-def parse_path(path: object, *, wildcards: bool = False) -> tuple[str, str]:
-    """``"Noun.verb"`` as (noun, verb); with ``wildcards`` either part may be ``*``.
-
-    Raises:
-        InvalidInput: Not two names joined by a dot.
-    """
-    if isinstance(path, str):
-        noun, dot, verb = path.partition(".")
-        if dot and all(_NAME.fullmatch(part) or (wildcards and part == WILDCARD) for part in (noun, verb)):
-            return noun, verb
-    allowed = " (either may be *)" if wildcards else ""
-    raise InvalidInput(f"an event path is Noun.verb: two names joined by a dot{allowed}, got {path!r}")
-
-
-def _seconds(value: object, what: str) -> float:
-    if isinstance(value, dt.timedelta):
-        value = value.total_seconds()
-    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 10 * 365 * 86400:
-        raise InvalidInput(f"{what} is seconds (or a timedelta) from 0 to ten years, got {value!r}")
-    return float(value)
-
-
-def _priority(value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not -1000 <= value <= 1000:
-        raise InvalidInput(f"a priority is a whole number from -1000 to 1000, got {value!r}")
-    return value
-
-
-def _optional_id(value: object, what: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not 0 < len(value) <= 200:
-        raise InvalidInput(f"{what} is text of 1 to 200 characters, got {value!r}")
-    return value
-
-
-def own_turn(supervisor: Supervisor, actor: ActorId, what: str) -> Activation:
-    """The activation of ``actor`` if this task runs one of its turns.
-
-    Raises:
-        DotdoError: Called elsewhere.
-    """
-    turn = turn_of(supervisor)
-    if turn is None or turn.activation.id != actor or turn.activation.instance is None:
-        raise DotdoError(f"{what} of {actor} can only be used inside one of its own turns")
-    return turn.activation
-
-
-def method_of(activation: Activation, handler: object, what: str) -> str:
-    """The name of ``handler``: a method of the actor (bound) or its name.
-
-    Raises:
-        InvalidInput: Not an async method of the actor's class.
-    """
-    if isinstance(handler, str):
-        name = handler
-    else:
-        name = getattr(handler, "__name__", None)
-        if getattr(handler, "__self__", None) is not activation.instance or not isinstance(name, str):
-            raise InvalidInput(f"{what} runs a method of this actor (self.method or its name), got {handler!r}")
-    fn = getattr(type(activation.instance), name, None)
-    if fn is None or not inspect.iscoroutinefunction(fn):
-        raise InvalidInput(f"{activation.kind.namespace}.{name} is not an async method: {what} cannot run it")
-    return name
 
 
 class EventService:
@@ -261,7 +131,6 @@ class EventService:
 
     def __init__(self, supervisor: Supervisor) -> None:
         self._sup = supervisor
-        self._index: SubscriptionIndex | None = None
         config = supervisor.config
         self.default_retry = Retry(config.event_max_attempts, config.event_retry_initial, config.event_retry_max)
         self.delivered = 0
@@ -271,23 +140,6 @@ class EventService:
         self._uid_prefix = secrets.token_hex(8)
         self._uid_seq = itertools.count(1)
         self._refreshed_for: Any = None  # the turn in which the index was last re-read
-
-    def open(self) -> None:
-        config = self._sup.config
-        self._index = SubscriptionIndex.open(config.data_dir, config.storage.durability)
-
-    def close(self) -> None:
-        if self._index is not None:
-            self._index.close()
-            self._index = None
-
-    @property
-    def index(self) -> SubscriptionIndex:
-        if self._index is None:
-            from runtime.errors import SupervisorClosed
-
-            raise SupervisorClosed("the supervisor is not running (use `async with`)")
-        return self._index
 
     # -- sending (inside the sender's turn) ------------------------------------------
 
@@ -306,14 +158,14 @@ class EventService:
         """Queue an event for its subscribers in the current turn (see ``Workflow.send``)."""
         activation = own_turn(self._sup, actor, "send")
         noun, verb = parse_path(path)
-        priority = _priority(priority)
-        wait = 0.0 if delay is None else _seconds(delay, "delay")
+        priority = check_priority(priority)
+        wait = 0.0 if delay is None else seconds(delay, "delay")
         if retry is not None and not isinstance(retry, Retry):
             raise InvalidInput(f"retry is a dotdo.Retry, got {type(retry).__name__}")
         policy = (retry or self.default_retry).policy
         handling = current_event.get()
-        trace_id = _optional_id(trace_id, "trace_id") or (handling.trace_id if handling else None) or secrets.token_hex(8)
-        correlation_id = _optional_id(correlation_id, "correlation_id") or (handling.correlation_id if handling else None)
+        trace_id = optional_id(trace_id, "trace_id") or (handling.trace_id if handling else None) or secrets.token_hex(8)
+        correlation_id = optional_id(correlation_id, "correlation_id") or (handling.correlation_id if handling else None)
         packed = values.pack(data)
         # The index is re-read once per turn: a subscription acknowledged before the
         # turn began is seen by every send in it.
@@ -322,7 +174,7 @@ class EventService:
         self._refreshed_for = turn
         targets = [
             Target(s.namespace, s.hex, s.name, s.method, s.priority, s.timeout)
-            for s in self.index.matching(noun, verb, refresh=refresh)
+            for s in self._sup.subscriptions.index.matching(noun, verb, refresh=refresh)
         ]
         now = self._sup.alarms.now()
         due = now + wait
@@ -346,97 +198,6 @@ class EventService:
         )
         return Sent(uid, f"{noun}.{verb}", len(targets))
 
-    # -- subscriptions ---------------------------------------------------------------
-
-    def subscribe(
-        self, actor: ActorId, pattern: str, handler: object, *, priority: int = 0, timeout: float | None = None
-    ) -> Subscribed:
-        """Subscribe ``actor`` (whose turn this is) to ``pattern`` with ``handler``."""
-        activation = own_turn(self._sup, actor, "subscriptions")
-        noun, verb = parse_path(pattern, wildcards=True)
-        method = method_of(activation, handler, "a subscription")
-        row = SubscriptionRow(noun, verb, method, _priority(priority), None if timeout is None else _timeout(timeout))
-        self._add(activation, row)
-        return Subscribed(f"{noun}.{verb}", activation.id, method, row.priority, row.timeout)
-
-    def _add(self, activation: Activation, row: SubscriptionRow) -> None:
-        if activation.db.workflow.subscribe(row):
-            # The shared index first, like the alarm index: an event sent from now on
-            # finds the subscriber; the turn's end makes the index match the truth.
-            self.index.add(_entry(activation.id, row))
-            activation.subscribed = None
-            activation.subscriptions_dirty = True
-
-    def unsubscribe(self, actor: ActorId, pattern: str, handler: object = None) -> int:
-        """Remove ``actor``'s subscriptions to ``pattern`` (of ``handler``, or all)."""
-        activation = own_turn(self._sup, actor, "subscriptions")
-        noun, verb = parse_path(pattern, wildcards=True)
-        method = None if handler is None else method_of(activation, handler, "a subscription")
-        removed = activation.db.workflow.unsubscribe(noun, verb, method)
-        if removed:
-            activation.subscribed = None
-            activation.subscriptions_dirty = True
-        return removed
-
-    def subscriptions(self, actor: ActorId) -> list[Subscribed]:
-        """``actor``'s subscriptions (inside its turn)."""
-        activation = own_turn(self._sup, actor, "subscriptions")
-        return [
-            Subscribed(f"{r.noun}.{r.verb}", actor, r.method, r.priority, r.timeout)
-            for r in activation.db.workflow.subscriptions()
-        ]
-
-    async def subscribe_remote(
-        self, target: ActorId, pattern: str, method: str, *, priority: int = 0, timeout: float | None = None
-    ) -> Subscribed:
-        """Subscribe another actor (a turn of its own on it, on its worker)."""
-        parse_path(pattern, wildcards=True)
-        payload = msgpack.packb([pattern, method, _priority(priority), None if timeout is None else _timeout(timeout)])
-        raw = await self._sup.system_call(target, SUBSCRIBE_METHOD, payload)
-        pattern, method, priority, timeout = msgpack.unpackb(raw)
-        return Subscribed(pattern, target, method, priority, timeout)
-
-    async def _subscribe_here(self, instance: Any, payload: bytes) -> bytes:
-        """The turn that runs ``subscribe_remote`` on the subscriber."""
-        pattern, method, priority, timeout = _fields(payload, 4)
-        activation = _activation()
-        sub = self.subscribe(activation.id, pattern, method, priority=priority, timeout=timeout)
-        return msgpack.packb([sub.pattern, sub.method, sub.priority, sub.timeout])
-
-    def declare(self, activation: Activation) -> None:
-        """Subscribe a new activation to what its class declares (``@S.on...``), once."""
-        declared = activation.kind.subscriptions
-        if not declared:
-            return
-        workflow = activation.db.workflow
-        have = {(r.noun, r.verb, r.method): r for r in workflow.subscriptions()}
-        for noun, verb, method, priority, timeout in declared:
-            row = SubscriptionRow(noun, verb, method, priority, timeout)
-            if have.get((noun, verb, method)) != row:
-                workflow.subscribe(row)  # outside a turn: commits now
-                self.index.add(_entry(activation.id, row))
-
-    def sync_subscriptions(self, activation: Activation) -> None:
-        """After a turn that changed subscriptions: the index says what the actor's
-        table says."""
-        activation.subscriptions_dirty = False
-        db = activation.db
-        if db.closed:
-            return
-        try:
-            rows = db.workflow.subscriptions()
-            self.index.replace(activation.id.namespace, activation.id.hex, [_entry(activation.id, r) for r in rows])
-        except StorageError:
-            log.exception("cannot update the subscription index for %s", activation.label)
-
-    def _listens(self, activation: Activation, noun: str, verb: str, method: str) -> bool:
-        subscribed = activation.subscribed
-        if subscribed is None:
-            subscribed = activation.subscribed = {(r.noun, r.verb, r.method) for r in activation.db.workflow.subscriptions()}
-        return any(
-            (n, v, method) in subscribed for n in (noun, WILDCARD) for v in (verb, WILDCARD)
-        )
-
     # -- delivery (driven by the alarm service) --------------------------------------
 
     async def deliver_round(self, target: ActorId) -> None:
@@ -458,7 +219,7 @@ class EventService:
         await sup.run_turn(target, lambda instance: self._settle(deliveries, outcomes))
 
     async def _take(self, instance: Any) -> tuple[list[Delivery], dict[tuple[str, str], int]]:
-        activation = _activation()
+        activation = activation_of_turn()
         return activation.db.workflow.take(self._sup.alarms.now(), BATCH)
 
     async def _deliver_queue(
@@ -508,7 +269,7 @@ class EventService:
         return results
 
     async def _settle(self, deliveries: list[Delivery], outcomes: dict[int, str | None]) -> None:
-        workflow = _activation().db.workflow
+        workflow = activation_of_turn().db.workflow
         now = self._sup.alarms.now()
         done = [d.seq for d in deliveries if d.seq in outcomes and outcomes[d.seq] is None]
         workflow.delivered(done, now)
@@ -533,8 +294,8 @@ class EventService:
         then call the handler. Answers one result per event: None (handled, or dropped
         as a repeat or for want of a subscription), ``SKIPPED`` (not run: an earlier
         event of its path failed), or the error."""
-        namespace, hex_id, name, low, items = _fields(envelope, 5)
-        activation = _activation()
+        namespace, hex_id, name, low, items = fields(envelope, 5)
+        activation = activation_of_turn()
         db = activation.db
         workflow = db.workflow
         sender = f"{namespace}/{hex_id}"
@@ -549,7 +310,7 @@ class EventService:
                 with db.step():
                     noun, verb = parse_path(path)
                     # Not (or no longer) subscribed, or handled before: done, nothing to run.
-                    if self._listens(activation, noun, verb, method) and workflow.accept(sender, seq, low):
+                    if self._sup.subscriptions.listens(activation, noun, verb, method) and workflow.accept(sender, seq, low):
                         when = dt.datetime.fromtimestamp(timestamp, dt.timezone.utc)
                         data = values.unpack(data, self._sup.ref)
                         event = Event(uid, path, data, source, when, trace_id, correlation_id, attempt)
@@ -586,7 +347,7 @@ class EventService:
         if method == EVENT_METHOD:
             return await self.receive(instance, payload)
         if method == SUBSCRIBE_METHOD:
-            return await self._subscribe_here(instance, payload)
+            return await self._sup.subscriptions.subscribe_here(instance, payload)
         raise ProtocolError(f"unknown system method {method!r}")
 
     # -- dead letters ----------------------------------------------------------------
@@ -599,35 +360,9 @@ class EventService:
         return activation.db.workflow.replay(ids, now)
 
 
-def _timeout(value: object) -> float:
-    seconds = _seconds(value, "a timeout")
-    if seconds <= 0:
-        raise InvalidInput(f"a timeout is more than 0 seconds, got {value!r}")
-    return seconds
-
-
 def _outbox_item(due: float) -> PendingItem:
     from storage.alarms import PendingItem
 
     return PendingItem(OUTBOX_ITEM, "outbox", None, due, 0)
 
-
-def _entry(actor: ActorId, row: SubscriptionRow) -> Subscription:
-    return Subscription(row.noun, row.verb, actor.namespace, actor.hex, actor.name, row.method, row.priority, row.timeout)
-
-
-def _fields(payload: bytes, count: int) -> list[Any]:
-    try:
-        fields = msgpack.unpackb(payload)
-    except (ValueError, msgpack.UnpackException) as exc:
-        raise ProtocolError(f"a system call's payload is not msgpack: {exc}") from None
-    if not isinstance(fields, list) or len(fields) != count:
-        raise ProtocolError(f"a system call's payload must be a list of {count}")
-    return fields
-
-
-def _activation() -> Activation:
-    turn = current_turn.get()
-    assert turn is not None
-    return turn.activation
 

@@ -36,7 +36,7 @@ from storage.workflow import STEPS_ITEM, ActionRow, RetryPolicy
 from runtime import values
 from runtime.context import current_turn
 from runtime.errors import CallTimeout
-from runtime.events import Retry, backoff, method_of, own_turn
+from runtime.workflow import Retry, backoff, method_of, own_turn
 from runtime.ids import ActorId
 
 if TYPE_CHECKING:

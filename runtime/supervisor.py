@@ -38,6 +38,7 @@ from runtime import values, wire
 from runtime.alarms import AlarmService
 from runtime.events import EventService
 from runtime.steps import StepService
+from runtime.subscriptions import SubscriptionService
 from runtime.activation import Activation, ActivationState, ActivationStats, PassivationReason
 from runtime.context import ActorContext, Turn, current_supervisor, current_turn, turn_of
 from runtime.errors import ActorError, CallTimeout, SupervisorClosed, Unavailable
@@ -150,6 +151,7 @@ class Supervisor:
         self.env: Mapping[str, str] = MappingProxyType(dict(self.config.env))
         self.S = Namespaces(self)
         self.alarms = AlarmService(self)
+        self.subscriptions = SubscriptionService(self)
         self.events = EventService(self)
         self.steps = StepService(self)
         self._active: OrderedDict[tuple[str, str], Activation] = OrderedDict()
@@ -175,7 +177,7 @@ class Supervisor:
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         self.alarms.open()
         try:
-            self.events.open()
+            self.subscriptions.open()
         except BaseException:
             self.alarms.close()
             raise
@@ -230,7 +232,7 @@ class Supervisor:
             for activation in list(self._active.values()):
                 self._passivate(activation, PassivationReason.SHUTDOWN)
             self.alarms.close()
-            self.events.close()
+            self.subscriptions.close()
             if self.peers is not None:
                 await self.peers.aclose()
 
@@ -584,7 +586,7 @@ class Supervisor:
         if activation.wake_dirty and not db.in_turn:
             self.alarms.sync(activation)
         if activation.subscriptions_dirty and not db.in_turn:
-            self.events.sync_subscriptions(activation)
+            self.subscriptions.sync(activation)
 
     def _abort(self, activation: Activation, exc: BaseException) -> None:
         """Roll back a failed turn; log what the actor's own code raised."""
@@ -648,7 +650,7 @@ class Supervisor:
         try:
             activation.instance = kind.create(ActorContext(target, db, self.env, self))
             if kind.subscriptions:
-                self.events.declare(activation)
+                self.subscriptions.declare(activation)
         except BaseException as exc:
             db.close()
             _raise_public(exc, activation)

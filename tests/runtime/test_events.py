@@ -482,4 +482,4 @@ async def test_subscriptions_reach_senders_in_another_supervisor_on_the_same_dir
     async with Supervisor(KINDS, tmp_path / "shared", **FAST) as first:
         await first.S.Recorder("r").listen("Shared.thing")
         async with Supervisor(KINDS, tmp_path / "shared", **FAST) as second:
-            assert [s.method for s in second.events.index.matching("Shared", "thing")] == ["_record"]
+            assert [s.method for s in second.subscriptions.index.matching("Shared", "thing")] == ["_record"]
