@@ -45,9 +45,12 @@ from dotdo.errors import (
     StorageError,
     StorageLimitExceeded,
     SupervisorClosed,
+    ThingExists,
+    ThingNotFound,
     TransactionError,
     Unauthorized,
     Unavailable,
+    VersionConflict,
 )
 from dotdo.client import connect
 from dotdo.server import ServeOptions, serve
@@ -59,6 +62,7 @@ from runtime.workflow import Retry
 from runtime.ids import ActorId, id_from_name, id_from_string, new_unique_id
 from runtime.supervisor import Supervisor
 from storage.database import Durability
+from storage.things_model import Relationship, Thing
 
 __version__ = "0.1.0"
 
@@ -88,6 +92,7 @@ __all__ = [
     "NotSent",
     "Overloaded",
     "ProtocolError",
+    "Relationship",
     "Retry",
     "RowCountError",
     "S",
@@ -101,9 +106,13 @@ __all__ = [
     "Subscribed",
     "Supervisor",
     "SupervisorClosed",
+    "Thing",
+    "ThingExists",
+    "ThingNotFound",
     "TransactionError",
     "Unauthorized",
     "Unavailable",
+    "VersionConflict",
     "id_from_name",
     "id_from_string",
     "new_unique_id",

@@ -9,6 +9,9 @@
     │   ├── InvalidKey                   400
     │   ├── InvalidValue                 400
     │   ├── InvalidQuery                 400
+    │   ├── ThingNotFound                404  no thing with that $id in the actor's store
+    │   ├── ThingExists                  409  create() with an $id already taken
+    │   ├── VersionConflict              409  update() expected another $version
     │   ├── InvalidArguments             400
     │   ├── InvalidSchedule              400
     │   ├── StorageLimitExceeded         400
@@ -66,7 +69,10 @@ from storage.errors import (
     SqlError,
     StorageError,
     StorageLimitExceeded,
+    ThingExists,
+    ThingNotFound,
     TransactionError,
+    VersionConflict,
 )
 
 
@@ -77,6 +83,9 @@ class BodyTooLarge(InvalidInput):
 # Most specific first: the first matching class gives the status.
 _STATUS: tuple[tuple[type[DotdoError], int], ...] = (
     (BodyTooLarge, 413),
+    (ThingNotFound, 404),
+    (ThingExists, 409),
+    (VersionConflict, 409),
     (InvalidInput, 400),
     (ProtocolError, 400),
     (Unauthorized, 401),
@@ -126,8 +135,11 @@ __all__ = [
     "StorageError",
     "StorageLimitExceeded",
     "SupervisorClosed",
+    "ThingExists",
+    "ThingNotFound",
     "TransactionError",
     "Unauthorized",
     "Unavailable",
+    "VersionConflict",
     "http_status",
 ]

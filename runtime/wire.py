@@ -456,7 +456,9 @@ _PARSERS = {
 # -- errors ----------------------------------------------------------------------------
 
 # Attributes an error carries across the wire, by class (simple values only).
-_ATTRS = ("remote_type", "message", "namespace", "known", "method", "allowed", "chain", "address")
+_ATTRS = (
+    "remote_type", "message", "namespace", "known", "method", "allowed", "chain", "address", "thing_id", "expected", "actual",
+)
 
 
 def _error_classes() -> dict[str, type[DotdoError]]:

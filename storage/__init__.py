@@ -18,7 +18,10 @@ from storage.errors import (
     SqlError,
     StorageError,
     StorageLimitExceeded,
+    ThingExists,
+    ThingNotFound,
     TransactionError,
+    VersionConflict,
 )
 from storage.kv import KVStore
 from storage.sql import Cursor, SqlStore
@@ -44,7 +47,10 @@ __all__ = [
     "StorageError",
     "StorageLimitExceeded",
     "StorageOptions",
+    "ThingExists",
+    "ThingNotFound",
     "TransactionError",
+    "VersionConflict",
     "validate_id",
     "validate_namespace",
 ]

@@ -10,6 +10,9 @@ derive from it without importing upwards. The whole tree is drawn in
     │   ├── InvalidId
     │   ├── InvalidKey
     │   ├── InvalidValue
+    │   ├── ThingNotFound            no thing with that $id (semantic stores)
+    │   ├── ThingExists              create() with an $id already taken
+    │   ├── VersionConflict          update() expected another $version
     │   ├── InvalidQuery             empty, forbidden or reserved-table SQL
     │   └── StorageLimitExceeded     key, value or batch over its limit
     └── StorageError                 the database itself failed
@@ -124,3 +127,48 @@ class DatabaseLocked(StorageError):
     Remedy: route the call to the process that owns the actor; only one activation of
     an address may exist at a time.
     """
+
+
+class ThingNotFound(InvalidInput):
+    """No thing has this ``$id`` in the actor's store.
+
+    Attributes:
+        thing_id: The id that was asked for.
+    """
+
+    def __init__(self, thing_id: str) -> None:
+        super().__init__(f"no thing with $id {thing_id!r}")
+        self.thing_id = thing_id
+
+
+class ThingExists(InvalidInput):
+    """``create`` was given an ``$id`` that a thing already has. Remedy: ``update`` it,
+    or ``create`` without an id to get a new one.
+
+    Attributes:
+        thing_id: The id that is taken.
+    """
+
+    def __init__(self, thing_id: str) -> None:
+        super().__init__(f"a thing with $id {thing_id!r} already exists; use update() to change it")
+        self.thing_id = thing_id
+
+
+class VersionConflict(InvalidInput):
+    """``update(..., expected_version=n)`` found another ``$version``: someone changed
+    the thing since it was read. Nothing was written. Remedy: read it again, re-apply.
+
+    Attributes:
+        thing_id: The thing concerned.
+        expected: The version the caller expected.
+        actual: The version the store holds.
+    """
+
+    def __init__(self, thing_id: str, *, expected: int, actual: int) -> None:
+        super().__init__(
+            f"thing {thing_id!r} is at $version {actual}, not {expected}: it changed since "
+            "it was read; read it again and re-apply the change"
+        )
+        self.thing_id = thing_id
+        self.expected = expected
+        self.actual = actual
