@@ -55,10 +55,6 @@ class Retry:
     def policy(self) -> RetryPolicy:
         return RetryPolicy(self.attempts, float(self.initial), float(self.max_wait))
 
-    def wait(self, attempts_so_far: int) -> float:
-        """Seconds to wait after ``attempts_so_far`` failed tries."""
-        return backoff(self.policy, attempts_so_far)
-
 
 def backoff(policy: RetryPolicy, attempts_so_far: int) -> float:
     """Seconds before the next try of ``policy`` after ``attempts_so_far`` failures."""
