@@ -38,9 +38,9 @@ from storage.alarms import ALARM_ITEM, AlarmRow, PendingItem, ScheduleRow
 from storage.errors import DotdoError, InvalidInput, StorageError
 
 from runtime import schedules
-from runtime.context import current_turn, turn_of
 from runtime.errors import CallTimeout, SupervisorClosed
 from runtime.ids import ActorId
+from runtime.workflow import activation_of_turn, method_of, own_turn
 
 if TYPE_CHECKING:
     from runtime.activation import Activation
@@ -280,7 +280,7 @@ class AlarmService:
         """Run the earliest due item of the actor (appended to ``running``); whether
         another is due after it (then the delivery runs another turn), or ``WORKFLOW``
         when what is due is the outbox or a step to resume (run outside this turn)."""
-        activation = _activation()
+        activation = activation_of_turn()
         activation.wake_dirty = True
         alarms = activation.db.alarms
         now = self.now()
@@ -308,7 +308,7 @@ class AlarmService:
 
     async def _timed_out(self, item: AlarmRow | ScheduleRow, instance: Any) -> bool:
         """Record that the run of ``item`` hit its deadline (its turn was rolled back)."""
-        activation = _activation()
+        activation = activation_of_turn()
         activation.wake_dirty = True
         message = "the run did not finish within the call timeout"
         if isinstance(item, AlarmRow):
@@ -391,10 +391,7 @@ class AlarmService:
     # -- the actor's API (called from its turns) -------------------------------------
 
     def _own(self, ctx: ActorContext) -> Activation:
-        turn = turn_of(self._sup)
-        if turn is None or turn.activation.id != ctx.id or turn.activation.instance is None:
-            raise DotdoError(f"alarms and schedules of {ctx.id} can only be changed inside one of its own turns")
-        return turn.activation
+        return own_turn(self._sup, ctx.id, "alarms and schedules")
 
     def set_alarm(self, ctx: ActorContext, when: object) -> dt.datetime:
         """Set the actor's alarm (replacing any); returns the time it was set for."""
@@ -434,7 +431,7 @@ class AlarmService:
                 not a usable name.
         """
         activation = self._own(ctx)
-        method = _method_name(activation, handler)
+        method = method_of(activation, handler, "a schedule")
         name = method if name is None else name
         if not isinstance(name, str) or not name or len(name) > 200 or "\x00" in name:
             raise InvalidInput(f"a schedule name is 1 to 200 characters of text, got {name!r}")
@@ -509,25 +506,6 @@ class AlarmService:
     def pending(self, namespace: str | None = None, limit: int = 1000, after: tuple[str, str, str] | None = None) -> list[IndexEntry]:
         """Pending alarms and schedules by actor, from the index."""
         return self.index.entries(namespace, limit, after)
-
-
-def _method_name(activation: Activation, handler: object) -> str:
-    if isinstance(handler, str):
-        name = handler
-    else:
-        name = getattr(handler, "__name__", None)
-        if getattr(handler, "__self__", None) is not activation.instance or not isinstance(name, str):
-            raise InvalidInput(f"a schedule runs a method of this actor (self.method or its name), got {handler!r}")
-    fn = getattr(type(activation.instance), name, None)
-    if fn is None or not inspect.iscoroutinefunction(fn):
-        raise InvalidInput(f"{activation.kind.namespace}.{name} is not an async method: a schedule cannot run it")
-    return name
-
-
-def _activation() -> Activation:
-    turn = current_turn.get()
-    assert turn is not None
-    return turn.activation
 
 
 def _schedule_info(row: ScheduleRow) -> ScheduleInfo:

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 import trio
 
+from storage.alarms import PendingItem
 from storage.errors import DotdoError, InvalidInput
 from storage.workflow import OUTBOX_ITEM, Delivery, Target
 
@@ -51,8 +52,6 @@ from runtime.subscriptions import SUBSCRIBE_METHOD
 from runtime.workflow import Retry, activation_of_turn, backoff, check_priority, fields, optional_id, own_turn, parse_path, seconds
 
 if TYPE_CHECKING:
-    from storage.alarms import PendingItem
-
     from runtime.activation import Activation
     from runtime.supervisor import Supervisor
 
@@ -361,8 +360,6 @@ class EventService:
 
 
 def _outbox_item(due: float) -> PendingItem:
-    from storage.alarms import PendingItem
-
     return PendingItem(OUTBOX_ITEM, "outbox", None, due, 0)
 
 

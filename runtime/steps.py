@@ -34,9 +34,8 @@ from storage.errors import DotdoError, InvalidInput
 from storage.workflow import STEPS_ITEM, ActionRow, RetryPolicy
 
 from runtime import values
-from runtime.context import current_turn
 from runtime.errors import CallTimeout
-from runtime.workflow import Retry, backoff, method_of, own_turn
+from runtime.workflow import Retry, activation_of_turn, backoff, method_of, own_turn
 from runtime.ids import ActorId
 
 if TYPE_CHECKING:
@@ -173,7 +172,7 @@ class StepService:
                 log.warning("resumed step %s of %s raised %s: %s", row.verb, target, type(exc).__name__, exc)
 
     async def _due(self, instance: Any) -> list[ActionRow]:
-        activation = _activation()
+        activation = activation_of_turn()
         workflow = activation.db.workflow
         now = self._sup.alarms.now()
         rows = []
@@ -185,7 +184,7 @@ class StepService:
         return rows
 
     async def _resume(self, row: ActionRow) -> Any:
-        activation = _activation()
+        activation = activation_of_turn()
         workflow = activation.db.workflow
         current = workflow.step(row.step) if row.step is not None else None
         if current is None or current.status not in ("running", "retrying") or current.id in activation.live_steps:
@@ -222,9 +221,3 @@ def _timeout(timeout: object) -> float | None:
     if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not 0 < timeout <= 86400:
         raise InvalidInput(f"a step timeout is seconds, more than 0 and at most 86400, got {timeout!r}")
     return float(timeout)
-
-
-def _activation() -> Activation:
-    turn = current_turn.get()
-    assert turn is not None
-    return turn.activation

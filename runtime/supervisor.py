@@ -167,7 +167,7 @@ class Supervisor:
         # than fresh random bytes per call and as unique.
         self._chain_prefix = secrets.token_hex(8) + "-"
         self._chain_seq = itertools.count(1)
-        self._copy = functools.partial(values.copy, make_ref=self._ref)
+        self._copy = functools.partial(values.copy, make_ref=self.ref)
 
     # -- lifetime --------------------------------------------------------------------
 
@@ -392,7 +392,7 @@ class Supervisor:
     def _unpack_args(self, payload: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
         if payload == _NO_ARGS:  # the most common payload, decoded without msgpack
             return (), {}
-        decoded = values.unpack(payload, self._ref)
+        decoded = values.unpack(payload, self.ref)
         if (
             not isinstance(decoded, list)
             or len(decoded) != 2
@@ -401,9 +401,6 @@ class Supervisor:
         ):
             raise values.InvalidValue("call arguments must be encoded as [args, kwargs]")
         return tuple(decoded[0]), decoded[1]
-
-    def _ref(self, actor_id: ActorId) -> ActorStub:
-        return ActorStub(self, actor_id)
 
     def ref(self, actor_id: ActorId) -> ActorStub:
         """A stub of ``actor_id`` through this supervisor."""
@@ -453,7 +450,7 @@ class Supervisor:
         peers = self.peers
         assert peers is not None
         packed = await self._remote(owner, target, timeout, lambda s: peers.call_raw(owner, target, steps, s, chain, path))
-        return packed if raw else values.unpack(packed, self._ref)
+        return packed if raw else values.unpack(packed, self.ref)
 
     async def fetch_remote(self, owner: int, target: ActorId, request: wire.HttpRequest, timeout: float | None = None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """Hand an HTTP request to the worker that owns ``target`` (``owner_of``);

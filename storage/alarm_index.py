@@ -50,6 +50,50 @@ CREATE INDEX IF NOT EXISTS pending_due ON pending(due);
 """
 
 
+def open_index(path: Path, durability: Durability, schema: str, what: str) -> apsw.Connection:
+    """Open (creating if needed) an index file shared by every process serving a data
+    directory: WAL, the given durability, a writer waiting up to 5 s for another, and
+    its ``schema`` (idempotent statements) in place.
+
+    Raises:
+        StorageError: The file cannot be created or opened (the message names ``what``).
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = apsw.Connection(str(path))
+    except OSError as exc:
+        raise StorageError(f"cannot create the {what} at {path}: {exc}") from None
+    except apsw.Error as exc:
+        raise StorageError(f"cannot open the {what} at {path}: {exc}") from None
+    try:
+        conn.set_busy_timeout(5000)
+        sync = "FULL" if durability is Durability.FULL else "NORMAL"
+        for _ in conn.execute(f"PRAGMA journal_mode=WAL; PRAGMA synchronous={sync};" + schema):
+            pass
+    except apsw.Error as exc:
+        conn.close()
+        raise StorageError(f"cannot open the {what} at {path}: {exc}") from None
+    return conn
+
+
+class IndexFile:
+    """One open index file (see ``open_index``): closing and plain queries."""
+
+    def __init__(self, conn: apsw.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+
+    def close(self) -> None:
+        """Close the file. Safe to call twice."""
+        self._conn.close()
+
+    def _exec(self, query: str, bindings: Sequence[object] = ()) -> list[tuple]:
+        try:
+            return self._conn.execute(query, bindings).fetchall()
+        except apsw.Error as exc:
+            raise translate(exc) from None
+
+
 @dataclass(frozen=True, slots=True)
 class IndexEntry:
     """One pending item of one actor."""
@@ -64,12 +108,11 @@ class IndexEntry:
     retries: int
 
 
-class AlarmIndex:
+class AlarmIndex(IndexFile):
     """The pending-alarm index of one data directory. Open with ``AlarmIndex.open``."""
 
     def __init__(self, conn: apsw.Connection, path: Path, shard: tuple[int, int] | None) -> None:
-        self._conn = conn
-        self.path = path
+        super().__init__(conn, path)
         self._mine = ""  # the condition that picks this process's rows (all: none)
         if shard is not None:
             index, shards = shard
@@ -91,32 +134,8 @@ class AlarmIndex:
             StorageError: The file cannot be created or opened.
         """
         path = Path(data_dir) / INDEX_DIR / INDEX_FILE
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            conn = apsw.Connection(str(path))
-        except OSError as exc:
-            raise StorageError(f"cannot create the alarm index at {path}: {exc}") from None
-        except apsw.Error as exc:
-            raise StorageError(f"cannot open the alarm index at {path}: {exc}") from None
-        try:
-            conn.set_busy_timeout(5000)
-            sync = "FULL" if durability is Durability.FULL else "NORMAL"
-            for _ in conn.execute(f"PRAGMA journal_mode=WAL; PRAGMA synchronous={sync};" + _SCHEMA):
-                pass
-        except apsw.Error as exc:
-            conn.close()
-            raise StorageError(f"cannot open the alarm index at {path}: {exc}") from None
+        conn = open_index(path, durability, _SCHEMA, "alarm index")
         return cls(conn, path, shard)
-
-    def close(self) -> None:
-        """Close the file. Safe to call twice."""
-        self._conn.close()
-
-    def _exec(self, query: str, bindings: Sequence[object] = ()) -> list[tuple]:
-        try:
-            return self._conn.execute(query, bindings).fetchall()
-        except apsw.Error as exc:
-            raise translate(exc) from None
 
     # -- writes ----------------------------------------------------------------------
 

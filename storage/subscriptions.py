@@ -15,15 +15,14 @@ turn ends; a row left behind by a crash only sends the actor an event it drops.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import apsw
 
-from storage.alarm_index import INDEX_DIR
+from storage.alarm_index import INDEX_DIR, IndexFile, open_index
 from storage.database import Durability, translate
-from storage.errors import StorageError
 
 INDEX_FILE = "subscriptions.sqlite"
 WILDCARD = "*"
@@ -61,12 +60,11 @@ class Subscription:
     timeout: float | None
 
 
-class SubscriptionIndex:
+class SubscriptionIndex(IndexFile):
     """The subscription index of one data directory. Open with ``SubscriptionIndex.open``."""
 
     def __init__(self, conn: apsw.Connection, path: Path) -> None:
-        self._conn = conn
-        self.path = path
+        super().__init__(conn, path)
         self._version = -1
         self._cache: dict[tuple[str, str], list[Subscription]] = {}
 
@@ -78,32 +76,7 @@ class SubscriptionIndex:
             StorageError: The file cannot be created or opened.
         """
         path = Path(data_dir) / INDEX_DIR / INDEX_FILE
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            conn = apsw.Connection(str(path))
-        except OSError as exc:
-            raise StorageError(f"cannot create the subscription index at {path}: {exc}") from None
-        except apsw.Error as exc:
-            raise StorageError(f"cannot open the subscription index at {path}: {exc}") from None
-        try:
-            conn.set_busy_timeout(5000)
-            sync = "FULL" if durability is Durability.FULL else "NORMAL"
-            for _ in conn.execute(f"PRAGMA journal_mode=WAL; PRAGMA synchronous={sync};" + _SCHEMA):
-                pass
-        except apsw.Error as exc:
-            conn.close()
-            raise StorageError(f"cannot open the subscription index at {path}: {exc}") from None
-        return cls(conn, path)
-
-    def close(self) -> None:
-        """Close the file. Safe to call twice."""
-        self._conn.close()
-
-    def _exec(self, query: str, bindings: Sequence[object] = ()) -> list[tuple]:
-        try:
-            return self._conn.execute(query, bindings).fetchall()
-        except apsw.Error as exc:
-            raise translate(exc) from None
+        return cls(open_index(path, durability, _SCHEMA, "subscription index"), path)
 
     # -- lookups ---------------------------------------------------------------------
 
@@ -145,13 +118,6 @@ class SubscriptionIndex:
                 f"SELECT {_COLUMNS} FROM subscriptions WHERE namespace = ? AND hex = ? ORDER BY noun, verb, method",
                 (namespace, hex_id),
             )
-        ]
-
-    def entries(self, limit: int = 1000) -> list[Subscription]:
-        """Every entry (for listings), by event."""
-        return [
-            Subscription(*row)
-            for row in self._exec(f"SELECT {_COLUMNS} FROM subscriptions ORDER BY noun, verb, namespace, hex LIMIT ?", (limit,))
         ]
 
     # -- writes ----------------------------------------------------------------------

@@ -22,7 +22,7 @@ stores them and does not look inside. Times are epoch seconds.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -283,13 +283,6 @@ class WorkflowStore:
         try:
             db.ensure_transaction()
             return db.connection.execute(query, bindings).fetchall()
-        except apsw.Error as exc:
-            raise translate(exc, db.address) from None
-
-    def _many(self, query: str, rows: Iterable[Sequence[object]]) -> None:
-        db = self._db
-        try:
-            db.connection.executemany(query, rows)
         except apsw.Error as exc:
             raise translate(exc, db.address) from None
 
