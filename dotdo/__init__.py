@@ -20,6 +20,10 @@ from actors.base import DO
 from actors.methods import rpc
 from dotdo.ambient import S
 from dotdo.errors import (
+    ActorExists,
+    BookmarkError,
+    BranchExists,
+    BranchNotFound,
     ActorError,
     ActorNotFound,
     BodyTooLarge,
@@ -36,6 +40,7 @@ from dotdo.errors import (
     InvalidQuery,
     InvalidSchedule,
     InvalidValue,
+    MergeConflict,
     MethodNotAllowed,
     NotSent,
     Overloaded,
@@ -69,10 +74,14 @@ __version__ = "0.1.0"
 __all__ = [
     "DO",
     "ActorError",
+    "ActorExists",
     "ActorId",
     "ActorNotFound",
     "AlarmInfo",
+    "BookmarkError",
     "BodyTooLarge",
+    "BranchExists",
+    "BranchNotFound",
     "CallTimeout",
     "ConnectionLost",
     "DatabaseLocked",
@@ -88,6 +97,7 @@ __all__ = [
     "InvalidQuery",
     "InvalidSchedule",
     "InvalidValue",
+    "MergeConflict",
     "MethodNotAllowed",
     "NotSent",
     "Overloaded",

@@ -12,6 +12,11 @@
     │   ├── ThingNotFound                404  no thing with that $id in the actor's store
     │   ├── ThingExists                  409  create() with an $id already taken
     │   ├── VersionConflict              409  update() expected another $version
+    │   ├── ActorExists                  409  a clone/promote/shard target holds data
+    │   ├── BranchNotFound               404  no branch of that name
+    │   ├── BranchExists                 409  branch() with a name already taken
+    │   ├── MergeConflict                409  rows changed on both branches (conflicts lists them)
+    │   ├── BookmarkError                400  malformed, foreign or out-of-window bookmark
     │   ├── InvalidArguments             400
     │   ├── InvalidSchedule              400
     │   ├── StorageLimitExceeded         400
@@ -57,6 +62,10 @@ from runtime.errors import (
     Unavailable,
 )
 from storage.errors import (
+    ActorExists,
+    BookmarkError,
+    BranchExists,
+    BranchNotFound,
     DatabaseLocked,
     DotdoError,
     InvalidId,
@@ -65,6 +74,7 @@ from storage.errors import (
     InvalidNamespace,
     InvalidQuery,
     InvalidValue,
+    MergeConflict,
     RowCountError,
     SqlError,
     StorageError,
@@ -86,6 +96,10 @@ _STATUS: tuple[tuple[type[DotdoError], int], ...] = (
     (ThingNotFound, 404),
     (ThingExists, 409),
     (VersionConflict, 409),
+    (ActorExists, 409),
+    (BranchNotFound, 404),
+    (BranchExists, 409),
+    (MergeConflict, 409),
     (InvalidInput, 400),
     (ProtocolError, 400),
     (Unauthorized, 401),
@@ -111,6 +125,10 @@ def http_status(error: DotdoError) -> int:
 
 __all__ = [
     "ActorError",
+    "ActorExists",
+    "BookmarkError",
+    "BranchExists",
+    "BranchNotFound",
     "ActorNotFound",
     "BodyTooLarge",
     "CallTimeout",
@@ -126,6 +144,7 @@ __all__ = [
     "InvalidQuery",
     "InvalidSchedule",
     "InvalidValue",
+    "MergeConflict",
     "MethodNotAllowed",
     "NotSent",
     "Overloaded",

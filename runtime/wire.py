@@ -458,6 +458,7 @@ _PARSERS = {
 # Attributes an error carries across the wire, by class (simple values only).
 _ATTRS = (
     "remote_type", "message", "namespace", "known", "method", "allowed", "chain", "address", "thing_id", "expected", "actual",
+    "target", "branch", "conflicts",
 )
 
 

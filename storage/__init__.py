@@ -6,6 +6,10 @@ This package is internal to dotdo; the public names are re-exported by ``dotdo``
 from storage.address import Address, validate_id, validate_namespace
 from storage.database import ActorDatabase, DatabaseStats, Durability, StorageOptions
 from storage.errors import (
+    ActorExists,
+    BookmarkError,
+    BranchExists,
+    BranchNotFound,
     DatabaseLocked,
     DotdoError,
     InvalidId,
@@ -14,6 +18,7 @@ from storage.errors import (
     InvalidNamespace,
     InvalidQuery,
     InvalidValue,
+    MergeConflict,
     RowCountError,
     SqlError,
     StorageError,
@@ -27,6 +32,11 @@ from storage.kv import KVStore
 from storage.sql import Cursor, SqlStore
 
 __all__ = [
+    "ActorExists",
+    "BookmarkError",
+    "BranchExists",
+    "BranchNotFound",
+    "MergeConflict",
     "ActorDatabase",
     "Address",
     "Cursor",

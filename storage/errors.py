@@ -13,6 +13,11 @@ derive from it without importing upwards. The whole tree is drawn in
     │   ├── ThingNotFound            no thing with that $id (semantic stores)
     │   ├── ThingExists              create() with an $id already taken
     │   ├── VersionConflict          update() expected another $version
+    │   ├── ActorExists              clone/promote/shard target already holds data
+    │   ├── BranchNotFound           no branch of that name
+    │   ├── BranchExists             branch() with a name already taken
+    │   ├── MergeConflict            merge() found rows changed on both sides
+    │   ├── BookmarkError            a bookmark that is malformed or out of the window
     │   ├── InvalidQuery             empty, forbidden or reserved-table SQL
     │   └── StorageLimitExceeded     key, value or batch over its limit
     └── StorageError                 the database itself failed
@@ -172,3 +177,60 @@ class VersionConflict(InvalidInput):
         self.thing_id = thing_id
         self.expected = expected
         self.actual = actual
+
+
+class ActorExists(InvalidInput):
+    """The target of a clone, promote or shard already holds data; nothing was copied.
+    Remedy: pick another id, or empty the target first.
+
+    Attributes:
+        target: ``"<namespace>/<id>"`` of the target.
+    """
+
+    def __init__(self, target: str, detail: str = "") -> None:
+        super().__init__(f"the actor {target} already holds data{detail}; nothing was copied")
+        self.target = target
+
+
+class BranchNotFound(InvalidInput):
+    """No branch of this name exists in the actor.
+
+    Attributes:
+        branch: The name asked for.
+    """
+
+    def __init__(self, branch: str) -> None:
+        super().__init__(f"no branch named {branch!r}")
+        self.branch = branch
+
+
+class BranchExists(InvalidInput):
+    """``branch(name)`` with a name that is taken.
+
+    Attributes:
+        branch: The name that is taken.
+    """
+
+    def __init__(self, branch: str) -> None:
+        super().__init__(f"a branch named {branch!r} already exists")
+        self.branch = branch
+
+
+class MergeConflict(InvalidInput):
+    """A merge found rows changed on both branches since they forked, and its policy is
+    to fail: nothing was merged. Remedy: resolve the rows on one side, or merge with
+    ``policy="source"`` / ``"current"``.
+
+    Attributes:
+        conflicts: One dict per conflicting row: ``table``, ``key`` (its primary key
+            values), ``kind`` (``data``, ``notfound`` or ``conflict``, SQLite's words).
+    """
+
+    def __init__(self, message: str, conflicts: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.conflicts = conflicts
+
+
+class BookmarkError(InvalidInput):
+    """A bookmark that is malformed, belongs to another actor, or lies outside the
+    retention window; or a time with no bookmark. Nothing was restored."""
