@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from runtime.events import Sent
 from runtime.subscriptions import Subscribed
-from runtime.workflow import Retry
+from runtime.workflow import Retry, own_turn
 from runtime.stubs import NamespaceStub
 
 from actors.schedules import Every
@@ -176,6 +176,85 @@ class Workflow:
         """
         ctx = self._ctx
         return await ctx.supervisor.steps.do(ctx.id, step, data, key=key, retry=retry, timeout=timeout)
+
+    # -- lifecycle (runtime.lifecycle): each runs inside this turn, after committing it ---
+
+    async def _lifecycle(self, operation: str, **arguments: Any) -> Any:
+        ctx = self._ctx
+        sup = ctx.supervisor
+        activation = own_turn(sup, ctx.id, operation)
+        return await sup.lifecycle.run(activation, operation, arguments)
+
+    async def clone(self, new_id: str, *, alarms: bool = True) -> dict[str, Any]:
+        """Copy this actor's data (as committed so far) to the blank actor ``new_id`` (a
+        name or an id) of the same kind; the copy is independent afterwards. With
+        ``alarms=False`` the copy has no alarm and no schedules. Returns a report."""
+        return await self._lifecycle("clone", new_id=new_id, alarms=alarms)  # type: ignore[no-any-return]
+
+    async def compact(self, *, retention: float | None = None) -> dict[str, Any]:
+        """Fold events and finished actions older than ``retention`` seconds (default:
+        the server's, 7 days) into summary rows, vacuum, truncate the WAL. Returns the
+        bytes before and after."""
+        return await self._lifecycle("compact", retention=retention)  # type: ignore[no-any-return]
+
+    async def branch(self, name: str) -> dict[str, Any]:
+        """Fork the current state into the new branch ``name`` (``storage.branches``)."""
+        return await self._lifecycle("branch", name=name)  # type: ignore[no-any-return]
+
+    async def checkout(self, name: str) -> dict[str, Any]:
+        """Serve the branch ``name`` from now on; the actor is reloaded when this turn
+        ends (a new instance, ``on_start`` again)."""
+        return await self._lifecycle("checkout", name=name)  # type: ignore[no-any-return]
+
+    async def merge(self, source: str, *, policy: str = "fail") -> dict[str, Any]:
+        """Bring the changes of branch ``source`` since the fork into the current branch.
+        ``policy``: ``fail`` (raise ``MergeConflict`` listing the rows, change nothing),
+        ``source`` (its rows win) or ``current`` (ours stay)."""
+        return await self._lifecycle("merge", source=source, policy=policy)  # type: ignore[no-any-return]
+
+    async def branches(self) -> list[dict[str, Any]]:
+        """Every branch: name, whether current, parent, creation time, size."""
+        return await self._lifecycle("branches")  # type: ignore[no-any-return]
+
+    async def delete_branch(self, name: str) -> dict[str, Any]:
+        """Delete a branch (not the current one)."""
+        return await self._lifecycle("delete_branch", name=name)  # type: ignore[no-any-return]
+
+    async def diff(self, a: str, b: str | None = None) -> dict[str, Any]:
+        """Rows inserted, updated and deleted per table from branch ``a`` to ``b``
+        (default: the current branch)."""
+        return await self._lifecycle("diff", a=a, b=b)  # type: ignore[no-any-return]
+
+    async def bookmark(self, at: float | dt.datetime | None = None) -> str:
+        """A bookmark of the current state, or of the state at ``at`` (epoch seconds or
+        an aware datetime) within the history's retention window."""
+        if isinstance(at, dt.datetime):
+            at = at.timestamp()
+        result = await self._lifecycle("bookmark", at=at)
+        return result["bookmark"]  # type: ignore[no-any-return]
+
+    async def restore(self, bookmark: str) -> str:
+        """Replace this actor's data with its state at ``bookmark``; returns the undo
+        bookmark (restoring to it undoes this). The actor is reloaded when this turn
+        ends."""
+        result = await self._lifecycle("restore", bookmark=bookmark)
+        return result["undo"]  # type: ignore[no-any-return]
+
+    async def promote(self, thing_id: str) -> Any:
+        """Make the thing ``thing_id`` of ``self.S.db`` an actor of its own (the kind
+        named by its ``$type``), taking its data and relationships; returns its stub."""
+        result = await self._lifecycle("promote", thing_id=thing_id)
+        return self._ctx.supervisor.S[result["namespace"]](result["name"])
+
+    async def shard(self, n: int, *, key: str = "$id") -> dict[str, Any]:
+        """Split this actor's things and keyed tables over ``n`` shard actors by a hash
+        of ``key``; this address becomes their router (``runtime.sharding``). On a
+        router, reshards to ``n`` (``n=1``: back into this actor)."""
+        return await self._lifecycle("shard", n=n, key=key)  # type: ignore[no-any-return]
+
+    async def unshard(self) -> dict[str, Any]:
+        """Bring every shard's rows back into this actor (``shard(1)``)."""
+        return await self._lifecycle("shard", n=1)  # type: ignore[no-any-return]
 
     def __getattr__(self, namespace: str) -> NamespaceStub:
         if namespace.startswith("_"):

@@ -71,6 +71,9 @@ class Activation:
         "subscribed",
         "subscriptions_dirty",
         "live_steps",
+        "reload",
+        "router",
+        "promotion_pending",
     )
 
     def __init__(self, actor_id: ActorId, kind: KindSpec, db: ActorDatabase, supervisor: Supervisor, graph: WaitGraph, now: float) -> None:
@@ -97,6 +100,11 @@ class Activation:
         self.subscribed: set[tuple[str, str, str]] | None = None  # (noun, verb, method), once read
         self.subscriptions_dirty = False  # a turn changed subscriptions: sync the shared index
         self.live_steps: set[int] = set()  # actions of the durable steps running now
+        # A turn replaced the data (checkout, restore: "reload") or asked to let go of
+        # the database ("release"): done when the turn ends (runtime.lifecycle).
+        self.reload: str | bool = False
+        self.router: Any = None  # a sharded actor's configuration (runtime.sharding)
+        self.promotion_pending = False  # a promotion's copy, settled before the first call
 
     def stats(self) -> ActivationStats:
         """A snapshot of this activation."""

@@ -43,6 +43,8 @@ from runtime.ids import ActorId
 from runtime.workflow import activation_of_turn, method_of, own_turn
 
 if TYPE_CHECKING:
+    from storage.database import ActorDatabase
+
     from runtime.activation import Activation
     from runtime.context import ActorContext
     from runtime.supervisor import Supervisor
@@ -500,6 +502,21 @@ class AlarmService:
             return
         if items:
             self._wake_for(items[0].due)
+
+    def reindex(self, actor: ActorId, db: ActorDatabase) -> None:
+        """Make the index match the database of an actor that is not active here (a
+        clone, a promoted thing, a shard, just written)."""
+        if self._index is None:
+            return
+        items = sorted(db.alarms.pending() + db.workflow.pending(), key=lambda item: item.due)
+        self._index.replace(actor.namespace, actor.hex, actor.name, items)
+        if items:
+            self._wake_for(items[0].due)
+
+    def forget(self, actor: ActorId) -> None:
+        """Drop the index entries of an actor whose database was deleted."""
+        if self._index is not None:
+            self._index.replace(actor.namespace, actor.hex, actor.name, [])
 
     # -- administration --------------------------------------------------------------
 

@@ -48,6 +48,7 @@ from runtime import values
 from runtime.context import current_turn
 from runtime.errors import ProtocolError
 from runtime.ids import ActorId
+from runtime.lifecycle import ADMIN_METHOD
 from runtime.subscriptions import SUBSCRIBE_METHOD
 from runtime.workflow import Retry, activation_of_turn, backoff, check_priority, fields, optional_id, own_turn, parse_path, seconds
 
@@ -342,11 +343,13 @@ class EventService:
             current_event.reset(token)
 
     async def run_system(self, instance: Any, method: str, payload: bytes) -> bytes:
-        """A system call's turn: a delivery or a subscription."""
+        """A system call's turn: a delivery, a subscription or a lifecycle operation."""
         if method == EVENT_METHOD:
             return await self.receive(instance, payload)
         if method == SUBSCRIBE_METHOD:
             return await self._sup.subscriptions.subscribe_here(instance, payload)
+        if method == ADMIN_METHOD:
+            return await self._sup.lifecycle.run_admin(instance, payload)
         raise ProtocolError(f"unknown system method {method!r}")
 
     # -- dead letters ----------------------------------------------------------------

@@ -25,6 +25,8 @@ from runtime.ids import ActorId
 from runtime.workflow import activation_of_turn, check_priority, check_timeout, fields, method_of, own_turn, parse_path
 
 if TYPE_CHECKING:
+    from storage.database import ActorDatabase
+
     from runtime.activation import Activation
     from runtime.supervisor import Supervisor
 
@@ -152,6 +154,14 @@ class SubscriptionService:
             self.index.replace(activation.id.namespace, activation.id.hex, [_entry(activation.id, r) for r in rows])
         except StorageError:
             log.exception("cannot update the subscription index for %s", activation.label)
+
+    def reindex(self, actor: ActorId, db: ActorDatabase) -> None:
+        """Make the index match the table of an actor that is not active here."""
+        self.index.replace(actor.namespace, actor.hex, [_entry(actor, r) for r in db.workflow.subscriptions()])
+
+    def forget(self, actor: ActorId) -> None:
+        """Drop the index entries of an actor whose database was deleted."""
+        self.index.replace(actor.namespace, actor.hex, [])
 
     def listens(self, activation: Activation, noun: str, verb: str, method: str) -> bool:
         subscribed = activation.subscribed

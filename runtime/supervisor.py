@@ -37,6 +37,9 @@ from storage.errors import DotdoError, StorageError
 from runtime import values, wire
 from runtime.alarms import AlarmService
 from runtime.events import EventService
+from runtime.lifecycle import LifecycleService
+from runtime.promotion import PromotionService
+from runtime.sharding import ShardService, router_of
 from runtime.steps import StepService
 from runtime.subscriptions import SubscriptionService
 from runtime.activation import Activation, ActivationState, ActivationStats, PassivationReason
@@ -101,6 +104,8 @@ class SupervisorConfig:
         step_max_attempts: Tries of a ``do`` step (``do(retry=...)`` overrides it).
         step_retry_initial: Seconds before the first retry of a step (doubling).
         step_retry_max: The longest wait between two tries of a step.
+        compact_retention: Seconds of events and finished actions ``compact`` keeps
+            as they are; older ones are folded into summary rows.
     """
 
     data_dir: Path
@@ -122,6 +127,7 @@ class SupervisorConfig:
     step_max_attempts: int = 3
     step_retry_initial: float = 0.5
     step_retry_max: float = 30.0
+    compact_retention: float = 7 * 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +160,9 @@ class Supervisor:
         self.subscriptions = SubscriptionService(self)
         self.events = EventService(self)
         self.steps = StepService(self)
+        self.lifecycle = LifecycleService(self)
+        self.sharding = ShardService(self)
+        self.promotion = PromotionService(self)
         self._active: OrderedDict[tuple[str, str], Activation] = OrderedDict()
         self._graph = WaitGraph()
         self._entries: set[trio.CancelScope] = set()
@@ -539,6 +548,8 @@ class Supervisor:
     ) -> Any:
         """Run one turn of ``fn`` on the actor ``target``."""
         activation = self._activation(target)
+        if activation.router is not None and self.sharding.routes(activation, fn):
+            return await self.sharding.call(activation, chain, path, deadline, fn, args, kwargs, convert)
         gate = activation.gate
         # Every call yields once, so that a loop of calls cannot starve the rest of the
         # server. It yields before taking the gate, not while holding it: otherwise every
@@ -552,6 +563,9 @@ class Supervisor:
             gate.arriving -= 1
         if not gate.try_enter(chain):
             await gate.enter(chain, deadline, self.config.max_mailbox)
+        if activation.router is not None and self.sharding.routes(activation, fn):
+            gate.exit()  # it was sharded while this call waited
+            return await self.sharding.call(activation, chain, path, deadline, fn, args, kwargs, convert)
         try:
             if activation.state is not ActivationState.ACTIVE:
                 await self._ready(activation, chain, path, deadline)
@@ -584,6 +598,8 @@ class Supervisor:
             self.alarms.sync(activation)
         if activation.subscriptions_dirty and not db.in_turn:
             self.subscriptions.sync(activation)
+        if activation.reload and not db.in_turn:
+            self.lifecycle.reload(activation)
 
     def _abort(self, activation: Activation, exc: BaseException) -> None:
         """Roll back a failed turn; log what the actor's own code raised."""
@@ -601,8 +617,17 @@ class Supervisor:
             if activation.started:  # a reentrant call while on_start runs
                 return
             activation.started = True
+            if activation.promotion_pending:
+                try:
+                    await self.promotion.settle(activation)
+                except BaseException:
+                    activation.started = False  # the next call tries again
+                    raise
+                activation.promotion_pending = False
             on_start = activation.kind.on_start
-            assert on_start is not None
+            if on_start is None:
+                activation.state = ActivationState.ACTIVE
+                return
             db = activation.db
             db.begin_turn()
             token = current_turn.set(Turn(activation, chain, (*path, activation.label), deadline))
@@ -645,8 +670,14 @@ class Supervisor:
         db = ActorDatabase.open(self.config.data_dir, target.address, self.config.storage, name=target.name)
         activation = Activation(target, kind, db, self, self._graph, now)
         try:
+            meta = db.meta()
+            if "shards" in meta:
+                activation.router = router_of(db)
+            if "promotion" in meta and self.promotion.pending(db):
+                activation.promotion_pending = True
+                activation.started = False
             activation.instance = kind.create(ActorContext(target, db, self.env, self))
-            if kind.subscriptions:
+            if kind.subscriptions and activation.router is None:
                 self.subscriptions.declare(activation)
         except BaseException as exc:
             db.close()
@@ -698,6 +729,11 @@ class Supervisor:
         if activation is None:
             return False
         return self._passivate(activation, PassivationReason.REQUESTED)
+
+    def release(self, activation: Activation) -> None:
+        """Close an activation at the end of its turn (a lifecycle operation needs its
+        file); calls waiting for it are told to retry."""
+        self._close_activation(activation, PassivationReason.REQUESTED, ActivationState.CLOSED)
 
     def activation_of(self, target: ActorId) -> Activation | None:
         """The activation of ``target``, if it has one now."""

@@ -69,6 +69,8 @@ THINGS = schema.feature(
 )
 
 _UNSET: Any = object()
+PROMOTED = "$promoted"
+"""The ``meta`` key of a thing that became an actor of its own (``storage.promotion``)."""
 Direction = Literal["out", "in", "both"]
 
 _INSERT = (
@@ -231,6 +233,8 @@ class ThingStore:
             if not rows:
                 raise ThingNotFound(id)
             rid, old = rows[0][0], row_to_thing(rows[0][1:])
+            if PROMOTED in old.meta:
+                raise InvalidInput(f"the thing {id!r} was promoted to the actor {old.meta[PROMOTED]}: change it there")
             if expected_version is not None and expected_version != old.version:
                 raise VersionConflict(id, expected=expected_version, actual=old.version)
             new = patch.apply(old, time.time())
