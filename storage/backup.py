@@ -124,6 +124,19 @@ def load(db: ActorDatabase, path: Path | str) -> None:
         copy(source, conn)
 
 
+def vacuum(conn: apsw.Connection) -> None:
+    """VACUUM ``conn``'s database and truncate its WAL. VACUUM builds the new file as an
+    attached database; attaching is otherwise off for actor connections
+    (``storage.database._configure``), so it is allowed for the statement only."""
+    conn.limit(apsw.SQLITE_LIMIT_ATTACHED, 1)
+    try:
+        for _ in conn.execute("VACUUM"):
+            pass
+    finally:
+        conn.limit(apsw.SQLITE_LIMIT_ATTACHED, 0)
+    conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+
+
 def file_size(path: Path | str) -> int:
     """Bytes of a database file and its WAL together (0 for a missing file)."""
     total = 0
