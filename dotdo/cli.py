@@ -1,12 +1,18 @@
-"""The ``dotdo`` command: ``serve``, ``call`` and ``alarms`` (``dotdo <command> --help`` for each)."""
+"""The ``dotdo`` command: ``serve``, ``call``, ``alarms`` and the lifecycle commands
+(``clone``, ``compact``, ``branch``, ``checkout``, ``merge``, ``branches``,
+``delete-branch``, ``diff``, ``bookmark``, ``restore``, ``history``, ``promote``,
+``shard``, ``unshard``, ``query``); ``dotdo <command> --help`` for each."""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import logging
 import os
+import re
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -123,7 +129,119 @@ def build_parser() -> argparse.ArgumentParser:
     alarms.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     alarms.add_argument("--url", default=os.environ.get("DOTDO_URL", DEFAULT_URL), help=f"server URL (default: $DOTDO_URL or {DEFAULT_URL})")
     alarms.add_argument("--timeout", type=_positive(float), default=30.0, metavar="SECONDS", help="give up after this long (default: 30)")
+    _lifecycle_commands(commands)
     return parser
+
+
+# command: (help, [(positional argument, help)]); the operation is named like the
+# command (dashes as underscores) unless LIFECYCLE_OPERATION says otherwise.
+LIFECYCLE: dict[str, tuple[str, list[tuple[str, str]]]] = {
+    "clone": ("copy an actor's data to a new actor of the same kind", [("new_id", "the copy's name or id")]),
+    "compact": ("fold old events and actions, vacuum, truncate the WAL; prints bytes before and after", []),
+    "branch": ("fork the actor's current state into a new branch", [("name", "the branch")]),
+    "checkout": ("make the actor serve another branch", [("name", "the branch")]),
+    "merge": ("bring a branch's changes since the fork into the current branch", [("source", "the branch to merge")]),
+    "branches": ("list the actor's branches", []),
+    "delete-branch": ("delete a branch (not the current one)", [("name", "the branch")]),
+    "diff": ("rows inserted, updated and deleted per table between two branches", [("a", "from this branch")]),
+    "bookmark": ("a bookmark of the actor's state now, or at --at", []),
+    "restore": ("restore the actor to a bookmark; prints the undo bookmark", [("bookmark", "from `dotdo bookmark`")]),
+    "history": ("the actor's restore window and its size on disk", []),
+    "promote": ("make a thing of the actor's store an actor of its own", [("thing_id", "the thing's $id")]),
+    "shard": ("split the actor's data over N shards by a key (on a sharded actor: reshard)", [("n", "how many shards")]),
+    "unshard": ("bring a sharded actor's data back into it", []),
+    "query": ("query the actor's semantic store (fans out over shards)", [("op", "list, count, find_one, get, search, nearest")]),
+}
+LIFECYCLE_OPERATION = {"unshard": "shard"}
+
+
+def _lifecycle_commands(commands: Any) -> None:
+    for command, (summary, positionals) in LIFECYCLE.items():
+        sub = commands.add_parser(command, help=summary, description=f"{summary[0].upper()}{summary[1:]}, on a running server.")
+        sub.add_argument("namespace")
+        sub.add_argument("id", help="a name, or a 64-hex id")
+        for name, text in positionals:
+            sub.add_argument(name, type=int if name == "n" else str, help=text)
+        if command == "clone":
+            sub.add_argument("--no-alarms", action="store_true", help="the copy gets no alarm and no schedules")
+        if command == "compact":
+            sub.add_argument("--retention", type=float, default=None, metavar="SECONDS", help="keep events this recent (default: the server's, 7 days)")
+        if command == "merge":
+            sub.add_argument("--policy", choices=["fail", "source", "current"], default="fail", help="on rows changed on both sides: fail and change nothing (default), or let one side win")
+        if command == "diff":
+            sub.add_argument("b", nargs="?", default=None, help="to this branch (default: the current one)")
+        if command == "bookmark":
+            sub.add_argument("--at", default=None, metavar="TIME", help="a past time: ISO 8601, epoch seconds, or -1h / -30m / -2d ago")
+        if command == "shard":
+            sub.add_argument("--key", default="$id", help="the field (and method parameter) to split by (default: $id)")
+        if command == "query":
+            sub.add_argument("--arg", type=_env_pair, action="append", default=[], metavar="NAME=JSON", help="an argument of the query, e.g. type=Order, limit=10; repeatable")
+        sub.add_argument("--url", default=os.environ.get("DOTDO_URL", DEFAULT_URL), help=f"server URL (default: $DOTDO_URL or {DEFAULT_URL})")
+        sub.add_argument("--timeout", type=_positive(float), default=300.0, metavar="SECONDS", help="give up after this long (default: 300)")
+
+
+def _lifecycle_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    command = args.command
+    arguments: dict[str, Any] = {}
+    for name, _ in LIFECYCLE[command][1]:
+        arguments[name] = getattr(args, name)
+    if command == "clone":
+        arguments["alarms"] = not args.no_alarms
+    elif command == "compact" and args.retention is not None:
+        arguments["retention"] = args.retention
+    elif command == "merge":
+        arguments["policy"] = args.policy
+    elif command == "diff" and args.b is not None:
+        arguments["b"] = args.b
+    elif command == "bookmark" and args.at is not None:
+        arguments["at"] = _when(args.at)
+    elif command == "shard":
+        arguments["key"] = args.key
+    elif command == "unshard":
+        arguments["n"] = 1
+    elif command == "query":
+        arguments.update({k: _json_or_text(v) for k, v in args.arg})
+    return arguments
+
+
+def _when(text: str) -> float:
+    """Epoch seconds from ISO 8601, epoch seconds, or ``-<n><s|m|h|d>`` ago."""
+    ago = re.fullmatch(r"-(\d+(?:\.\d+)?)([smhd])", text.strip())
+    if ago:
+        return time.time() - float(ago.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[ago.group(2)]
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise SystemExit(f"dotdo: --at {text!r} is not ISO 8601, epoch seconds or -1h style") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    return moment.timestamp()
+
+
+def cmd_lifecycle(args: argparse.Namespace) -> int:
+    operation = LIFECYCLE_OPERATION.get(args.command, args.command.replace("-", "_"))
+    parts = ("_admin", "actors", args.namespace, args.id, operation)
+    path = "/" + "/".join(urllib.parse.quote(p, safe="") for p in parts)
+    request = urllib.request.Request(
+        args.url.rstrip("/") + path,
+        data=json.dumps(_lifecycle_arguments(args)).encode(),
+        headers={"content-type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout) as response:
+            payload = json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return _http_error(exc)
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"dotdo {args.command}: cannot reach {args.url}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
+        return 2
+    print(json.dumps(payload.get("result"), indent=2, ensure_ascii=False))
+    return 0
 
 
 def _json_or_text(text: str) -> Any:
@@ -246,7 +364,7 @@ def _http_error(exc: urllib.error.HTTPError) -> int:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     handlers = {"serve": cmd_serve, "call": cmd_call, "alarms": cmd_alarms}
-    sys.exit(handlers[args.command](args))
+    sys.exit(handlers.get(args.command, cmd_lifecycle)(args))
 
 
 if __name__ == "__main__":

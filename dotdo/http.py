@@ -9,6 +9,12 @@ Routes (``{id}`` is a name, or a 64-hex id of the namespace)::
     GET  /_admin/alarms[?namespace=&limit=&after=]
                                                pending alarms and schedules by actor:
                                                {"alarms": [...], "after": <next page cursor>}
+    POST /_admin/actors/{namespace}/{id}/{operation}
+                                               a lifecycle operation (clone, compact,
+                                               branch, checkout, merge, branches,
+                                               delete_branch, diff, bookmark, restore,
+                                               history, promote, shard, query), body: its
+                                               arguments as a JSON object -> {"result": ...}
     *    /{namespace}/{id}[/{path}]            the actor's fetch(request)
 
 Errors are JSON ``{"error": <type>, "message": ...}`` with the status of
@@ -155,6 +161,18 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
+async def _json_object(request: Request, shape: str = "{...}") -> dict[str, Any]:
+    """The request body as a JSON object (an empty body is ``{}``)."""
+    raw = await request.body()
+    try:
+        body = json.loads(raw) if raw.strip() else {}
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput("the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise InvalidInput(f"the request body must be a JSON object: {shape}")
+    return body
+
+
 def _too_large(size: int, limit: int) -> BodyTooLarge:
     return BodyTooLarge(f"request body of {size} bytes or more is over the {limit}-byte limit")
 
@@ -195,13 +213,7 @@ def create_app(supervisor: Supervisor, *, max_body: int = DEFAULT_MAX_BODY, debu
         namespace, method = segments[2], segments[4]
         target = resolved(namespace, segments[3])
         supervisor.check_method(namespace, method)
-        raw = await request.body()
-        try:
-            body = json.loads(raw) if raw.strip() else {}
-        except (ValueError, UnicodeDecodeError):
-            raise InvalidInput("the request body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise InvalidInput('the request body must be a JSON object: {"args": [...], "kwargs": {...}}')
+        body = await _json_object(request, '{"args": [...], "kwargs": {...}}')
         unknown = set(body) - {"args", "kwargs"}
         if unknown:
             raise InvalidInput(f"unknown fields in the request body: {', '.join(sorted(unknown))}")
@@ -260,6 +272,15 @@ def create_app(supervisor: Supervisor, *, max_body: int = DEFAULT_MAX_BODY, debu
         cursor = f"{last.namespace}/{last.hex}/{last.item}" if last is not None else None
         return JSON({"alarms": listing, "after": cursor})
 
+    async def lifecycle(request: Request) -> Response:
+        segments = _segments(request)
+        if len(segments) != 6:
+            raise InvalidInput("the lifecycle route is POST /_admin/actors/{namespace}/{id}/{operation}")
+        target = resolved(segments[3], segments[4])
+        arguments = await _json_object(request)
+        result = await supervisor.lifecycle.admin(target, segments[5], **arguments)
+        return JSON({"result": result})
+
     async def on_error(request: Request, exc: Exception) -> Response:
         if not isinstance(exc, DotdoError):
             log.error("unhandled error serving %s %s", request.method, request.url.path, exc_info=exc)
@@ -270,6 +291,7 @@ def create_app(supervisor: Supervisor, *, max_body: int = DEFAULT_MAX_BODY, debu
         Route("/_kinds", kinds, methods=["GET"]),
         Route("/_rpc/{rest:path}", rpc, methods=["POST"]),
         Route("/_admin/alarms", alarms, methods=["GET"]),
+        Route("/_admin/actors/{rest:path}", lifecycle, methods=["POST"]),
         Route("/{namespace}/{id}", actor, methods=_ALL_METHODS),
         Route("/{namespace}/{id}/{rest:path}", actor, methods=_ALL_METHODS),
     ]

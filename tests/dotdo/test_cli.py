@@ -261,3 +261,38 @@ async def test_serve_refuses_a_module_it_cannot_load(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "defines no actor kind" in result.stderr.decode()
     assert result.stdout == b""
+
+
+async def test_lifecycle_commands_reach_the_admin_route(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    async with serving(EXAMPLES, tmp_path) as server:
+        url = ["--url", server.url]
+        assert await run_main(["call", *url, "Counter", "a", "increment", "41"]) == 0
+        capsys.readouterr()
+        assert await run_main(["clone", *url, "Counter", "a", "b", "--no-alarms"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["name"] == "b" and report["alarms"] is False
+        assert await run_main(["call", *url, "Counter", "b", "increment"]) == 0
+        assert capsys.readouterr().out == "42\n"
+        assert await run_main(["compact", *url, "Counter", "a", "--retention", "0"]) == 0
+        assert json.loads(capsys.readouterr().out)["bytes_after"] > 0
+        assert await run_main(["clone", *url, "Counter", "a", "b"]) == 1
+        assert capsys.readouterr().err.startswith("error 409 ActorExists: the actor Counter/")
+        assert await run_main(["shard", *url, "Counter", "a", "2"]) == 1
+        assert "key-value store holds entries" in capsys.readouterr().err
+        response = await server.client.post("/_admin/actors/Counter/a/explode", json={})
+        assert response.status_code == 400 and "unknown lifecycle operation" in response.json()["message"]
+        response = await server.client.post("/_admin/actors/Counter/a/clone", json={"new_id": 5})
+        assert response.status_code == 400
+
+
+def test_bookmark_times() -> None:
+    from dotdo.cli import _when
+
+    assert _when("1700000000") == 1700000000.0
+    assert _when("2026-11-23T10:00:00+00:00") == 1795428000.0
+    assert _when("2026-11-23T10:00:00") == 1795428000.0
+    import time
+
+    assert abs(_when("-1h") - (time.time() - 3600)) < 5
+    with pytest.raises(SystemExit):
+        _when("yesterday")
