@@ -44,6 +44,7 @@ from storage.errors import DatabaseLocked, StorageError, TransactionError
 
 if TYPE_CHECKING:
     from storage.alarms import AlarmStore
+    from storage.branches import Branches
     from storage.kv import KVStore
     from storage.sql import SqlStore
     from storage.things import ThingStore
@@ -147,6 +148,7 @@ class ActorDatabase:
         "_alarms",
         "_things",
         "_workflow",
+        "_branches",
         "_vectors_loaded",
         "_features",
         "_stepping",
@@ -166,6 +168,7 @@ class ActorDatabase:
         self._alarms: AlarmStore | None = None
         self._things: ThingStore | None = None
         self._workflow: WorkflowStore | None = None
+        self._branches: Branches | None = None
         self._vectors_loaded = False
         self._features: set[str] = set()  # features known to be in place (see require)
         self._stepping = False  # inside step(): see there
@@ -317,6 +320,15 @@ class ActorDatabase:
 
             self._workflow = WorkflowStore(self)
         return self._workflow
+
+    @property
+    def branches(self) -> Branches:
+        """Git-style branches of this actor's data: create, checkout, merge, diff."""
+        if self._branches is None:
+            from storage.branches import Branches
+
+            self._branches = Branches(self)
+        return self._branches
 
     @property
     def connection(self) -> apsw.Connection:

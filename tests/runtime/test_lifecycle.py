@@ -159,3 +159,60 @@ async def test_operations_run_on_the_owner_and_wait_for_running_turns(tmp_path: 
         assert "clone" in sup.lifecycle.operations and "shard" in sup.lifecycle.operations
         report = await sup.lifecycle.admin(target, "clone", new_id="z2", alarms=False)
         assert report["alarms"] is False
+
+
+class Notes(DO):
+    started = 0
+
+    async def on_start(self) -> None:
+        self.cached = self.storage.get("title")
+        Notes.started += 1
+
+    async def write(self, key: str, value: Any) -> None:
+        self.storage.put(key, value)
+
+    async def read(self, key: str) -> Any:
+        return self.storage.get(key)
+
+    async def title(self) -> Any:
+        return self.cached
+
+    async def fork_and_switch(self, name: str) -> str:
+        await self.S.branch(name)
+        await self.S.checkout(name)
+        return (await self.S.branches())[0]["name"]
+
+
+async def test_branch_checkout_merge_through_the_runtime(tmp_path: Path) -> None:
+    async with Supervisor([Notes], tmp_path) as sup:
+        doc = sup.S.Notes("doc")
+        await doc.write("title", "v1")
+        await doc.write("body", "hello")
+        assert await doc.fork_and_switch("draft") == "draft"
+        assert await doc.title() == "v1"  # reloaded: on_start ran over the branch
+        await doc.write("title", "v2")
+        await sup.lifecycle.admin(doc.id, "checkout", name="main")
+        assert await doc.read("title") == "v1" and await doc.title() == "v1"
+        await doc.write("body", "hello, world")  # a change on main too, another row
+        diff = await sup.lifecycle.admin(doc.id, "diff", a="main", b="draft")
+        assert diff["tables"]
+        report = await sup.lifecycle.admin(doc.id, "merge", source="draft")
+        assert report["conflicts"] == []
+        assert await doc.read("title") == "v2" and await doc.read("body") == "hello, world"
+        assert await doc.title() == "v2"  # merged rows reload the instance too
+        # a conflict: both sides change the same key
+        await sup.lifecycle.admin(doc.id, "checkout", name="draft")
+        await doc.write("body", "draft body")
+        await sup.lifecycle.admin(doc.id, "checkout", name="main")
+        await doc.write("body", "main body")
+        from dotdo import MergeConflict
+
+        with pytest.raises(MergeConflict) as info:
+            await sup.lifecycle.admin(doc.id, "merge", source="draft")
+        assert info.value.conflicts and await doc.read("body") == "main body"
+        await sup.lifecycle.admin(doc.id, "merge", source="draft", policy="source")
+        assert await doc.read("body") == "draft body"
+        names = [b["name"] for b in await sup.lifecycle.admin(doc.id, "branches")]
+        assert sorted(names) == ["draft", "main"]
+        await sup.lifecycle.admin(doc.id, "delete_branch", name="draft")
+        assert [b["name"] for b in await sup.lifecycle.admin(doc.id, "branches")] == ["main"]
