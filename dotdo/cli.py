@@ -47,6 +47,13 @@ def _port(text: str) -> int:
     return value
 
 
+def _duration(text: str) -> float:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd]?)", text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a duration (seconds, or 30m, 12h, 7d): {text!r}")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
 def _env_pair(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -92,6 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=[d.value for d in Durability],
         default="normal",
         help="normal: commits survive a killed process; full: also power loss (default: normal)",
+    )
+    serve.add_argument(
+        "--history",
+        type=_duration,
+        default=0.0,
+        metavar="SECONDS",
+        help="point-in-time history kept per actor for bookmark/restore, e.g. 604800 or 7d "
+        "(default: 0, off; every commit is then archived too, which costs write speed and disk)",
     )
     serve.add_argument("--max-body", type=_positive(int), default=1024 * 1024, metavar="BYTES", help="largest request body (default: 1048576)")
     serve.add_argument("--idle-timeout", type=_positive(float), default=120.0, metavar="SECONDS", help="passivate actors idle this long (default: 120)")
@@ -270,6 +285,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         data_dir=args.data,
         durability=Durability(args.durability),
+        history=args.history,
         max_body=args.max_body,
         idle_timeout=args.idle_timeout,
         max_active=args.max_active or default_max_active(),

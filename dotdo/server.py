@@ -37,6 +37,7 @@ class ServeOptions:
     port: int = 8787
     data_dir: Path = Path("dotdo-data")
     durability: Durability = Durability.NORMAL
+    history: float = 0.0
     max_body: int = DEFAULT_MAX_BODY
     idle_timeout: float = 120.0
     max_active: int = field(default_factory=default_max_active)
@@ -105,7 +106,7 @@ async def serve(
         kinds,
         data_dir,
         peers=peers,
-        storage=StorageOptions(durability=options.durability),
+        storage=StorageOptions(durability=options.durability, history=options.history),
         idle_timeout=options.idle_timeout,
         max_active=options.max_active,
         call_timeout=options.call_timeout,

@@ -15,6 +15,7 @@ rolls back to its last output point and the actor keeps serving.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import logging
@@ -153,7 +154,11 @@ class Supervisor:
     ) -> None:
         self.registry = Registry(kinds)
         self.peers = peers
-        self.config = SupervisorConfig(data_dir=Path(data_dir), **settings)
+        config = SupervisorConfig(data_dir=Path(data_dir), **settings)
+        if config.storage.clock is time.time and config.clock is not time.time:
+            # One clock for alarms and history (tests drive both with a MockClock).
+            config = dataclasses.replace(config, storage=dataclasses.replace(config.storage, clock=config.clock))
+        self.config = config
         self.env: Mapping[str, str] = MappingProxyType(dict(self.config.env))
         self.S = Namespaces(self)
         self.alarms = AlarmService(self)

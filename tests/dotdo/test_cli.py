@@ -56,8 +56,11 @@ def test_token_defaults_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> N
 def test_serve_options() -> None:
     args = build_parser().parse_args(
         ["serve", "a.py", "pkg.mod", "--port", "0", "--env", "A=1", "--env", "B=x=y", "--env", "C=",
-         "--durability", "full", "--max-body", "10", "--idle-timeout", "0.5", "--debug"]
+         "--durability", "full", "--max-body", "10", "--idle-timeout", "0.5", "--debug", "--history", "7d"]
     )
+    assert args.history == 7 * 86400.0
+    assert build_parser().parse_args(["serve"]).history == 0.0
+    assert build_parser().parse_args(["serve", "--history", "90"]).history == 90.0
     assert args.modules == ["a.py", "pkg.mod"]
     assert args.port == 0
     assert args.env == [("A", "1"), ("B", "x=y"), ("C", "")]
@@ -77,6 +80,7 @@ def test_serve_options() -> None:
         (["serve", "--env", "NOEQUALS"], "expected KEY=VALUE, got 'NOEQUALS'"),
         (["serve", "--env", "=value"], "expected KEY=VALUE, got '=value'"),
         (["serve", "--durability", "sometimes"], "invalid choice: 'sometimes'"),
+        (["serve", "--history", "a week"], "not a duration"),
         (["call", "Counter", "x", "get", "--kw", "novalue"], "expected KEY=VALUE"),
         (["call", "Counter", "x"], "the following arguments are required: method"),
         ([], "the following arguments are required: COMMAND"),

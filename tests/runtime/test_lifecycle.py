@@ -216,3 +216,42 @@ async def test_branch_checkout_merge_through_the_runtime(tmp_path: Path) -> None
         assert sorted(names) == ["draft", "main"]
         await sup.lifecycle.admin(doc.id, "delete_branch", name="draft")
         assert [b["name"] for b in await sup.lifecycle.admin(doc.id, "branches")] == ["main"]
+
+
+async def test_restore_then_undo_returns_to_the_same_rows(tmp_path: Path) -> None:
+    from storage.database import StorageOptions
+
+    async with Supervisor([Ledger], tmp_path, storage=StorageOptions(history=86400.0)) as sup:
+        a = sup.S.Ledger("a")
+        for n in range(5):
+            await a.add(n)
+        mark = (await sup.lifecycle.admin(a.id, "bookmark"))["bookmark"]
+        for n in range(5, 9):
+            await a.add(n)
+        await a.arm(600)
+        assert await a.alarm_at() is not None
+        later = await a.entries()
+        result = await sup.lifecycle.admin(a.id, "restore", bookmark=mark)
+        assert await a.entries() == [0, 1, 2, 3, 4]
+        assert await a.alarm_at() is None  # the alarm set after the bookmark is gone
+        assert not [e for e in sup.alarms.pending() if e.name == "a"]  # and out of the index
+        await sup.lifecycle.admin(a.id, "restore", bookmark=result["undo"])
+        assert await a.entries() == later
+        assert await a.alarm_at() is not None
+        info = await sup.lifecycle.admin(a.id, "history")
+        assert info["retention"] == 86400.0 and info["disk_bytes"] > 0
+        from dotdo import BookmarkError
+
+        with pytest.raises(BookmarkError):
+            await sup.lifecycle.admin(a.id, "restore", bookmark="not-a-bookmark")
+        assert await a.entries() == later
+
+
+async def test_history_is_off_by_default(tmp_path: Path) -> None:
+    from dotdo import BookmarkError
+
+    async with Supervisor([Ledger], tmp_path) as sup:
+        a = sup.S.Ledger("a")
+        await a.add(1)
+        with pytest.raises(BookmarkError, match="off"):
+            await sup.lifecycle.admin(a.id, "bookmark")
