@@ -239,11 +239,16 @@ def _when(text: str) -> float:
 
 def cmd_lifecycle(args: argparse.Namespace) -> int:
     operation = LIFECYCLE_OPERATION.get(args.command, args.command.replace("-", "_"))
-    parts = ("_admin", "actors", args.namespace, args.id, operation)
+    return _post_and_print(args, ("_admin", "actors", args.namespace, args.id, operation), _lifecycle_arguments(args))
+
+
+def _post_and_print(args: argparse.Namespace, parts: tuple[str, ...], body: Any) -> int:
+    """POST ``body`` as JSON to the path of ``parts`` (each quoted) on ``args.url`` and
+    print the ``result`` of the answer; the exit status."""
     path = "/" + "/".join(urllib.parse.quote(p, safe="") for p in parts)
     request = urllib.request.Request(
         args.url.rstrip("/") + path,
-        data=json.dumps(_lifecycle_arguments(args)).encode(),
+        data=json.dumps(body).encode(),
         headers={"content-type": "application/json"},
         method="POST",
     )
@@ -307,25 +312,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_call(args: argparse.Namespace) -> int:
-    path = "/_rpc/{}/{}/{}".format(*(urllib.parse.quote(p, safe="") for p in (args.namespace, args.id, args.method)))
     body = {"args": [_json_or_text(a) for a in args.args], "kwargs": {k: _json_or_text(v) for k, v in args.kw}}
-    request = urllib.request.Request(
-        args.url.rstrip("/") + path,
-        data=json.dumps(body).encode(),
-        headers={"content-type": "application/json"},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=args.timeout) as response:
-            payload = json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return _http_error(exc)
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        print(f"dotdo call: cannot reach {args.url}: {reason}", file=sys.stderr)
-        return 2
-    print(json.dumps(payload.get("result"), indent=2, ensure_ascii=False))
-    return 0
+    return _post_and_print(args, ("_rpc", args.namespace, args.id, args.method), body)
 
 
 def cmd_alarms(args: argparse.Namespace) -> int:

@@ -102,7 +102,7 @@ class Activation:
         self.live_steps: set[int] = set()  # actions of the durable steps running now
         # A turn replaced the data (checkout, restore: "reload") or asked to let go of
         # the database ("release"): done when the turn ends (runtime.lifecycle).
-        self.reload: str | bool = False
+        self.reload: str | None = None
         self.router: Any = None  # a sharded actor's configuration (runtime.sharding)
         self.promotion_pending = False  # a promotion's copy, settled before the first call
 

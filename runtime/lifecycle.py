@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from storage import lifecycle as store
+from storage.database import ActorDatabase
 from storage.errors import InvalidInput
 
 from runtime import values
@@ -66,7 +67,9 @@ class LifecycleService:
             "bookmark": self._bookmark,
             "restore": self._restore,
             "history": self._history,
+            "release": self._release,
         }
+        self.fault: Callable[[str], None] | None = None  # tests: fail between the steps of an operation
 
     @property
     def operations(self) -> list[str]:
@@ -76,6 +79,28 @@ class LifecycleService:
     def register(self, name: str, operation: Operation) -> None:
         """Add an operation (``runtime.promotion`` and ``runtime.sharding`` do)."""
         self._operations[name] = operation
+
+    def step(self, name: str) -> None:
+        """A point between two commits of an operation, where tests inject a crash."""
+        if self.fault is not None:
+            self.fault(name)
+
+    async def release(self, target: ActorId) -> None:
+        """Make sure no activation holds ``target``'s file, on whichever worker owns it,
+        so an operation can open it directly.
+
+        Raises:
+            InvalidInput: It is in the middle of a turn here.
+        """
+        sup = self._sup
+        if sup.owner_of(target) is not None:
+            await self.admin(target, "release")
+        elif sup.activation_of(target) is not None and not sup.passivate(target):
+            raise InvalidInput(f"{target} is busy; try again")
+
+    async def _release(self, activation: Activation) -> dict[str, Any]:
+        activation.reload = "release"  # closed when this turn ends
+        return {"released": activation.label}
 
     # -- administration: a turn on the actor, wherever it lives -----------------------
 
@@ -123,11 +148,10 @@ class LifecycleService:
         """After the turn that replaced the actor's data: a fresh instance over the new
         data, ``on_start`` before its next call, and the indexes brought in line."""
         sup = self._sup
-        if activation.reload == "release":
-            activation.reload = False
+        reason, activation.reload = activation.reload, None
+        if reason == "release":
             sup.release(activation)
             return
-        activation.reload = False
         db = activation.db
         db._features.clear()
         activation.instance = activation.kind.create(ActorContext(activation.id, db, sup.env, sup))
@@ -144,8 +168,10 @@ class LifecycleService:
 
     async def _clone(self, activation: Activation, new_id: str, alarms: bool = True) -> dict[str, Any]:
         sup = self._sup
+        if activation.router is not None:
+            raise InvalidInput(f"{activation.label} is sharded: its data is in its shards; unshard it to clone it")
         target = self._peer_id(activation, new_id, "clone")
-        sup.passivate(target)  # an idle activation of the target lets go of its file
+        await self.release(target)
         db = activation.db
         report = store.clone_into(
             db, sup.config.data_dir, target.address, name=target.name, alarms=bool(alarms), options=db.options
@@ -166,8 +192,6 @@ class LifecycleService:
 
     def _reindex(self, target: ActorId) -> None:
         """Tell the shared indexes about an actor written without an activation."""
-        from storage.database import ActorDatabase
-
         sup = self._sup
         if sup.activation_of(target) is not None:
             return

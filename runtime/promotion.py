@@ -9,7 +9,6 @@ activated afterwards, by asking the parent (``promotion_status``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from storage import promotion as store
@@ -29,7 +28,6 @@ class PromotionService:
 
     def __init__(self, supervisor: Supervisor) -> None:
         self._sup = supervisor
-        self.fault: Callable[[str], None] | None = None  # tests: fail between steps
         supervisor.lifecycle.register("promote", self._promote)
         supervisor.lifecycle.register("promotion_status", self._status)
 
@@ -49,14 +47,14 @@ class PromotionService:
         target = id_from_name(namespace, thing_id)
         if target == activation.id:
             raise InvalidInput("a thing cannot be promoted onto the actor that holds it")
-        await self._release(target)
+        await sup.lifecycle.release(target)
         config = sup.config
         with ActorDatabase.open(config.data_dir, target.address, config.storage, name=thing_id) as new:
             store.adopt(new, bundle, activation.id.address)
-        self._step("promote.copied")
+        sup.lifecycle.step("promote.copied")
         store.decide(db, thing_id, target.address)
         db.commit()  # the decision
-        self._step("promote.decided")
+        sup.lifecycle.step("promote.decided")
         try:
             with ActorDatabase.open(config.data_dir, target.address, config.storage, name=thing_id) as new:
                 store.finish(new)
@@ -64,24 +62,13 @@ class PromotionService:
             pass  # activated meanwhile: its activation settles the mark
         return {"namespace": namespace, "id": target.hex, "name": thing_id}
 
-    async def _release(self, target: ActorId) -> None:
-        sup = self._sup
-        if sup.owner_of(target) is not None:
-            await sup.lifecycle.admin(target, "release")
-        elif sup.activation_of(target) is not None and not sup.passivate(target):
-            raise InvalidInput(f"{target} is busy; try the promotion again")
-
     async def _status(self, activation: Activation, thing_id: str, namespace: str, hex: str) -> bool:
         return store.promoted(activation.db, thing_id) == (namespace, hex)
-
-    def pending(self, db: ActorDatabase) -> bool:
-        """Whether ``db`` is a promotion's copy not yet settled."""
-        return store.pending(db) is not None
 
     async def settle(self, activation: Activation) -> None:
         """Finish or abandon the pending promotion of a new activation (see the module)."""
         db = activation.db
-        mark = store.pending(db)
+        mark = store.pending(db.meta())
         if mark is None:
             return
         parent_ns, parent_hex = mark["parent"]
@@ -94,7 +81,3 @@ class PromotionService:
         else:
             store.abandon(db)
         db._features.clear()
-
-    def _step(self, name: str) -> None:
-        if self.fault is not None:
-            self.fault(name)

@@ -75,9 +75,10 @@ class Router:
         return {"n": self.n, "key": self.key, "generation": self.generation, "ids": list(self.ids), "names": list(self.names)}
 
 
-def router_of(db: ActorDatabase) -> Router | None:
-    """The router configuration of ``db``, or None when it is not sharded."""
-    raw = db.meta().get("shards")
+def router_of(meta: dict[str, Any]) -> Router | None:
+    """The router configuration in a database's ``meta()``, or None when it is not
+    sharded."""
+    raw = meta.get("shards")
     if not isinstance(raw, str):
         return None
     fields = json.loads(raw)
@@ -103,21 +104,22 @@ class ShardService:
         self._sup = supervisor
         self._signatures: dict[Callable[..., Any], inspect.Signature] = {}
         self._traffic: dict[tuple[str, str], Traffic] = {}
-        self.fault: Callable[[str], None] | None = None  # tests: fail between steps
+        self._routed: dict[str, frozenset[Callable[..., Any]]] = {}  # by namespace
         supervisor.lifecycle.register("shard", self._shard)
         supervisor.lifecycle.register("query", self._query)
-        supervisor.lifecycle.register("release", self._release)
-
-    def _step(self, name: str) -> None:
-        if self.fault is not None:
-            self.fault(name)
 
     # -- routing -----------------------------------------------------------------------
 
     def routes(self, activation: Activation, fn: Callable[..., Any]) -> bool:
         """Whether a call of ``fn`` on ``activation`` goes to its shards."""
         kind = activation.kind
-        return fn is kind.fetch or any(spec.function is fn for spec in kind.methods.values())
+        routed = self._routed.get(kind.namespace)
+        if routed is None:
+            functions = {spec.function for spec in kind.methods.values()}
+            if kind.fetch is not None:
+                functions.add(kind.fetch)
+            routed = self._routed[kind.namespace] = frozenset(functions)
+        return fn in routed
 
     async def call(
         self,
@@ -138,7 +140,7 @@ class ShardService:
             return await self._sup._run(activation.id, chain, path, deadline, fn, args, kwargs, convert)
         traffic.inflight += 1
         try:
-            return await self._routed(activation, chain, path, deadline, fn, args, kwargs, convert)
+            return await self._to_shards(activation, chain, path, deadline, fn, args, kwargs, convert)
         finally:
             traffic.inflight -= 1
             if not traffic.inflight and traffic.drained is not None:
@@ -165,7 +167,7 @@ class ShardService:
             traffic.moving = traffic.drained = None
             moving.set()
 
-    async def _routed(
+    async def _to_shards(
         self,
         activation: Activation,
         chain: str,
@@ -256,7 +258,7 @@ class ShardService:
         sup = self._sup
         sizes = []
         for shard in shards:
-            await self._release_shard(shard)
+            await sup.lifecycle.release(shard)
         for index, shard in enumerate(shards):
             sizes.append(
                 store.write_shard(
@@ -264,14 +266,14 @@ class ShardService:
                     key=key, n=n, index=index, marker=marker,
                 )
             )
-            self._step(f"shard.copied.{index}")
+            sup.lifecycle.step(f"shard.copied.{index}")
         router = Router(n, key, generation, tuple(s.hex for s in shards), names)
-        store.clear_data(db)
-        self._drop_subscriptions(activation)
-        _set_meta(db, {"shards": json.dumps(router.as_dict()), "shards.generation": generation})
+        store.become_router(db, json.dumps(router.as_dict()), generation)
         db.commit()  # the decision
         activation.router = router
-        self._step("shard.decided")
+        activation.subscribed = None
+        activation.subscriptions_dirty = True
+        sup.lifecycle.step("shard.decided")
         return {"sharded": router.as_dict(), "moved": moved, "bytes": sizes}
 
     async def _unshard(self, activation: Activation, router: Router) -> int:
@@ -281,18 +283,18 @@ class ShardService:
         db = activation.db
         shards = [router.shard(activation.id.namespace, i) for i in range(router.n)]
         for shard in shards:
-            await self._release_shard(shard)
+            await sup.lifecycle.release(shard)
         with contextlib.ExitStack() as stack:
             sources = [
                 stack.enter_context(ActorDatabase.open(sup.config.data_dir, s.address, sup.config.storage, name=s.name))
                 for s in shards
             ]
             moved = store.gather(db, sources)
-        self._step("unshard.gathered")
-        _set_meta(db, {"shards": None, "shards.retired": json.dumps([[s.hex, s.name] for s in shards])})
+        sup.lifecycle.step("unshard.gathered")
+        store.set_meta(db, {"shards": None, "shards.retired": json.dumps([[s.hex, s.name] for s in shards])})
         db.commit()  # the decision
         activation.router = None
-        self._step("unshard.decided")
+        sup.lifecycle.step("unshard.decided")
         await self._retire(activation)
         return moved
 
@@ -305,32 +307,12 @@ class ShardService:
         sup = self._sup
         for hex_id, name in json.loads(raw):
             shard = ActorId(activation.id.namespace, hex_id, name)
-            await self._release_shard(shard)
+            await sup.lifecycle.release(shard)
             backup.remove(shard.address.path(sup.config.data_dir))
             sup.alarms.forget(shard)
             sup.subscriptions.forget(shard)
-        _set_meta(db, {"shards.retired": None})
+        store.set_meta(db, {"shards.retired": None})
         db.commit()
-
-    async def _release_shard(self, shard: ActorId) -> None:
-        """Make sure no activation holds a shard's file (on whichever worker)."""
-        sup = self._sup
-        if sup.owner_of(shard) is None:
-            if sup.activation_of(shard) is not None and not sup.passivate(shard):
-                raise InvalidInput(f"the shard {shard} is busy; try again")
-            return
-        await sup.lifecycle.admin(shard, "release")
-
-    async def _release(self, activation: Activation) -> dict[str, Any]:
-        activation.reload = "release"
-        return {"released": activation.label}
-
-    def _drop_subscriptions(self, activation: Activation) -> None:
-        db = activation.db
-        if db.has("workflow"):
-            db.connection.execute("DELETE FROM _dotdo_subscriptions")
-            activation.subscriptions_dirty = True
-            activation.subscribed = None
 
     # -- queries -----------------------------------------------------------------------
 
@@ -342,19 +324,17 @@ class ShardService:
             return _local(activation.db, op, arguments)
         namespace = activation.id.namespace
         admin = self._sup.lifecycle.admin
-        if op in ("list", "find_one"):
-            limit = 1 if op == "find_one" else arguments.get("limit", 100)
-            offset = 0 if op == "find_one" else arguments.get("offset", 0)
+        if op in ("list", "find_one"):  # find_one is the first of a list
+            single = op == "find_one"
+            limit = 1 if single else arguments.pop("limit", 100)
+            offset = 0 if single else arguments.pop("offset", 0)
             check_page(limit, offset)
-            wide = {**arguments, "limit": limit + offset, "offset": 0}
-            if op == "find_one":
-                wide.pop("limit"), wide.pop("offset")
-            parts = []
-            for i in range(router.n):
-                answer = await admin(router.shard(namespace, i), "query", op=op, **wide)
-                parts.append([answer] if op == "find_one" and answer is not None else answer or [])
+            parts = [
+                await admin(router.shard(namespace, i), "query", op="list", limit=limit + offset, offset=0, **arguments)
+                for i in range(router.n)
+            ]
             merged = merge_list(parts, arguments.get("order_by"), limit, offset)
-            return (merged[0] if merged else None) if op == "find_one" else merged
+            return (merged[0] if merged else None) if single else merged
         answers = [await admin(router.shard(namespace, i), "query", op=op, **arguments) for i in range(router.n)]
         if op == "count":
             return sum(answers)
@@ -377,12 +357,3 @@ def _local(db: ActorDatabase, op: str, arguments: dict[str, Any]) -> Any:
         return [thing.as_dict() for thing in result]
     return None if result is None else result.as_dict()
 
-
-def _set_meta(db: ActorDatabase, pairs: dict[str, Any]) -> None:
-    conn = db.connection
-    db.ensure_transaction()
-    for key, value in pairs.items():
-        if value is None:
-            conn.execute("DELETE FROM _dotdo_meta WHERE key = ?", (key,))
-        else:
-            conn.execute("INSERT OR REPLACE INTO _dotdo_meta(key, value) VALUES (?, ?)", (key, value))

@@ -34,6 +34,7 @@ import trio
 
 from storage.database import ActorDatabase, StorageOptions
 from storage.errors import DotdoError, StorageError
+from storage.promotion import pending as pending_promotion
 
 from runtime import values, wire
 from runtime.alarms import AlarmService
@@ -676,9 +677,8 @@ class Supervisor:
         activation = Activation(target, kind, db, self, self._graph, now)
         try:
             meta = db.meta()
-            if "shards" in meta:
-                activation.router = router_of(db)
-            if "promotion" in meta and self.promotion.pending(db):
+            activation.router = router_of(meta)
+            if pending_promotion(meta) is not None:
                 activation.promotion_pending = True
                 activation.started = False
             activation.instance = kind.create(ActorContext(target, db, self.env, self))

@@ -62,9 +62,9 @@ LIFECYCLE = schema.feature(
     ),
 )
 
-# Meta keys that describe one database's place among branches, shards and promotions:
-# a copy must not inherit them.
-PLACE_KEYS = ("branch", "branch.parent", "branch.created_at", "shards", "shard.plan", "shard.of", "promotion")
+PLACE_KEYS = ("branch", "shards", "shards.generation", "shards.retired", "shard.of", "promotion")
+"""Meta keys of one database's place among branches (with every ``branch.*`` key),
+shards and promotions: a copy must not inherit them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,32 +165,28 @@ def clone_into(
     if address == db.address:
         raise InvalidInput("an actor cannot be cloned onto itself")
     target = open_blank(data_dir, address, options or db.options, name)
+    made = False
     try:
         backup.copy(db.connection, target.connection)
         conn = target.connection
-        try:
-            with conn:
-                make_independent(conn, address, name, db.address, alarms)
-        except apsw.Error as exc:
-            # Leave the target blank again: a half-made clone must not look like data.
-            backup.copy(_blank_source(conn), conn)
-            raise translate(exc, address) from None
+        with conn:
+            make_independent(conn, address, name, db.address, alarms)
+        made = True
+    except apsw.Error as exc:
+        raise translate(exc, address) from None
     finally:
         target.close()
+        if not made:
+            # The target was blank: without it, it is as it was (a half-made clone
+            # must not look like data).
+            backup.remove(target.path)
     return CloneReport(address.namespace, address.id, backup.file_size(target.path), alarms, time.perf_counter() - started)
-
-
-def _blank_source(conn: apsw.Connection) -> apsw.Connection:
-    blank = apsw.Connection(":memory:")
-    for _ in blank.execute("CREATE TABLE _dotdo_meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID"):
-        pass
-    return blank
 
 
 def make_independent(conn: apsw.Connection, address: Address, name: str | None, source: Address, alarms: bool) -> None:
     """Give a copy its own address and nothing of the source's that was in flight."""
     placeholders = ", ".join("?" * len(PLACE_KEYS))
-    conn.execute(f"DELETE FROM _dotdo_meta WHERE key IN ({placeholders})", PLACE_KEYS)
+    conn.execute(f"DELETE FROM _dotdo_meta WHERE key IN ({placeholders}) OR key LIKE 'branch.%'", PLACE_KEYS)
     conn.executemany(
         "INSERT OR REPLACE INTO _dotdo_meta(key, value) VALUES (?, ?)",
         [

@@ -35,6 +35,7 @@ from storage.things import PROMOTED, THINGS
 REF = "$ref"
 
 _FIELDS = "id, type, name, data, meta, visibility, version, created_at, updated_at"
+_READ = "id, type, name, json(data), json(meta), visibility, version, created_at, updated_at"
 
 
 def export(db: ActorDatabase, thing_id: str) -> dict[str, Any]:
@@ -46,7 +47,7 @@ def export(db: ActorDatabase, thing_id: str) -> dict[str, Any]:
     if not db.has(THINGS.name):
         raise ThingNotFound(thing_id)
     conn = db.connection
-    rows = conn.execute(f"SELECT rid, {_FIELDS.replace('data, meta', 'json(data), json(meta)')} FROM _dotdo_things WHERE id = ?", (thing_id,)).fetchall()
+    rows = conn.execute(f"SELECT rid, {_READ} FROM _dotdo_things WHERE id = ?", (thing_id,)).fetchall()
     if not rows:
         raise ThingNotFound(thing_id)
     rid, *fields = rows[0]
@@ -71,7 +72,7 @@ def adopt(target: ActorDatabase, bundle: dict[str, Any], parent: Address) -> Non
         ActorExists: ``target`` holds other data.
     """
     thing_id = bundle["thing"][0]
-    mark = pending(target)
+    mark = pending(target.meta())
     if not (mark is not None and mark["thing"] == thing_id and mark["parent"] == [parent.namespace, parent.id]) and not is_blank(target):
         raise ActorExists(f"{target.address}", " (a promoted thing needs a new actor)")
     conn = target.connection
@@ -153,9 +154,9 @@ def promoted(db: ActorDatabase, thing_id: str) -> tuple[str, str] | None:
     return (rows[0][0], rows[0][1]) if rows else None
 
 
-def pending(db: ActorDatabase) -> dict[str, Any] | None:
-    """The pending promotion mark of ``db``, if any."""
-    raw = db.meta().get("promotion")
+def pending(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The pending promotion mark in a database's ``meta()``, if any."""
+    raw = meta.get("promotion")
     if not isinstance(raw, str):
         return None
     mark: dict[str, Any] = json.loads(raw)
@@ -164,7 +165,7 @@ def pending(db: ActorDatabase) -> dict[str, Any] | None:
 
 def finish(db: ActorDatabase) -> None:
     """Step 3: the mark says done."""
-    mark = pending(db)
+    mark = pending(db.meta())
     if mark is None:
         return
     with db.connection:

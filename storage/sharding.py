@@ -36,6 +36,7 @@ from storage.errors import ActorExists, InvalidInput
 from storage.lifecycle import is_blank, make_independent
 from storage.query import create_index, parse_field
 from storage.things import THINGS
+from storage.workflow import WORKFLOW
 
 MAX_SHARDS = 256
 _KEY_RE = re.compile(r"\$id\Z|[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
@@ -124,7 +125,7 @@ def check_splittable(db: ActorDatabase, key: str, n: int) -> list[str]:
         missing = [t for t in tables if column not in _columns(conn, t)]
         if missing:
             problems.append(f"the tables {', '.join(missing)} have no column {column!r}")
-        if db.has("workflow") and conn.execute("SELECT 1 FROM _dotdo_outbox LIMIT 1").fetchall():
+        if db.has(WORKFLOW.name) and conn.execute("SELECT 1 FROM _dotdo_outbox LIMIT 1").fetchall():
             problems.append("events are still being delivered (try again when they are)")
         if db.has(THINGS.name):
             crossing = conn.execute(
@@ -191,17 +192,31 @@ def _keep_only(conn: apsw.Connection, key: str, n: int, index: int) -> None:
         conn.execute(f"DELETE FROM _dotdo_things WHERE rid IN ({gone})", (n, index))
 
 
-def clear_data(db: ActorDatabase) -> None:
-    """Delete every row that sharding moves out (in the caller's transaction): the
-    router keeps its tables, empty, and its configuration."""
+def become_router(db: ActorDatabase, router: str, generation: int) -> None:
+    """In the caller's transaction (whose commit decides): delete every row sharding
+    moved out and the actor's subscriptions (events go to the shards), and record the
+    router configuration. The router keeps its tables, empty."""
     conn = db.connection
     db.ensure_transaction()
     for table in user_tables(conn):
         conn.execute(f'DELETE FROM "{_quoted(table)}"')
     if db.has(THINGS.name):
-        for table in ("_dotdo_relationships", "_dotdo_vectors", "_dotdo_things"):
+        for table in ("_dotdo_relationships", "_dotdo_vectors", "_dotdo_things", "_dotdo_things_fts"):
             conn.execute(f"DELETE FROM {table}")
-        conn.execute("DELETE FROM _dotdo_things_fts")
+    if db.has(WORKFLOW.name):
+        conn.execute("DELETE FROM _dotdo_subscriptions")
+    set_meta(db, {"shards": router, "shards.generation": generation})
+
+
+def set_meta(db: ActorDatabase, pairs: dict[str, Any]) -> None:
+    """Set (or, for None, delete) ``_dotdo_meta`` keys, in the caller's transaction."""
+    conn = db.connection
+    db.ensure_transaction()
+    for key, value in pairs.items():
+        if value is None:
+            conn.execute("DELETE FROM _dotdo_meta WHERE key = ?", (key,))
+        else:
+            conn.execute("INSERT OR REPLACE INTO _dotdo_meta(key, value) VALUES (?, ?)", (key, value))
 
 
 def gather(db: ActorDatabase, sources: list[ActorDatabase]) -> int:

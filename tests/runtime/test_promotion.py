@@ -103,7 +103,7 @@ async def test_a_crash_at_each_step_leaves_one_owner(tmp_path: Path, step: str) 
             if name == step:
                 raise Crash(name)
 
-        sup.promotion.fault = crash
+        sup.lifecycle.fault = crash
         with pytest.raises(Crash):
             await sup.lifecycle.admin(shop.id, "promote", thing_id="alice")
     async with Supervisor(KINDS, tmp_path) as sup:  # the restart

@@ -129,7 +129,7 @@ async def test_a_crash_while_sharding_loses_and_doubles_nothing(tmp_path: Path, 
             if name == step:
                 raise Crash(name)
 
-        sup.sharding.fault = crash
+        sup.lifecycle.fault = crash
         with pytest.raises(Crash):
             await sup.lifecycle.admin(sup.S.Orders("shop").id, "shard", n=3, key="customer")
     async with Supervisor([Orders], tmp_path) as sup:
@@ -152,7 +152,7 @@ async def test_a_crash_while_unsharding_loses_and_doubles_nothing(tmp_path: Path
             if name == step:
                 raise Crash(name)
 
-        sup.sharding.fault = crash
+        sup.lifecycle.fault = crash
         with pytest.raises(Crash):
             await sup.lifecycle.admin(sup.S.Orders("shop").id, "shard", n=1)
     async with Supervisor([Orders], tmp_path) as sup:
