@@ -85,7 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--token",
         default=os.environ.get("DOTDO_TOKEN") or None,
-        help="shared secret transport clients must present (default: $DOTDO_TOKEN; none: no token)",
+        help="client token every HTTP route but /_health and the TCP transport ask for "
+        "(default: $DOTDO_TOKEN; none: open). Prefer the variable: other users can read command lines",
+    )
+    serve.add_argument(
+        "--admin-token",
+        default=os.environ.get("DOTDO_ADMIN_TOKEN") or None,
+        help="admin token the /_admin routes (lifecycle, alarms) ask for; must differ from the "
+        "client token (default: $DOTDO_ADMIN_TOKEN; none: open without a client token, else closed)",
     )
     serve.add_argument(
         "--workers",
@@ -249,7 +256,7 @@ def _post_and_print(args: argparse.Namespace, parts: tuple[str, ...], body: Any)
     request = urllib.request.Request(
         args.url.rstrip("/") + path,
         data=json.dumps(body).encode(),
-        headers={"content-type": "application/json"},
+        headers={"content-type": "application/json", **_authorization(admin=parts[0] == "_admin")},
         method="POST",
     )
     try:
@@ -262,6 +269,15 @@ def _post_and_print(args: argparse.Namespace, parts: tuple[str, ...], body: Any)
         return 2
     print(json.dumps(payload.get("result"), indent=2, ensure_ascii=False))
     return 0
+
+
+def _authorization(admin: bool) -> dict[str, str]:
+    """The Authorization header for a request to the server: the admin token
+    ($DOTDO_ADMIN_TOKEN) for /_admin routes, the client token ($DOTDO_TOKEN) for the
+    others; none when the variable is unset. Tokens come from the environment only,
+    never from the command line, which other users can read."""
+    token = os.environ.get("DOTDO_ADMIN_TOKEN" if admin else "DOTDO_TOKEN")
+    return {"authorization": f"Bearer {token}"} if token else {}
 
 
 def _json_or_text(text: str) -> Any:
@@ -301,6 +317,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         env=dict(args.env),
         rpc_port=args.rpc_port,
         token=args.token,
+        admin_token=args.admin_token,
         workers=args.workers or default_workers(),
     )
     try:
@@ -327,7 +344,8 @@ def cmd_alarms(args: argparse.Namespace) -> int:
             query["after"] = after
         url = f"{args.url.rstrip('/')}/_admin/alarms?{urllib.parse.urlencode(query)}"
         try:
-            with urllib.request.urlopen(url, timeout=args.timeout) as response:
+            request = urllib.request.Request(url, headers=_authorization(admin=True))
+            with urllib.request.urlopen(request, timeout=args.timeout) as response:
                 page = json.loads(response.read())
         except urllib.error.HTTPError as exc:
             return _http_error(exc)

@@ -25,6 +25,8 @@
     ├── MethodNotAllowed                 404  unknown, private or lifecycle method
     ├── ActorError                       500  the actor's code raised (remote_type says what)
     ├── StorageError                     500  the database failed
+    │   ├── StorageFull                  507  the disk is full; the write was rolled back
+    │   ├── StorageReadOnly              503  the data directory cannot be written
     │   ├── SqlError                     500
     │   │   └── RowCountError            500
     │   ├── TransactionError             500
@@ -34,6 +36,7 @@
     ├── Overloaded                       503  too many calls waiting for the actor
     ├── ProtocolError                    400  a transport peer broke the protocol
     ├── Unauthorized                     401  wrong or missing token
+    ├── Forbidden                        403  a client token on an admin route
     └── Unavailable                      503  restarting or shutting down; retry
         ├── SupervisorClosed             503
         └── ConnectionLost               503  the transport connection closed mid-call
@@ -78,7 +81,9 @@ from storage.errors import (
     RowCountError,
     SqlError,
     StorageError,
+    StorageFull,
     StorageLimitExceeded,
+    StorageReadOnly,
     ThingExists,
     ThingNotFound,
     TransactionError,
@@ -88,6 +93,11 @@ from storage.errors import (
 
 class BodyTooLarge(InvalidInput):
     """An HTTP request body is over the server's limit (``--max-body``)."""
+
+
+class Forbidden(DotdoError):
+    """The token presented is valid but does not open this route: admin routes need
+    the admin token, and are closed when only a client token is configured."""
 
 
 # Most specific first: the first matching class gives the status.
@@ -103,6 +113,7 @@ _STATUS: tuple[tuple[type[DotdoError], int], ...] = (
     (InvalidInput, 400),
     (ProtocolError, 400),
     (Unauthorized, 401),
+    (Forbidden, 403),
     (ActorNotFound, 404),
     (MethodNotAllowed, 404),
     (DeadlockError, 503),
@@ -110,6 +121,8 @@ _STATUS: tuple[tuple[type[DotdoError], int], ...] = (
     (Overloaded, 503),
     (Unavailable, 503),
     (DatabaseLocked, 503),
+    (StorageFull, 507),
+    (StorageReadOnly, 503),
     (ActorError, 500),
     (StorageError, 500),
 )
@@ -136,6 +149,7 @@ __all__ = [
     "DatabaseLocked",
     "DeadlockError",
     "DotdoError",
+    "Forbidden",
     "InvalidArguments",
     "InvalidId",
     "InvalidInput",
@@ -152,6 +166,8 @@ __all__ = [
     "RowCountError",
     "SqlError",
     "StorageError",
+    "StorageFull",
+    "StorageReadOnly",
     "StorageLimitExceeded",
     "SupervisorClosed",
     "ThingExists",

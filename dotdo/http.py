@@ -40,7 +40,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dotdo.errors import BodyTooLarge, DotdoError, InvalidId, InvalidInput, http_status
+from dotdo.auth import Tokens, bearer
+from dotdo.errors import BodyTooLarge, DotdoError, InvalidId, InvalidInput, Unauthorized, http_status
 from runtime import wire
 from runtime.ids import ActorId, resolve
 from runtime.stubs import ActorStub
@@ -161,6 +162,35 @@ class BodyLimit:
         await self.app(scope, limited, send)
 
 
+class TokenAuth:
+    """ASGI middleware refusing requests without the token their route needs
+    (``dotdo.auth``): 401 for a wrong or missing token, 403 for a client token on an
+    admin route. The refusal goes out before the body is read; when a body was
+    announced the connection closes after it, so the unread body is never taken for
+    the next request."""
+
+    def __init__(self, app: ASGIApp, tokens: Tokens) -> None:
+        self.app = app
+        self.tokens = tokens
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = scope["headers"]
+        refusal = self.tokens.check(scope["path"], bearer(headers))
+        if refusal is None:  # the server's token is not the actor's business: fetch never sees it
+            scope = dict(scope, headers=[(name, value) for name, value in headers if name != b"authorization"])
+            await self.app(scope, receive, send)
+            return
+        response = error_response(refusal)
+        if isinstance(refusal, Unauthorized):
+            response.headers["www-authenticate"] = 'Bearer realm="dotdo"'
+        if any(name in (b"content-length", b"transfer-encoding") for name, _ in headers):
+            response.headers["connection"] = "close"
+        await response(scope, receive, send)
+
+
 async def _json_object(request: Request, shape: str = "{...}") -> dict[str, Any]:
     """The request body as a JSON object (an empty body is ``{}``)."""
     raw = await request.body()
@@ -177,8 +207,11 @@ def _too_large(size: int, limit: int) -> BodyTooLarge:
     return BodyTooLarge(f"request body of {size} bytes or more is over the {limit}-byte limit")
 
 
-def create_app(supervisor: Supervisor, *, max_body: int = DEFAULT_MAX_BODY, debug: bool = False) -> Starlette:
-    """The ASGI app serving ``supervisor``'s actors."""
+def create_app(
+    supervisor: Supervisor, *, max_body: int = DEFAULT_MAX_BODY, debug: bool = False, tokens: Tokens = Tokens()
+) -> Starlette:
+    """The ASGI app serving ``supervisor``'s actors; ``tokens`` say who may use which
+    routes (``dotdo.auth``; the default asks for none)."""
 
     async def health(request: Request) -> Response:
         stats = supervisor.statistics()
@@ -299,6 +332,8 @@ def create_app(supervisor: Supervisor, *, max_body: int = DEFAULT_MAX_BODY, debu
     # by the outermost middleware (which also lets the server log it).
     app = Starlette(routes=routes, exception_handlers={DotdoError: on_error, Exception: on_error})
     app.add_middleware(BodyLimit, limit=max_body)
+    if tokens.required:  # outermost: a refused request never reaches the body limit or the app
+        app.add_middleware(TokenAuth, tokens=tokens)
     return app
 
 

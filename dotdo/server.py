@@ -18,6 +18,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
+from dotdo.auth import Tokens
 from dotdo.banner import print_banner, url
 from dotdo.http import DEFAULT_MAX_BODY, create_app, fetch_handler
 from dotdo.workers import WorkerSpec, serve_workers
@@ -50,6 +51,7 @@ class ServeOptions:
     env: Mapping[str, str] = field(default_factory=dict)
     rpc_port: int | None = None
     token: str | None = None
+    admin_token: str | None = None
     workers: int = 1
 
     def transport_port(self) -> int | None:
@@ -89,6 +91,7 @@ async def serve(
     modules. ``task_status.started`` receives the bound URLs (useful with port 0).
     """
     out = out if out is not None else sys.stdout
+    tokens = Tokens(options.token, options.admin_token)  # refuses unusable tokens before anything starts
     if worker is None and options.workers > 1:
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         await serve_workers(
@@ -124,7 +127,7 @@ async def serve(
     config.keep_alive_timeout = options.keep_alive_timeout
     config.read_timeout = options.read_timeout
     config.include_server_header = False
-    app = create_app(supervisor, max_body=options.max_body, debug=options.debug)
+    app = create_app(supervisor, max_body=options.max_body, debug=options.debug, tokens=tokens)
     trigger = shutdown_trigger or (wait_for_signal if worker is None else _worker_stop)
     rpc_port = options.transport_port()
     fetch = fetch_handler(supervisor)
@@ -152,7 +155,8 @@ async def serve(
             supervisor.registry.namespaces,
             binds,
             rpc_urls,
-            token=bool(options.token),
+            tokens=tokens,
+            host=options.host,
             data_dir=data_dir,
             durability=options.durability,
         )

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import trio
 
+from dotdo.auth import Tokens
 from dotdo.banner import print_banner, url
 from runtime.errors import ConnectionLost, Unauthorized
 from runtime.kinds import KindSpec, Registry
@@ -363,7 +364,8 @@ async def serve_workers(
                     registry.namespaces,
                     http_urls,
                     rpc_urls,
-                    token=bool(options.token),
+                    tokens=Tokens(options.token, options.admin_token),
+                    host=options.host,
                     data_dir=data_dir,
                     durability=options.durability,
                     workers=count,

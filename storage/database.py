@@ -40,7 +40,7 @@ import apsw
 
 from storage import schema
 from storage.address import Address
-from storage.errors import DatabaseLocked, StorageError, TransactionError
+from storage.errors import DatabaseLocked, StorageError, StorageFull, StorageReadOnly, TransactionError
 
 if TYPE_CHECKING:
     from storage.alarms import AlarmStore
@@ -124,10 +124,10 @@ def translate(exc: apsw.Error, address: Address | None = None) -> StorageError:
             address=addr,
         )
     if isinstance(exc, apsw.FullError):
-        return StorageError(f"the disk is full{where}; the write was rolled back", address=addr)
+        return StorageFull(f"the disk is full{where}; the write was rolled back", address=addr)
     if isinstance(exc, apsw.ReadOnlyError):
-        return StorageError(
-            f"the database{where} is read-only (check the data directory's permissions)",
+        return StorageReadOnly(
+            f"the database{where} is read-only (a read-only data directory or file system); the write was rolled back",
             address=addr,
         )
     if isinstance(exc, apsw.CorruptError | apsw.NotADBError):

@@ -21,6 +21,8 @@ derive from it without importing upwards. The whole tree is drawn in
     │   ├── InvalidQuery             empty, forbidden or reserved-table SQL
     │   └── StorageLimitExceeded     key, value or batch over its limit
     └── StorageError                 the database itself failed
+        ├── StorageFull              the disk is full; the write was rolled back
+        ├── StorageReadOnly          the data directory cannot be written
         ├── SqlError                 SQLite rejected a user statement
         │   └── RowCountError        one() found zero or several rows
         ├── TransactionError         turn / transaction() misuse
@@ -96,6 +98,17 @@ class StorageLimitExceeded(InvalidInput):
 
 class StorageError(DotdoError):
     """The database failed (I/O error, disk full, corruption). The turn is rolled back."""
+
+
+class StorageFull(StorageError):
+    """The disk (or the file system's quota) is full: the write was rolled back and the
+    database is intact. Reads keep working; writes work again once space is freed."""
+
+
+class StorageReadOnly(StorageError):
+    """The data directory or the actor's file cannot be written (a read-only file
+    system, permissions, or ``dotdo serve --read-only``): the write was rolled back.
+    Reads keep working."""
 
 
 class SqlError(StorageError):

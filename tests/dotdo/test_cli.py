@@ -228,7 +228,9 @@ async def test_serve_takes_transport_clients_with_the_token(tmp_path: Path) -> N
             assert await S.Counter("x").increment(5) == 5
             placed = await S.Order("o1").place("alice", "widget", qty=2)
             assert placed["customer_inbox_size"] == 1
-        http = await dotdo("call", "--url", served.url, "Counter", "x", "get", cwd=tmp_path)
+        refused = await dotdo("call", "--url", served.url, "Counter", "x", "get", cwd=tmp_path)
+        assert refused.returncode == 1 and b"401 Unauthorized" in refused.stderr
+        http = await dotdo("call", "--url", served.url, "Counter", "x", "get", cwd=tmp_path, env={"DOTDO_TOKEN": "t0ken"})
         assert http.stdout == b"5\n"  # one server, one actor, whichever way it is reached
         assert await stop(served, signal.SIGTERM) == 0
     async with dotdo_serve(tmp_path, "--data", str(tmp_path / "data"), "--rpc-port", "0") as served:

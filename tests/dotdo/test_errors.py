@@ -11,6 +11,9 @@ from dotdo.errors import (
     BodyTooLarge,
     CallTimeout,
     DatabaseLocked,
+    Forbidden,
+    StorageFull,
+    StorageReadOnly,
     DeadlockError,
     DotdoError,
     InvalidArguments,
@@ -74,6 +77,8 @@ CASES: list[tuple[DotdoError, int, type]] = [
     (RowCountError("x", count=2), 500, SqlError),
     (TransactionError("x"), 500, StorageError),
     (DatabaseLocked("x"), 503, StorageError),
+    (StorageFull("x"), 507, StorageError),
+    (StorageReadOnly("x"), 503, StorageError),
     (CallTimeout("x"), 504, DotdoError),
     (DeadlockError("x", ["A/a", "B/b"]), 503, CallTimeout),
     (Overloaded("x"), 503, DotdoError),
@@ -83,6 +88,7 @@ CASES: list[tuple[DotdoError, int, type]] = [
     (NotSent("x"), 503, ConnectionLost),
     (ProtocolError("x"), 400, DotdoError),
     (Unauthorized("x"), 401, DotdoError),
+    (Forbidden("x"), 403, DotdoError),
 ]
 
 

@@ -343,6 +343,9 @@ async def test_a_full_mailbox_is_503(tmp_path: Path) -> None:
             await wait_for_calls_in_flight(server, 1)
             for _ in range(3):
                 nursery.start_soon(call, "echo", 1)
+            # The rest of the server is unaffected: another actor answers meanwhile.
+            other = await rpc(server, "Http", "cool", "echo", 2)
+            assert other.json() == {"result": 2}
         statuses = sorted(r.status_code for r in responses)
         assert statuses == [200, 200, 503, 503]
         refused = [r.json() for r in responses if r.status_code == 503]
