@@ -27,6 +27,7 @@ def print_banner(
     host: str,
     data_dir: Path,
     durability: Durability,
+    read_only: bool = False,
     workers: int = 1,
 ) -> None:
     with_workers = f" with {workers} workers" if workers > 1 else ""
@@ -40,7 +41,10 @@ def print_banner(
         print("  admin: /_admin routes need the admin token", file=out)
     elif tokens.client is not None:
         print("  admin: /_admin routes closed (no admin token)", file=out)
-    print(f"  data: {data_dir} (durability {durability.value})", file=out)
+    if read_only:
+        print(f"  data: {data_dir} (read-only: reads are served, writes get 503 StorageReadOnly, alarms wait)", file=out)
+    else:
+        print(f"  data: {data_dir} (durability {durability.value})", file=out)
     if tokens.client is None and not _loopback(host):
         print(
             f"  warning: listening on {host} without a token: anyone who can reach this "

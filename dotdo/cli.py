@@ -115,12 +115,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="point-in-time history kept per actor for bookmark/restore, e.g. 604800 or 7d "
         "(default: 0, off; every commit is then archived too, which costs write speed and disk)",
     )
+    serve.add_argument(
+        "--read-only",
+        action="store_true",
+        help="serve the data directory for reading only: writes get 503, nothing is created, alarms wait "
+        "(automatic when the directory cannot be written)",
+    )
     serve.add_argument("--max-body", type=_positive(int), default=1024 * 1024, metavar="BYTES", help="largest request body (default: 1048576)")
     serve.add_argument("--idle-timeout", type=_positive(float), default=120.0, metavar="SECONDS", help="passivate actors idle this long (default: 120)")
     serve.add_argument("--max-active", type=_positive(int), default=None, metavar="N", help="active actors kept at most (default: from the open-file limit)")
     serve.add_argument("--call-timeout", type=_positive(float), default=30.0, metavar="SECONDS", help="deadline of a call (default: 30)")
     serve.add_argument("--max-mailbox", type=_positive(int), default=1000, metavar="N", help="calls that may wait for one actor before 503 (default: 1000)")
     serve.add_argument("--shutdown-grace", type=_positive(float), default=10.0, metavar="SECONDS", help="time in-flight calls get on shutdown (default: 10)")
+    serve.add_argument("--max-connections", type=_positive(int), default=256, metavar="N", help="open HTTP connections at most; more wait to be accepted (default: 256)")
+    serve.add_argument("--keep-alive-timeout", type=_positive(float), default=5.0, metavar="SECONDS", help="close a connection idle this long between requests, or still sending its headers (default: 5)")
+    serve.add_argument("--read-timeout", type=_positive(float), default=30.0, metavar="SECONDS", help="close a connection whose client sends nothing for this long mid-request; a body must also arrive whole within --call-timeout (default: 30)")
     serve.add_argument("--env", type=_env_pair, action="append", default=[], metavar="KEY=VALUE", help="a value actors read as self.env[KEY]; repeatable")
     serve.add_argument("--debug", action="store_true", help="include tracebacks in error responses")
     serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"], help="(default: warning)")
@@ -307,12 +316,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         data_dir=args.data,
         durability=Durability(args.durability),
         history=args.history,
+        read_only=args.read_only,
         max_body=args.max_body,
         idle_timeout=args.idle_timeout,
         max_active=args.max_active or default_max_active(),
         call_timeout=args.call_timeout,
         max_mailbox=args.max_mailbox,
         shutdown_grace=args.shutdown_grace,
+        max_connections=args.max_connections,
+        keep_alive_timeout=args.keep_alive_timeout,
+        read_timeout=args.read_timeout,
         debug=args.debug,
         env=dict(args.env),
         rpc_port=args.rpc_port,

@@ -20,7 +20,8 @@
     │   ├── InvalidArguments             400
     │   ├── InvalidSchedule              400
     │   ├── StorageLimitExceeded         400
-    │   └── BodyTooLarge                 413
+    │   ├── BodyTooLarge                 413
+    │   └── RequestTimeout               408  the body did not arrive in time
     ├── ActorNotFound                    404  unknown namespace
     ├── MethodNotAllowed                 404  unknown, private or lifecycle method
     ├── ActorError                       500  the actor's code raised (remote_type says what)
@@ -95,6 +96,11 @@ class BodyTooLarge(InvalidInput):
     """An HTTP request body is over the server's limit (``--max-body``)."""
 
 
+class RequestTimeout(InvalidInput):
+    """An HTTP request body did not arrive whole within the call timeout (a client that
+    trickles or stalls); nothing ran."""
+
+
 class Forbidden(DotdoError):
     """The token presented is valid but does not open this route: admin routes need
     the admin token, and are closed when only a client token is configured."""
@@ -103,6 +109,7 @@ class Forbidden(DotdoError):
 # Most specific first: the first matching class gives the status.
 _STATUS: tuple[tuple[type[DotdoError], int], ...] = (
     (BodyTooLarge, 413),
+    (RequestTimeout, 408),
     (ThingNotFound, 404),
     (ThingExists, 409),
     (VersionConflict, 409),
@@ -163,6 +170,7 @@ __all__ = [
     "NotSent",
     "Overloaded",
     "ProtocolError",
+    "RequestTimeout",
     "RowCountError",
     "SqlError",
     "StorageError",

@@ -18,14 +18,18 @@ Routes (``{id}`` is a name, or a 64-hex id of the namespace)::
     *    /{namespace}/{id}[/{path}]            the actor's fetch(request)
 
 Errors are JSON ``{"error": <type>, "message": ...}`` with the status of
-``dotdo.errors.http_status``. JSON results encode bytes as base64 text, datetimes as
-ISO 8601 and actor references as ``{"$actor": {"namespace", "id", "name"}}``.
+``dotdo.errors.http_status``; a path no route takes is 404 ``NotFound``, a method its
+route does not take 405 ``HttpMethodNotAllowed``. A request body is read whole before
+any turn, within the call deadline (``--call-timeout``), and must be strict JSON where
+JSON is expected (no NaN or Infinity). JSON results encode bytes as base64 text,
+datetimes as ISO 8601 and actor references as ``{"$actor": {"namespace", "id", "name"}}``.
 """
 
 from __future__ import annotations
 
 import base64
 import functools
+import inspect
 import datetime as dt
 import json
 import logging
@@ -35,15 +39,18 @@ from typing import Any
 
 import trio
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dotdo.auth import Tokens, bearer
+from dotdo.bodies import parse_json, read_body
 from dotdo.errors import BodyTooLarge, DotdoError, InvalidId, InvalidInput, Unauthorized, http_status
 from runtime import wire
 from runtime.ids import ActorId, resolve
+from runtime.lifecycle import LifecycleService
 from runtime.stubs import ActorStub
 from runtime.supervisor import Supervisor
 from runtime.transport import FetchHandler
@@ -80,7 +87,7 @@ class JSON(JSONResponse):
 def error_response(error: BaseException, debug: bool = False) -> JSON:
     """The JSON response for an error raised while serving a request."""
     if isinstance(error, DotdoError):
-        body: dict[str, Any] = {"error": type(error).__name__, "message": error.public}
+        body: dict[str, Any] = {"error": type(error).__name__, "message": _capped(error.public)}
         remote = getattr(error, "remote_type", None)
         if remote:
             body["remote_type"] = remote
@@ -91,6 +98,33 @@ def error_response(error: BaseException, debug: bool = False) -> JSON:
     if debug:
         body["traceback"] = "".join(traceback.format_exception(error))
     return JSON(body, status_code=status)
+
+
+# Longest error message sent (characters): a message that lists every problem of a
+# large input (one per argument of 300,000) would otherwise be many times its size.
+MAX_MESSAGE = 2000
+
+
+def _capped(message: str) -> str:
+    """``message``, cut at ``MAX_MESSAGE`` characters (saying how much was left out)."""
+    if len(message) <= MAX_MESSAGE:
+        return message
+    return f"{message[:MAX_MESSAGE]}... ({len(message) - MAX_MESSAGE} more characters)"
+
+
+def routing_error(request: Request, exc: HTTPException) -> JSON:
+    """Starlette's own refusals as JSON errors like dotdo's: no route for the path (404,
+    ``NotFound``), or a route that does not take the method (405,
+    ``HttpMethodNotAllowed``, with ``Allow``)."""
+    where = _capped(f"{request.method} {request.url.path}")
+    if exc.status_code == 404:
+        body = {"error": "NotFound", "message": f"no route for {where}"}
+    elif exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        body = {"error": "HttpMethodNotAllowed", "message": f"no route for {where}; allowed: {allowed}"}
+    else:
+        body = {"error": "HttpError", "message": _capped(f"{exc.detail} ({where})")}
+    return JSON(body, status_code=exc.status_code, headers=exc.headers)
 
 
 def _segments(request: Request) -> list[str]:
@@ -191,16 +225,35 @@ class TokenAuth:
         await response(scope, receive, send)
 
 
-async def _json_object(request: Request, shape: str = "{...}") -> dict[str, Any]:
-    """The request body as a JSON object (an empty body is ``{}``)."""
-    raw = await request.body()
-    try:
-        body = json.loads(raw) if raw.strip() else {}
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidInput("the request body is not valid JSON") from None
+async def _json_object(request: Request, seconds: float, shape: str = "{...}") -> dict[str, Any]:
+    """The request body as a JSON object (an empty body is ``{}``), arrived within
+    ``seconds``."""
+    raw = await read_body(request, seconds)
+    body = parse_json(raw) if raw.strip() else {}
     if not isinstance(body, dict):
         raise InvalidInput(f"the request body must be a JSON object: {shape}")
     return body
+
+
+# The parameters of LifecycleService.admin itself: a body field of one of these names
+# would set it (a "timeout" of any type) or collide with it, not reach the operation.
+_ADMIN_PARAMETERS = frozenset(
+    name
+    for name, parameter in inspect.signature(LifecycleService.admin).parameters.items()
+    if parameter.kind is not inspect.Parameter.VAR_KEYWORD
+)
+
+
+def _operation_arguments(operation: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    """The body of a lifecycle request as the operation's keyword arguments.
+
+    Raises:
+        InvalidInput: A field is named like a parameter of ``admin`` itself.
+    """
+    clash = sorted(set(arguments) & _ADMIN_PARAMETERS)
+    if clash:
+        raise InvalidInput(f"{operation}: got an unexpected keyword argument {clash[0]!r}")
+    return arguments
 
 
 def _too_large(size: int, limit: int) -> BodyTooLarge:
@@ -216,6 +269,8 @@ def create_app(
     async def health(request: Request) -> Response:
         stats = supervisor.statistics()
         body: dict[str, Any] = {"status": "ok", "active_actors": stats.active, "calls_in_flight": stats.calls_in_flight}
+        if supervisor.config.storage.read_only:
+            body["read_only"] = True
         if supervisor.peers is not None:
             body["worker"] = supervisor.peers.index
             body["workers"] = supervisor.peers.count
@@ -246,7 +301,7 @@ def create_app(
         namespace, method = segments[2], segments[4]
         target = resolved(namespace, segments[3])
         supervisor.check_method(namespace, method)
-        body = await _json_object(request, '{"args": [...], "kwargs": {...}}')
+        body = await _json_object(request, supervisor.config.call_timeout, '{"args": [...], "kwargs": {...}}')
         unknown = set(body) - {"args", "kwargs"}
         if unknown:
             raise InvalidInput(f"unknown fields in the request body: {', '.join(sorted(unknown))}")
@@ -261,6 +316,9 @@ def create_app(
 
     async def actor(request: Request) -> Response:
         target = addressed(request)
+        # The body is read before the turn (fetch gets it from the request's cache): a
+        # slow client holds its own connection, never the actor.
+        await read_body(request, supervisor.config.call_timeout)
         owner = supervisor.owner_of(target)
         if owner is not None:  # another worker owns the actor: the request goes there whole
             status, headers, body = await supervisor.fetch_remote(owner, target, await wire_request(request))
@@ -310,9 +368,13 @@ def create_app(
         if len(segments) != 6:
             raise InvalidInput("the lifecycle route is POST /_admin/actors/{namespace}/{id}/{operation}")
         target = resolved(segments[3], segments[4])
-        arguments = await _json_object(request)
+        arguments = _operation_arguments(segments[5], await _json_object(request, supervisor.config.call_timeout))
         result = await supervisor.lifecycle.admin(target, segments[5], **arguments)
         return JSON({"result": result})
+
+    async def on_routing_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return routing_error(request, exc)
 
     async def on_error(request: Request, exc: Exception) -> Response:
         if not isinstance(exc, DotdoError):
@@ -331,6 +393,7 @@ def create_app(
     # DotdoError is answered by the exception middleware; anything else is a bug, answered
     # by the outermost middleware (which also lets the server log it).
     app = Starlette(routes=routes, exception_handlers={DotdoError: on_error, Exception: on_error})
+    app.add_exception_handler(HTTPException, on_routing_error)  # 404 and 405 as JSON too
     app.add_middleware(BodyLimit, limit=max_body)
     if tokens.required:  # outermost: a refused request never reaches the body limit or the app
         app.add_middleware(TokenAuth, tokens=tokens)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import gc
 import logging
 import os
@@ -16,10 +18,10 @@ from typing import Any, TextIO
 
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
 
 from dotdo.auth import Tokens
 from dotdo.banner import print_banner, url
+from dotdo.connections import DEFAULT_MAX_CONNECTIONS, serve_http
 from dotdo.http import DEFAULT_MAX_BODY, create_app, fetch_handler
 from dotdo.workers import WorkerSpec, serve_workers
 from runtime.kinds import KindSpec
@@ -28,6 +30,8 @@ from runtime.transport import TransportOptions, TransportServer
 from runtime.supervisor import Supervisor, default_max_active
 from storage.database import Durability, StorageOptions
 from storage.errors import DotdoError
+
+log = logging.getLogger("dotdo.server")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +43,7 @@ class ServeOptions:
     data_dir: Path = Path("dotdo-data")
     durability: Durability = Durability.NORMAL
     history: float = 0.0
+    read_only: bool = False
     max_body: int = DEFAULT_MAX_BODY
     idle_timeout: float = 120.0
     max_active: int = field(default_factory=default_max_active)
@@ -47,6 +52,7 @@ class ServeOptions:
     shutdown_grace: float = 10.0
     keep_alive_timeout: float = 5.0
     read_timeout: float = 30.0
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
     debug: bool = False
     env: Mapping[str, str] = field(default_factory=dict)
     rpc_port: int | None = None
@@ -60,6 +66,20 @@ class ServeOptions:
         if self.rpc_port is not None:
             return self.rpc_port or None
         return self.port + 1 if self.port else 0
+
+
+def writable(data_dir: Path) -> bool:
+    """Whether ``data_dir`` can be written (created, when it does not exist yet): a
+    read-only file system or missing permissions say no."""
+    if data_dir.exists():
+        return os.access(data_dir, os.W_OK)
+    try:
+        data_dir.mkdir(parents=True)
+    except OSError as exc:
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise DotdoError(f"cannot create the data directory {data_dir}: {exc.strerror}") from None
+        raise
+    return True
 
 
 async def wait_for_signal() -> None:
@@ -92,6 +112,9 @@ async def serve(
     """
     out = out if out is not None else sys.stdout
     tokens = Tokens(options.token, options.admin_token)  # refuses unusable tokens before anything starts
+    if worker is None and not options.read_only and not writable(options.data_dir):
+        log.warning("the data directory %s cannot be written: serving it read-only", options.data_dir)
+        options = dataclasses.replace(options, read_only=True)
     if worker is None and options.workers > 1:
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         await serve_workers(
@@ -109,7 +132,9 @@ async def serve(
         kinds,
         data_dir,
         peers=peers,
-        storage=StorageOptions(durability=options.durability, history=options.history),
+        storage=StorageOptions(
+            durability=options.durability, history=0.0 if options.read_only else options.history, read_only=options.read_only
+        ),
         idle_timeout=options.idle_timeout,
         max_active=options.max_active,
         call_timeout=options.call_timeout,
@@ -142,7 +167,7 @@ async def serve(
             listeners = await trio.open_tcp_listeners(rpc_port, host=options.host)
             nursery.start_soon(_transport_on, transport, listeners, transport_scopes)
             rpc_urls = [url("tcp", listener.socket.getsockname()) for listener in listeners]
-        binds: list[str] = await nursery.start(_http, app, config, trigger, transport_scopes)
+        binds: list[str] = await nursery.start(_http, app, config, options.max_connections, trigger, transport_scopes)
         if worker is not None:
             # The peers' socket last: the parent takes an answer on it for "ready".
             peer_options = TransportOptions(token=worker.secret, max_inflight=PEER_INFLIGHT, trusted=True)
@@ -159,6 +184,7 @@ async def serve(
             host=options.host,
             data_dir=data_dir,
             durability=options.durability,
+            read_only=options.read_only,
         )
         task_status.started(binds)
     if worker is None:
@@ -168,14 +194,16 @@ async def serve(
 async def _http(
     app: Any,
     config: HypercornConfig,
+    max_connections: int,
     trigger: Callable[[], Awaitable[None]],
     then: list[trio.CancelScope],
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """hypercorn until the shutdown trigger, then cancel ``then`` (the transports)."""
+    """hypercorn until the shutdown trigger, with at most ``max_connections`` open
+    (``dotdo.connections``), then cancel ``then`` (the transports)."""
     try:
-        await hypercorn_serve(app, config, shutdown_trigger=trigger, task_status=task_status)
+        await serve_http(app, config, max_connections=max_connections, shutdown_trigger=trigger, task_status=task_status)
     finally:
         for scope in then:
             scope.cancel()

@@ -368,6 +368,7 @@ async def serve_workers(
                     host=options.host,
                     data_dir=data_dir,
                     durability=options.durability,
+                    read_only=options.read_only,
                     workers=count,
                 )
                 task_status.started(http_urls)

@@ -172,11 +172,13 @@ class AlarmService:
         config = self._sup.config
         peers = self._sup.peers  # with other workers: this one wakes only the actors it owns
         shard = None if peers is None else (peers.index, peers.count)
-        self._index = AlarmIndex.open(config.data_dir, config.storage.durability, shard)
+        read_only = config.storage.read_only
+        self._index = AlarmIndex.open(config.data_dir, config.storage.durability, shard, read_only)
         # No step can still be running in a process that is only starting: wake every
         # actor with unfinished steps now rather than at the end of their lease.
         self._sup.steps.started = started = self.now()
-        self._index.advance("steps", started)
+        if not read_only:
+            self._index.advance("steps", started)
 
     def close(self) -> None:
         """Close the index (after every activation is closed)."""
@@ -191,7 +193,11 @@ class AlarmService:
         return self._index
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The scheduler and its delivery workers; runs until cancelled."""
+        """The scheduler and its delivery workers; runs until cancelled. Over a
+        read-only data directory nothing runs: a handler could not record its run."""
+        if self._sup.config.storage.read_only:
+            task_status.started()
+            return
         send, receive = trio.open_memory_channel[IndexEntry](0)
         async with trio.open_nursery() as nursery:
             for _ in range(self._concurrency):

@@ -61,7 +61,7 @@ class SubscriptionService:
 
     def open(self) -> None:
         config = self._sup.config
-        self._index = SubscriptionIndex.open(config.data_dir, config.storage.durability)
+        self._index = SubscriptionIndex.open(config.data_dir, config.storage.durability, config.storage.read_only)
 
     def close(self) -> None:
         if self._index is not None:

@@ -189,7 +189,8 @@ class Supervisor:
     async def __aenter__(self) -> Supervisor:
         if self._nursery is not None or self._closing:
             raise DotdoError("a Supervisor can be entered once")
-        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        if not self.config.storage.read_only:
+            self.config.data_dir.mkdir(parents=True, exist_ok=True)
         self.alarms.open()
         try:
             self.subscriptions.open()
@@ -682,7 +683,7 @@ class Supervisor:
                 activation.promotion_pending = True
                 activation.started = False
             activation.instance = kind.create(ActorContext(target, db, self.env, self))
-            if kind.subscriptions and activation.router is None:
+            if kind.subscriptions and activation.router is None and not self.config.storage.read_only:
                 self.subscriptions.declare(activation)
         except BaseException as exc:
             db.close()

@@ -28,7 +28,7 @@ import apsw
 
 from storage.address import shard_of
 from storage.alarms import PendingItem
-from storage.database import Durability, translate
+from storage.database import Durability, connect_read_only, translate
 from storage.errors import StorageError
 
 INDEX_DIR = "_dotdo"
@@ -50,14 +50,19 @@ CREATE INDEX IF NOT EXISTS pending_due ON pending(due);
 """
 
 
-def open_index(path: Path, durability: Durability, schema: str, what: str) -> apsw.Connection:
+def open_index(path: Path, durability: Durability, schema: str, what: str, read_only: bool = False) -> apsw.Connection:
     """Open (creating if needed) an index file shared by every process serving a data
     directory: WAL, the given durability, a writer waiting up to 5 s for another, and
     its ``schema`` (idempotent statements) in place.
 
+    With ``read_only`` (a data directory that cannot be written) the file is read as it
+    is, or, when there is none, an empty index is kept in memory.
+
     Raises:
         StorageError: The file cannot be created or opened (the message names ``what``).
     """
+    if read_only:
+        return _open_index_read_only(path, schema, what)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = apsw.Connection(str(path))
@@ -74,6 +79,18 @@ def open_index(path: Path, durability: Durability, schema: str, what: str) -> ap
         conn.close()
         raise StorageError(f"cannot open the {what} at {path}: {exc}") from None
     return conn
+
+
+def _open_index_read_only(path: Path, schema: str, what: str) -> apsw.Connection:
+    try:
+        if path.exists():
+            return connect_read_only(path)
+        conn = apsw.Connection(":memory:")
+        for _ in conn.execute(schema):
+            pass
+        return conn
+    except apsw.Error as exc:
+        raise StorageError(f"cannot read the {what} at {path}: {exc}") from None
 
 
 class IndexFile:
@@ -121,7 +138,11 @@ class AlarmIndex(IndexFile):
 
     @classmethod
     def open(
-        cls, data_dir: Path | str, durability: Durability = Durability.NORMAL, shard: tuple[int, int] | None = None
+        cls,
+        data_dir: Path | str,
+        durability: Durability = Durability.NORMAL,
+        shard: tuple[int, int] | None = None,
+        read_only: bool = False,
     ) -> AlarmIndex:
         """Open (creating if needed) the index of ``data_dir``.
 
@@ -134,7 +155,7 @@ class AlarmIndex(IndexFile):
             StorageError: The file cannot be created or opened.
         """
         path = Path(data_dir) / INDEX_DIR / INDEX_FILE
-        conn = open_index(path, durability, _SCHEMA, "alarm index")
+        conn = open_index(path, durability, _SCHEMA, "alarm index", read_only)
         return cls(conn, path, shard)
 
     # -- writes ----------------------------------------------------------------------

@@ -31,10 +31,11 @@ import errno
 import fcntl
 import os
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import apsw
 
@@ -85,6 +86,13 @@ class StorageOptions:
             small write turns run at 0.56-0.68x the rate without it, and a busy actor
             (5 commits/s) keeps about 106 MB of archive per hour of window.
         clock: The time source of history (epoch seconds); tests pass their own.
+        sql_time_limit: Seconds one ``sql.exec`` call may run before SQLite stops it
+            (``SqlError``; the turn rolls back unless the actor catches it). Storage
+            calls are synchronous, so a runaway query would hold up every actor of
+            the process, not just its own.
+        read_only: Open existing databases for reading only, create none, migrate
+            none, archive nothing: for a data directory that cannot be written. Every
+            write then raises ``StorageReadOnly`` and changes nothing.
     """
 
     durability: Durability = Durability.NORMAL
@@ -93,6 +101,8 @@ class StorageOptions:
     wal_keep_kib: int = 512
     history: float = 0.0
     clock: Callable[[], float] = time.time
+    sql_time_limit: float = 10.0
+    read_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +216,8 @@ class ActorDatabase:
         """
         options = options or StorageOptions()
         path = address.path(Path(data_dir))
+        if options.read_only:
+            return cls._open_read_only(path, address, options)
         lock = _lock(path, address)
         try:
             created = os.fstat(lock).st_size == 0
@@ -231,11 +243,7 @@ class ActorDatabase:
                 _lock_and_migrate(conn, address, name)
             _trim_page_cache(conn, options)
         except BaseException as exc:
-            conn.close()
-            os.close(lock)
-            if isinstance(exc, apsw.Error):
-                raise translate(exc, address) from None
-            raise
+            _abandon(conn, lock, exc, address)
         db = cls(conn, address, path, options, lock)
         if options.history > 0:
             # History archives every commit through a WAL hook, from here on; it first
@@ -250,6 +258,42 @@ class ActorDatabase:
                 db.close()
                 raise
         return db
+
+    @classmethod
+    def _open_read_only(cls, path: Path, address: Address, options: StorageOptions) -> ActorDatabase:
+        """``open`` under ``options.read_only``: the existing file, its lock taken
+        through a read-only descriptor, its schema checked but never changed."""
+        where = (address.namespace, address.id)
+        try:
+            lock = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise StorageReadOnly(
+                f"{address} has no data yet, and the data directory is read-only: it cannot be created",
+                address=where,
+            ) from None
+        except OSError as exc:
+            raise StorageError(f"cannot open the database of {address}: {exc.strerror}", address=where) from None
+        try:
+            _flock(lock, address)
+            conn = connect_read_only(path, options.statement_cache)
+        except BaseException as exc:
+            os.close(lock)
+            if isinstance(exc, apsw.Error):
+                raise translate(exc, address) from None
+            raise
+        try:
+            _configure(conn, options, False)
+            version = int(conn.pragma("user_version"))
+            if version != schema.LATEST_VERSION:
+                raise StorageReadOnly(
+                    f"the database of {address} has schema version {version}, not {schema.LATEST_VERSION}, "
+                    "and cannot be upgraded while the data directory is read-only",
+                    address=where,
+                )
+            _trim_page_cache(conn, options)
+        except BaseException as exc:
+            _abandon(conn, lock, exc, address)
+        return cls(conn, address, path, options, lock)
 
     def close(self) -> None:
         """Roll back anything uncommitted and close the file. The WAL is checkpointed
@@ -646,6 +690,25 @@ def _size(path: Path | str) -> int:
         return 0
 
 
+def connect_read_only(path: Path, statement_cache: int = 12) -> apsw.Connection:
+    """A connection that only reads the SQLite file at ``path``, on a file system that
+    cannot be written and while nobody writes the file.
+
+    A WAL database is read without its shared-memory file, which could not be created:
+    with a WAL beside it, the WAL's index is built in this connection's memory
+    (exclusive locking mode, no file locks); without one, the file is the whole
+    database and is opened as immutable.
+    """
+    if Path(f"{path}-wal").exists():
+        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY, vfs="unix-none", statementcachesize=statement_cache)
+        conn.execute("PRAGMA locking_mode=EXCLUSIVE").fetchall()
+    else:
+        uri = f"file:{urllib.parse.quote(str(path))}?immutable=1"
+        conn = apsw.Connection(uri, flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI, statementcachesize=statement_cache)
+    conn.execute("SELECT count(*) FROM sqlite_schema").fetchall()  # fails now, not at first use
+    return conn
+
+
 def _lock(path: Path, address: Address) -> int:
     """Open the database file (creating it and its directory if needed) and take its
     exclusive flock; returns the descriptor that holds the lock.
@@ -662,14 +725,54 @@ def _lock(path: Path, address: Address) -> int:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise StorageError(f"cannot create the data directory for {address}: {exc}") from None
+                raise _unopened(exc, address, "create the data directory for") from None
             fd = os.open(path, flags | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise StorageError(f"cannot create or open the database of {address}: {exc.strerror}", address=(address.namespace, address.id)) from None
+        raise _unopened(exc, address, "create or open the database of") from None
+    try:
+        _flock(fd, address)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _abandon(conn: apsw.Connection, lock: int, exc: BaseException, address: Address) -> NoReturn:
+    """Close a half-opened database (connection, then lock) and raise what stopped it,
+    as a storage error when SQLite raised it."""
+    conn.close()
+    os.close(lock)
+    if isinstance(exc, apsw.Error):
+        raise translate(exc, address) from None
+    raise exc
+
+
+def _unopened(exc: OSError, address: Address, what: str) -> StorageError:
+    """The error for a database file that cannot be made or opened: read-only, full,
+    or another failure, each said plainly."""
+    where = (address.namespace, address.id)
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return StorageReadOnly(
+            f"cannot {what} {address} for writing: {exc.strerror} "
+            "(a read-only data directory is served with dotdo serve --read-only)",
+            address=where,
+        )
+    if exc.errno == errno.ENOSPC:
+        return StorageFull(f"cannot {what} {address}: the disk is full", address=where)
+    return StorageError(f"cannot {what} {address}: {exc.strerror or exc}", address=where)
+
+
+def _flock(fd: int, address: Address) -> None:
+    """Take the exclusive flock of an open database file (a read-only descriptor will
+    do: flock needs no write access).
+
+    Raises:
+        DatabaseLocked: Another open holds the lock.
+        StorageError: The lock cannot be taken.
+    """
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
-        os.close(fd)
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
             raise DatabaseLocked(
                 f"the database ({address}) is held by another activation; "
@@ -677,7 +780,6 @@ def _lock(path: Path, address: Address) -> int:
                 address=(address.namespace, address.id),
             ) from None
         raise StorageError(f"cannot lock the database of {address}: {exc.strerror}", address=(address.namespace, address.id)) from None
-    return fd
 
 
 def _configure(conn: apsw.Connection, options: StorageOptions, created: bool) -> None:

@@ -14,6 +14,8 @@ has run and the rows are in the cursor. Rows iterate as dicts (column name to va
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +31,10 @@ if TYPE_CHECKING:
 SqlValue = None | int | float | str | bytes
 
 # Pragmas that only describe the schema; every other pragma is refused in user SQL.
+PROGRESS_STEPS = 10_000
+"""SQLite virtual-machine steps between two checks of a user statement's time limit
+(a check costs well under a microsecond; 10,000 steps take about a millisecond)."""
+
 _READ_ONLY_PRAGMAS = frozenset(
     {
         "table_info",
@@ -226,13 +232,20 @@ def _user_error(exc: apsw.Error, db: ActorDatabase) -> Exception:
 class SqlStore:
     """SQL access to one actor's database (``self.sql`` in an actor)."""
 
-    __slots__ = ("_db", "_conn", "_guard")
+    __slots__ = ("_db", "_conn", "_guard", "_deadline")
 
     def __init__(self, db: ActorDatabase) -> None:
         self._db = db
         self._conn = db.connection
         self._guard = _Guard()
         self._conn.authorizer = self._guard
+        self._deadline = math.inf
+        self._conn.set_progress_handler(self._overdue, PROGRESS_STEPS)
+
+    def _overdue(self) -> bool:
+        """SQLite's progress callback: whether the user statement running is past its
+        time (True stops it)."""
+        return time.monotonic() > self._deadline
 
     def exec(self, query: str, *bindings: SqlValue) -> Cursor:
         """Run ``query`` (one or more statements) with ``bindings`` and return its rows.
@@ -265,17 +278,25 @@ class SqlStore:
         before = conn.total_changes()
         guard.active = True
         guard.denied = ""
+        limit = db.options.sql_time_limit
+        self._deadline = time.monotonic() + limit
         conn.trace_v2(apsw.SQLITE_TRACE_PROFILE, run.on_profile, id=self)
         try:
             cursor = conn.cursor()
             cursor.exec_trace = run.on_statement
             for row in cursor.execute(query, bindings):
                 run.rows.append(row)
+        except apsw.InterruptError:
+            raise SqlError(
+                f"the SQL ran for more than {limit:g} s and was stopped (StorageOptions.sql_time_limit)",
+                sqlite_error="InterruptError",
+            ) from None
         except apsw.Error as exc:
             if guard.denied:
                 raise InvalidQuery(guard.denied) from None
             raise _user_error(exc, db) from None
         finally:
+            self._deadline = math.inf
             guard.active = False
             conn.trace_v2(0, None, id=self)
         if run.statements == 0:

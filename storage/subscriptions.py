@@ -69,14 +69,15 @@ class SubscriptionIndex(IndexFile):
         self._cache: dict[tuple[str, str], list[Subscription]] = {}
 
     @classmethod
-    def open(cls, data_dir: Path | str, durability: Durability = Durability.NORMAL) -> SubscriptionIndex:
-        """Open (creating if needed) the index of ``data_dir``.
+    def open(cls, data_dir: Path | str, durability: Durability = Durability.NORMAL, read_only: bool = False) -> SubscriptionIndex:
+        """Open (creating if needed) the index of ``data_dir`` (see ``open_index`` for
+        ``read_only``).
 
         Raises:
             StorageError: The file cannot be created or opened.
         """
         path = Path(data_dir) / INDEX_DIR / INDEX_FILE
-        return cls(open_index(path, durability, _SCHEMA, "subscription index"), path)
+        return cls(open_index(path, durability, _SCHEMA, "subscription index", read_only), path)
 
     # -- lookups ---------------------------------------------------------------------
 

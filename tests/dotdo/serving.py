@@ -70,7 +70,9 @@ STOP_TIMEOUT = 15
 
 
 def environment() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "DOTDO_URL"}
+    """This process's environment without the DOTDO_ variables a developer's shell may
+    hold (a server URL, tokens): each test says what it wants."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOTDO_")}
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -85,11 +87,28 @@ class Served:
     def output(self) -> str:
         return self.stdout.read_text()
 
+    def errors(self) -> str:
+        return self.stderr.read_text()
+
+
+async def wait_for_url(process: trio.Process, stdout: Path, stderr: Path) -> str:
+    """The HTTP URL a starting ``dotdo serve`` prints (its output in ``stdout``), once
+    its banner is complete; fails if the process exits first."""
+    with trio.fail_after(STARTUP_TIMEOUT):
+        while "stop: Ctrl-C" not in stdout.read_text():
+            if process.poll() is not None:
+                raise AssertionError(f"dotdo serve exited with {process.returncode}: {stderr.read_text()}")
+            await trio.sleep(0.02)
+    [url] = [line.split("http: ", 1)[1].split()[0] for line in stdout.read_text().splitlines() if "http: " in line]
+    assert url.startswith("http://127.0.0.1:") and not url.endswith(":0")
+    return url
+
 
 @asynccontextmanager
-async def dotdo_serve(tmp_path: Path, *args: str) -> AsyncIterator[Served]:
+async def dotdo_serve(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> AsyncIterator[Served]:
     """``python -m dotdo serve --port 0 ARGS`` until it printed its URL; killed on exit
-    if it is still running. One worker process unless ARGS say ``--workers``."""
+    if it is still running. One worker process unless ARGS say ``--workers``; ``env``
+    adds environment variables."""
     stdout, stderr = tmp_path / "serve.out", tmp_path / "serve.err"
     workers = [] if "--workers" in args else ["--workers", "1"]
     with stdout.open("wb") as out, stderr.open("wb") as err:
@@ -99,16 +118,10 @@ async def dotdo_serve(tmp_path: Path, *args: str) -> AsyncIterator[Served]:
             stderr=err,
             stdin=subprocess.DEVNULL,
             cwd=tmp_path,
-            env=environment(),
+            env={**environment(), **(env or {})},
         )
     try:
-        with trio.fail_after(STARTUP_TIMEOUT):
-            while "stop: Ctrl-C" not in stdout.read_text():
-                if process.poll() is not None:
-                    raise AssertionError(f"dotdo serve exited with {process.returncode}: {stderr.read_text()}")
-                await trio.sleep(0.02)
-        [url] = [line.split("http: ", 1)[1] for line in stdout.read_text().splitlines() if "http: " in line]
-        assert url.startswith("http://127.0.0.1:") and not url.endswith(":0")
+        url = await wait_for_url(process, stdout, stderr)
         yield Served(process, url, stdout, stderr)
     finally:
         if process.returncode is None:
@@ -117,7 +130,8 @@ async def dotdo_serve(tmp_path: Path, *args: str) -> AsyncIterator[Served]:
             await process.wait()
 
 
-async def dotdo(*args: str, cwd: Path) -> subprocess.CompletedProcess[bytes]:
+async def dotdo(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    """``python -m dotdo ARGS``, its output captured; ``env`` adds variables."""
     with trio.fail_after(STARTUP_TIMEOUT):
         return await trio.run_process(
             [sys.executable, "-m", "dotdo", *args],
@@ -126,7 +140,7 @@ async def dotdo(*args: str, cwd: Path) -> subprocess.CompletedProcess[bytes]:
             check=False,
             stdin=subprocess.DEVNULL,
             cwd=cwd,
-            env=environment(),
+            env={**environment(), **(env or {})},
         )
 
 
@@ -134,3 +148,76 @@ async def stop(served: Served, sig: signal.Signals) -> int:
     served.process.send_signal(sig)
     with trio.fail_after(STOP_TIMEOUT):
         return await served.process.wait()
+
+
+# -- python -m dotdo serve in a process group of its own, for kill -9 ----------------
+
+
+def group_environment(tmp_dir: Path) -> dict[str, str]:
+    """``environment()`` with temporary files (the workers' socket directory) under
+    ``tmp_dir``: a killed server cannot clean them up, and they stay inside the test's
+    directory."""
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    return {**environment(), "TMPDIR": str(tmp_dir)}
+
+
+async def spawn_group(run_dir: Path, name: str, *args: str) -> tuple[trio.Process, Path, Path]:
+    """Start ``python -m dotdo serve --port 0 ARGS`` in a session of its own (so
+    ``kill_group`` reaches the server and every worker it starts), its output in
+    ``run_dir/NAME.out`` and ``.err`` (returned with the process). One worker process
+    unless ARGS say ``--workers``."""
+    stdout, stderr = run_dir / f"{name}.out", run_dir / f"{name}.err"
+    workers = [] if "--workers" in args else ["--workers", "1"]
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "dotdo", "serve", "--port", "0", *workers, *args],
+            stdout=out,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            cwd=run_dir,
+            env=group_environment(run_dir / "tmp"),
+            start_new_session=True,
+        )
+    return process, stdout, stderr
+
+
+@asynccontextmanager
+async def dotdo_serve_group(run_dir: Path, name: str, *args: str) -> AsyncIterator[Served]:
+    """``spawn_group`` until the server printed its URL; the group is killed on exit
+    if a process of it still runs."""
+    process, stdout, stderr = await spawn_group(run_dir, name, *args)
+    try:
+        url = await wait_for_url(process, stdout, stderr)
+        yield Served(process, url, stdout, stderr)
+    finally:
+        if process.returncode is None or group_alive(process.pid):
+            await kill_group(process)
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs (zombies do not count; Linux)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid pgrp ...: comm may hold spaces, so split after its ")".
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+async def kill_group(process: trio.Process) -> None:
+    """SIGKILL every process of ``process``'s group (a server started by
+    ``spawn_group`` and its workers) at once, and wait until none is left."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    with trio.fail_after(STOP_TIMEOUT):
+        await process.wait()
+        while group_alive(process.pid):
+            await trio.sleep(0.01)

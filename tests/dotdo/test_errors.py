@@ -12,6 +12,7 @@ from dotdo.errors import (
     CallTimeout,
     DatabaseLocked,
     Forbidden,
+    RequestTimeout,
     StorageFull,
     StorageReadOnly,
     DeadlockError,
@@ -89,6 +90,7 @@ CASES: list[tuple[DotdoError, int, type]] = [
     (ProtocolError("x"), 400, DotdoError),
     (Unauthorized("x"), 401, DotdoError),
     (Forbidden("x"), 403, DotdoError),
+    (RequestTimeout("x"), 408, InvalidInput),
 ]
 
 

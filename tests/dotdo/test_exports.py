@@ -45,6 +45,7 @@ EXPECTED = [
     "ProtocolError",
     "Relationship",
     "Retry",
+    "RequestTimeout",
     "RowCountError",
     "S",
     "ScheduleInfo",

@@ -16,6 +16,7 @@ from storage import (
     TransactionError,
 )
 from storage import schema
+from storage.errors import StorageFull, StorageReadOnly
 
 ALICE = Address("Customer", "alice")
 
@@ -320,3 +321,72 @@ def test_vectors_load_lazily_and_only_into_this_connection(db: ActorDatabase) ->
     db.load_vectors()
     db.load_vectors()
     assert db.connection.execute("SELECT vec_version()").fetchall()[0][0].startswith("v")
+
+
+# -- a full disk, a read-only directory ---------------------------------------------------
+
+
+def test_a_full_database_raises_storage_full_and_keeps_what_was_committed(tmp_path: Path) -> None:
+    db = ActorDatabase.open(tmp_path, ALICE)
+    db.kv.put("kept", 1)
+    db.commit()
+    # SQLite's page cap stands in for the disk: the same SQLITE_FULL a full disk gives.
+    pages = db.connection.pragma("page_count")
+    db.connection.pragma("max_page_count", pages + 2)
+    db.begin_turn()
+    with pytest.raises(StorageFull, match="disk is full"):
+        db.kv.put("big", b"x" * 100_000)
+        db.commit()
+    db.rollback()
+    db.end_turn()
+    assert db.kv.get("kept") == 1 and db.kv.get("big") is None
+    assert db.connection.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    db.close()
+
+
+def _written(tmp_path: Path) -> Path:
+    db = ActorDatabase.open(tmp_path, ALICE)
+    db.kv.put("k", "v")
+    db.commit()
+    db.close()
+    return ALICE.path(tmp_path)
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("with_wal", [True, False])
+def test_read_only_opens_read_and_refuse_every_write(tmp_path: Path, with_wal: bool) -> None:
+    path = _written(tmp_path)
+    if not with_wal:  # checkpointed and gone: the read-only open takes the file as immutable
+        conn = apsw.Connection(str(path))
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        conn.close()
+        Path(f"{path}-wal").unlink(missing_ok=True)
+    before = _files(tmp_path)
+    db = ActorDatabase.open(tmp_path, ALICE, StorageOptions(read_only=True))
+    assert db.kv.get("k") == "v"
+    db.begin_turn()
+    with pytest.raises(StorageReadOnly, match="read-only"):
+        db.kv.put("k", "changed")
+        db.commit()
+    db.rollback()
+    db.end_turn()
+    assert db.kv.get("k") == "v"
+    with pytest.raises(DatabaseLocked):  # still one activation at a time
+        ActorDatabase.open(tmp_path, ALICE, StorageOptions(read_only=True))
+    db.close()
+    assert _files(tmp_path) == before
+
+
+def test_read_only_creates_nothing_and_upgrades_nothing(tmp_path: Path) -> None:
+    with pytest.raises(StorageReadOnly, match="cannot be created"):
+        ActorDatabase.open(tmp_path, ALICE, StorageOptions(read_only=True))
+    assert list(tmp_path.iterdir()) == []
+    path = _written(tmp_path)
+    conn = apsw.Connection(str(path))
+    conn.pragma("user_version", schema.LATEST_VERSION - 1)
+    conn.close()
+    with pytest.raises(StorageReadOnly, match="cannot be upgraded"):
+        ActorDatabase.open(tmp_path, ALICE, StorageOptions(read_only=True))

@@ -1,6 +1,8 @@
+from pathlib import Path
+
 import pytest
 
-from storage import ActorDatabase, InvalidQuery, InvalidValue, RowCountError, SqlError
+from storage import ActorDatabase, Address, InvalidQuery, InvalidValue, RowCountError, SqlError, StorageOptions
 
 
 @pytest.fixture
@@ -154,3 +156,19 @@ def test_fts5_is_available_to_users(db: ActorDatabase) -> None:
     db.sql.exec("CREATE VIRTUAL TABLE doc USING fts5(body)")
     db.sql.exec("INSERT INTO doc(body) VALUES ('the quick brown fox'), ('lazy dogs')")
     assert db.sql.exec("SELECT body FROM doc WHERE doc MATCH 'fox'").one() == {"body": "the quick brown fox"}
+
+
+def test_a_runaway_statement_is_stopped_at_the_time_limit(tmp_path: Path) -> None:
+    db = ActorDatabase.open(tmp_path, Address("Test", "slow"), StorageOptions(sql_time_limit=0.2))
+    try:
+        db.sql.exec("CREATE TABLE t(x)")
+        db.commit()
+        endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
+        with pytest.raises(SqlError, match="was stopped") as caught:
+            db.sql.exec(endless)
+        assert caught.value.sqlite_error == "InterruptError"
+        # The next statement gets its own time, and engine statements none at all.
+        assert db.sql.exec("SELECT count(*) AS n FROM t").one() == {"n": 0}
+        db.kv.put("still", "works")
+    finally:
+        db.close()

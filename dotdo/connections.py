@@ -1,0 +1,141 @@
+"""HTTP connections: hypercorn's trio server with a cap on how many are open at once.
+
+hypercorn (0.18) accepts every connection the kernel hands it and has no setting to
+limit them (pgjones/hypercorn#81). Each open connection holds a file descriptor, and
+so does each active actor (three: database, -wal, -shm); ``--max-active`` leaves about
+512 descriptors of the open-file limit for everything else. Past the limit, ``accept``
+fails (trio retries every 0.1 s, logging an error each time) and, worse, actors cannot
+open their databases: calls fail with ``StorageError`` "Too many open files" until
+connections go away.
+
+``serve_http`` is ``hypercorn.trio.serve`` for a plain-text ASGI app (no TLS, no
+QUIC: dotdo serves neither) with an accept loop of its own, which takes one of
+``max_connections`` slots before each ``accept`` and gives it back when the connection
+has closed. Past the cap, new connections wait in the kernel's listen backlog
+(hypercorn's ``backlog``, 100), and past that their handshakes go unanswered and the
+clients retry them: a client waits, nobody gets an error, and the actors keep their
+descriptors. Slots come back on their own: a connection idle between requests, or one
+that never finishes its request line and headers, is closed after
+``keep_alive_timeout``; one whose client stops sending after ``read_timeout``; a body
+trickled in slowly is cut by the app's body deadline (``dotdo.bodies``).
+
+Each connection is still served by hypercorn's own ``TCPServer`` (the same protocol
+code, timeouts and graceful shutdown as ``hypercorn.trio.serve``); only the accept loop
+is ours.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState, LifespanState
+from hypercorn.utils import repr_socket_addr, wrap_app
+
+log = logging.getLogger("dotdo.http")
+
+DEFAULT_MAX_CONNECTIONS = 256
+"""Open HTTP connections per process at most: half the descriptors that the default
+``--max-active`` leaves for sockets, the other half for transport clients and peers."""
+
+# accept(2) failures that mean "out of descriptors or memory for now" (as trio's own
+# serve_listeners treats them): wait and try again rather than stop serving.
+_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+_CAPACITY_RETRY = 0.1
+
+Handler = Callable[[trio.SocketStream], Awaitable[Any]]
+
+
+async def serve_http(
+    app: Any,
+    config: Config,
+    *,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    shutdown_trigger: Callable[[], Awaitable[None]],
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the ASGI ``app`` on ``config.bind`` until ``shutdown_trigger`` returns, with
+    at most ``max_connections`` connections open at once.
+
+    ``task_status.started`` receives the bound URLs. On shutdown: stop accepting, close
+    idle connections, and give requests in flight ``config.graceful_timeout`` seconds
+    before they are cancelled (as ``hypercorn.trio.serve`` does).
+    """
+    if max_connections < 1:
+        raise ValueError(f"max_connections must be at least 1, got {max_connections}")
+    if config.ssl_enabled:
+        raise ValueError("serve_http serves plain HTTP only")
+    wrapped = wrap_app(app, config.wsgi_max_body_size, "asgi")
+    context = WorkerContext(None)
+    lifespan_state: LifespanState = {}
+    lifespan = Lifespan(wrapped, config, lifespan_state)
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan_nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+        async with trio.open_nursery() as connections:
+            sockets = config.create_sockets().insecure_sockets
+            for sock in sockets:
+                sock.listen(config.backlog)
+            listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in sockets]
+            binds = [f"http://{repr_socket_addr(sock.family, sock.getsockname())}" for sock in sockets]
+            handler = partial(TCPServer, wrapped, config, context, ConnectionState(lifespan_state.copy()))
+            slots = trio.Semaphore(max_connections)
+            try:
+                async with trio.open_nursery() as accepting:
+                    for listener in listeners:
+                        accepting.start_soon(_accept_loop, listener, handler, slots, connections)
+                    task_status.started(binds)
+                    await shutdown_trigger()
+                    accepting.cancel_scope.cancel()
+            finally:
+                await context.terminated.set()  # idle connections close, none is kept alive
+                connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
+        await lifespan.wait_for_shutdown()
+        lifespan_nursery.cancel_scope.cancel()
+
+
+async def _accept_loop(
+    listener: trio.SocketListener, handler: Handler, slots: trio.Semaphore, nursery: trio.Nursery
+) -> None:
+    """Accept connections on ``listener`` while a slot is free, each served in
+    ``nursery``; cancelled, it stops accepting and closes the listener."""
+    async with listener:
+        while True:
+            await slots.acquire()
+            try:
+                stream = await _accept(listener)
+            except BaseException:
+                slots.release()
+                raise
+            nursery.start_soon(_connection, handler, stream, slots)
+
+
+async def _accept(listener: trio.SocketListener) -> trio.SocketStream:
+    """The next connection; out of descriptors, wait and try again."""
+    while True:
+        try:
+            return await listener.accept()
+        except OSError as exc:
+            if exc.errno not in _CAPACITY_ERRNOS:
+                raise
+            log.warning("accept failed (%s); retrying in %g s", errno.errorcode[exc.errno], _CAPACITY_RETRY)
+            await trio.sleep(_CAPACITY_RETRY)
+
+
+async def _connection(handler: Handler, stream: trio.SocketStream, slots: trio.Semaphore) -> None:
+    """Serve one connection, then close it and give its slot back."""
+    try:
+        await handler(stream)
+    finally:
+        try:
+            await trio.aclose_forcefully(stream)
+        finally:
+            slots.release()
