@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--call-timeout", type=_positive(float), default=30.0, metavar="SECONDS", help="deadline of a call (default: 30)")
     serve.add_argument("--max-mailbox", type=_positive(int), default=1000, metavar="N", help="calls that may wait for one actor before 503 (default: 1000)")
     serve.add_argument("--shutdown-grace", type=_positive(float), default=10.0, metavar="SECONDS", help="time in-flight calls get on shutdown (default: 10)")
-    serve.add_argument("--max-connections", type=_positive(int), default=256, metavar="N", help="open HTTP connections at most; more wait to be accepted (default: 256)")
+    serve.add_argument("--max-connections", type=_positive(int), default=256, metavar="N", help="open HTTP connections at most, more wait to be accepted; and open transport connections at most, more are refused (default: 256 each)")
     serve.add_argument("--keep-alive-timeout", type=_positive(float), default=5.0, metavar="SECONDS", help="close a connection idle this long between requests, or still sending its headers (default: 5)")
     serve.add_argument("--read-timeout", type=_positive(float), default=30.0, metavar="SECONDS", help="close a connection whose client sends nothing for this long mid-request; a body must also arrive whole within --call-timeout (default: 30)")
     serve.add_argument("--env", type=_env_pair, action="append", default=[], metavar="KEY=VALUE", help="a value actors read as self.env[KEY]; repeatable")

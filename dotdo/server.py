@@ -159,7 +159,7 @@ async def serve(
     async with supervisor, trio.open_nursery() as nursery:
         rpc_urls: list[str] = []
         transport_scopes: list[trio.CancelScope] = []  # the transports stop when HTTP does
-        transport = TransportServer(supervisor, TransportOptions(token=options.token), fetch)
+        transport = TransportServer(supervisor, TransportOptions(token=options.token, max_connections=options.max_connections), fetch)
         if worker is not None:
             if worker.rpc_fd is not None:
                 nursery.start_soon(_transport_on, transport, [_inherited(worker.rpc_fd)], transport_scopes)

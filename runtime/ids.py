@@ -11,6 +11,7 @@ namespace (or a mistyped one) instead of silently creating a new empty actor.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import secrets
@@ -113,6 +114,21 @@ def is_id_of(namespace: str, value: str) -> bool:
         return False
     raw = bytes.fromhex(value)
     return _tag(namespace, raw[:28]) == raw[28:]
+
+
+@functools.lru_cache(maxsize=4096)
+def named(namespace: str, hex_id: str, name: str) -> ActorId:
+    """The id ``hex_id`` of ``namespace`` carrying ``name``, which must be the name it
+    was derived from: a peer cannot give an actor a name that is not its own (the
+    actor would keep it as ``self.id.name``). Checked once per triple (a name is at
+    most ``MAX_NAME_BYTES``, so the cache holds at most 2 MiB of names).
+
+    Raises:
+        InvalidId: ``name`` is not the name of that id (or is no valid name).
+    """
+    if id_from_name(namespace, name).hex != hex_id:
+        raise InvalidId(f"the name {name[:64]!r} is not the name of {namespace} id {hex_id[:16]}...")
+    return ActorId(namespace, hex_id, name)
 
 
 def resolve(namespace: str, name_or_id: str) -> ActorId:

@@ -414,8 +414,9 @@ class Supervisor:
             or len(decoded) != 2
             or not isinstance(decoded[0], list)
             or not isinstance(decoded[1], dict)
+            or not all(isinstance(key, str) for key in decoded[1])
         ):
-            raise values.InvalidValue("call arguments must be encoded as [args, kwargs]")
+            raise values.InvalidValue("call arguments must be encoded as [args, kwargs], keyword names as text")
         return tuple(decoded[0]), decoded[1]
 
     def ref(self, actor_id: ActorId) -> ActorStub:

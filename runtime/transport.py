@@ -31,7 +31,7 @@ from storage.address import validate_namespace
 from storage.errors import DotdoError
 
 from runtime import values, wire
-from runtime.errors import ConnectionLost, MethodNotAllowed, NotSent, ProtocolError, Unauthorized
+from runtime.errors import ConnectionLost, MethodNotAllowed, NotSent, Overloaded, ProtocolError, Unauthorized
 from runtime.context import current_turn
 from runtime.ids import ActorId
 from runtime.stubs import ActorStub, Namespaces
@@ -44,6 +44,7 @@ log = logging.getLogger("dotdo.transport")
 RECEIVE_CHUNK = 65536
 HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_MAX_INFLIGHT = 128
+DEFAULT_MAX_CONNECTIONS = 256
 _RDHUP: int | None = getattr(select, "POLLRDHUP", None)
 SEND_TIMEOUT = 10.0
 """Seconds a client waits for the server to take a frame before it gives up on it."""
@@ -64,6 +65,9 @@ class TransportOptions:
         handshake_timeout: Seconds a new connection has to send its hello.
         trusted: Whether connections may make the runtime's system calls (event
             deliveries, subscriptions): only the socket other workers connect to.
+        max_connections: Connections open at once; one more gets an ``Overloaded``
+            error frame and is closed (each holds a file descriptor, which actors
+            need for their databases).
     """
 
     token: str | None = None
@@ -71,6 +75,7 @@ class TransportOptions:
     max_inflight: int = DEFAULT_MAX_INFLIGHT
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     trusted: bool = False
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
 
 
 @dataclass(slots=True)
@@ -120,6 +125,7 @@ class TransportServer:
         self.options = options
         self._fetch = fetch
         self.connections = 0
+        self._slots = trio.Semaphore(options.max_connections)
 
     async def serve_listeners(self, listeners: list[trio.SocketListener]) -> None:
         """Serve connections from ``listeners`` (sockets made elsewhere) until cancelled."""
@@ -132,7 +138,22 @@ class TransportServer:
         await trio.serve_listeners(self.handle, listeners)
 
     async def handle(self, stream: trio.abc.Stream) -> None:
-        """Serve one connection until it closes or breaks the protocol."""
+        """Serve one connection until it closes or breaks the protocol; past
+        ``max_connections``, refuse it with an ``Overloaded`` error frame."""
+        try:
+            self._slots.acquire_nowait()
+        except trio.WouldBlock:
+            async with stream:
+                refusal = Overloaded(f"the server has {self.options.max_connections} transport connections open; retry later")
+                with trio.move_on_after(1):
+                    await _send_quietly(stream, wire.encode(wire.error_frame(None, refusal)))
+            return
+        try:
+            await self._serve(stream)
+        finally:
+            self._slots.release()
+
+    async def _serve(self, stream: trio.abc.Stream) -> None:
         self.connections += 1
         decoder = wire.FrameDecoder(self.options.max_frame)
         try:
@@ -162,6 +183,7 @@ class TransportServer:
     async def _handshake(self, stream: trio.abc.Stream, decoder: wire.FrameDecoder) -> bool:
         hello: wire.Message | None = None
         problem: DotdoError | None = None
+        early = False  # whole frames came with the hello
         with trio.move_on_after(self.options.handshake_timeout):
             while hello is None:
                 data = await stream.receive_some(RECEIVE_CHUNK)
@@ -171,10 +193,11 @@ class TransportServer:
                     bodies = decoder.feed(data)
                     if bodies:
                         hello = wire.decode(bodies[0])
+                        early = len(bodies) > 1
                 except ProtocolError as exc:
                     problem = exc
                     break
-        problem = problem or self._refusal(hello, decoder)
+        problem = problem or self._refusal(hello, early or decoder.pending > 0)
         if problem is not None:
             await _send_quietly(stream, wire.encode(wire.error_frame(None, problem)))
             return False
@@ -182,8 +205,9 @@ class TransportServer:
         await stream.send_all(wire.encode(welcome))
         return True
 
-    def _refusal(self, hello: wire.Message | None, decoder: wire.FrameDecoder) -> DotdoError | None:
-        """Why the connection that sent ``hello`` is refused (None: it is welcome)."""
+    def _refusal(self, hello: wire.Message | None, early: bool) -> DotdoError | None:
+        """Why the connection that sent ``hello`` (and, if ``early``, more bytes before
+        its welcome) is refused (None: it is welcome)."""
         expected = self.options.token
         if hello is None:
             return ProtocolError("no hello within the handshake timeout")
@@ -193,7 +217,7 @@ class TransportServer:
             return ProtocolError(f"protocol version {hello.version} is not supported (this server speaks {wire.VERSION})")
         if expected is not None and not hmac.compare_digest((hello.token or "").encode(), expected.encode()):
             return Unauthorized("wrong or missing token")
-        if decoder.pending:
+        if early:
             return ProtocolError("frames sent before the welcome")
         return None
 

@@ -19,9 +19,9 @@ import msgpack
 
 from storage import codec
 from storage.codec import unstorable
-from storage.errors import InvalidValue
+from storage.errors import InvalidId, InvalidValue
 
-from runtime.ids import ActorId, id_from_string
+from runtime.ids import ActorId, id_from_string, named
 
 REF_EXT = 1
 
@@ -67,9 +67,13 @@ def unpack(raw: bytes, make_ref: RefFactory | None = None) -> Any:
         except (ValueError, TypeError, msgpack.UnpackException) as exc:
             raise InvalidValue(f"malformed actor reference: {exc}") from None
         actor_id = id_from_string(namespace, hex_id)
-        if name is not None and not isinstance(name, str):
-            raise InvalidValue("malformed actor reference: name is not text")
-        actor_id = ActorId(actor_id.namespace, actor_id.hex, name)
+        if name is not None:
+            if not isinstance(name, str):
+                raise InvalidValue("malformed actor reference: name is not text")
+            try:
+                actor_id = named(actor_id.namespace, actor_id.hex, name)
+            except InvalidId as exc:
+                raise InvalidValue(f"malformed actor reference: {exc}") from None
         return make_ref(actor_id) if make_ref is not None else actor_id
 
     try:

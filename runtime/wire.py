@@ -25,7 +25,7 @@ from storage.errors import DotdoError
 
 from runtime import errors as runtime_errors
 from runtime.errors import ProtocolError
-from runtime.ids import ActorId, id_from_string
+from runtime.ids import ActorId, id_from_string, named
 
 VERSION = 1
 HEADER = struct.Struct(">I")
@@ -308,17 +308,23 @@ def _parse_target(value: Any) -> ActorId:
     namespace, hex_id, name = value
     if not isinstance(namespace, str) or not isinstance(hex_id, str) or not (name is None or isinstance(name, str)):
         raise ProtocolError("a target must be [namespace, hex id, name or nil] of text")
-    return _actor_id(namespace, hex_id, name)
+    actor_id = _actor_id(namespace, hex_id)
+    if name is None:
+        return actor_id
+    try:
+        return named(actor_id.namespace, actor_id.hex, name)
+    except DotdoError as exc:
+        raise ProtocolError(f"bad target: {exc}") from None
 
 
 @functools.lru_cache(maxsize=4096)
-def _actor_id(namespace: str, hex_id: str, name: str | None) -> ActorId:
-    # Each target is checked once (ActorId is immutable); refusals are not remembered.
+def _actor_id(namespace: str, hex_id: str) -> ActorId:
+    # Each id is checked once (ActorId is immutable); refusals are not remembered. The
+    # name stays out of the cache: it could pin thousands of frame-long strings.
     try:
-        actor_id = id_from_string(namespace, hex_id)
+        return id_from_string(namespace, hex_id)
     except DotdoError as exc:
         raise ProtocolError(f"bad target: {exc}") from None
-    return ActorId(actor_id.namespace, actor_id.hex, name)
 
 
 def _parse_hello(raw: list[Any]) -> Hello:
@@ -476,16 +482,40 @@ ERROR_CLASSES = _error_classes()
 
 
 def error_frame(request: int | None, exc: DotdoError) -> Error:
-    """The error frame for ``exc``: its class name, public message and attributes."""
+    """The error frame for ``exc``: its class name, public message and attributes.
+
+    An actor's own errors may hold anything: lone surrogates in text are escaped,
+    attributes msgpack cannot carry are left out, and a public message that is not text
+    becomes the class name, so that the frame always encodes.
+    """
     attrs: dict[str, Any] = {}
     for name in _ATTRS:
         value = getattr(exc, name, None)
-        if value is not None:
-            attrs[name] = list(value) if isinstance(value, tuple) else value
+        if isinstance(value, str):
+            value = _utf8(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        if value is not None and _travels(value):
+            attrs[name] = value
     name = type(exc).__name__
     if name not in ERROR_CLASSES:
         name = next((c.__name__ for c in type(exc).__mro__ if c.__name__ in ERROR_CLASSES), "DotdoError")
-    return Error(request, name, exc.public, attrs)
+    public = getattr(exc, "public", None)
+    return Error(request, name, _utf8(public) if isinstance(public, str) else name, attrs)
+
+
+def _utf8(text: str) -> str:
+    """``text`` with its lone surrogates (which UTF-8 cannot carry) written as escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _travels(value: Any) -> bool:
+    """Whether msgpack can carry ``value`` in an error frame's attributes."""
+    try:
+        msgpack.packb(value, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError):  # UnicodeEncodeError is a ValueError
+        return False
+    return True
 
 
 def error_from_frame(frame: Error) -> DotdoError:

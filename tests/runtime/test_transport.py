@@ -15,7 +15,7 @@ import trio
 from dotdo import DO, ActorError, ActorNotFound, DotdoError, InvalidArguments
 from dotdo.client import connect, parse_url
 from runtime import wire
-from runtime.errors import CallTimeout, ConnectionLost, MethodNotAllowed, NotSent, Unauthorized
+from runtime.errors import CallTimeout, ConnectionLost, MethodNotAllowed, NotSent, Overloaded, Unauthorized
 from runtime.ids import ActorId, id_from_name
 from runtime.supervisor import Supervisor
 from runtime.transport import Connection, TransportOptions, TransportServer
@@ -205,6 +205,21 @@ async def test_a_wrong_or_missing_token_runs_nothing(tmp_path: Path) -> None:
         assert await sup.S.Shop("t").mark("m") is None
         async with connect(f"tcp://127.0.0.1:{port}", token="s3cret") as S:
             assert await S.Shop("t").add(1, 2) == 3
+
+
+async def test_connections_past_the_cap_are_refused_and_the_others_keep_working(tmp_path: Path) -> None:
+    async with transport(tmp_path, max_connections=2) as (_, server, port):
+        url = f"tcp://127.0.0.1:{port}"
+        async with connect(url) as first, connect(url) as second:
+            for _ in range(3):
+                with pytest.raises((Overloaded, ConnectionLost)):
+                    await connect(url)
+            assert await first.Shop("a").add(1, 2) == 3 and await second.Shop("b").add(2, 2) == 4
+        with trio.fail_after(10):
+            while server.connections:  # the server saw both close
+                await trio.sleep(0.01)
+        async with connect(url) as again:  # their slots came back
+            assert await again.Shop("a").add(3, 3) == 6
 
 
 @pytest.mark.parametrize(
