@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import inspect
 import datetime as dt
 import json
 import logging
@@ -50,7 +49,6 @@ from dotdo.bodies import parse_json, read_body
 from dotdo.errors import BodyTooLarge, DotdoError, InvalidId, InvalidInput, Unauthorized, http_status
 from runtime import wire
 from runtime.ids import ActorId, resolve
-from runtime.lifecycle import LifecycleService
 from runtime.stubs import ActorStub
 from runtime.supervisor import Supervisor
 from runtime.transport import FetchHandler
@@ -235,27 +233,6 @@ async def _json_object(request: Request, seconds: float, shape: str = "{...}") -
     return body
 
 
-# The parameters of LifecycleService.admin itself: a body field of one of these names
-# would set it (a "timeout" of any type) or collide with it, not reach the operation.
-_ADMIN_PARAMETERS = frozenset(
-    name
-    for name, parameter in inspect.signature(LifecycleService.admin).parameters.items()
-    if parameter.kind is not inspect.Parameter.VAR_KEYWORD
-)
-
-
-def _operation_arguments(operation: str, arguments: dict[str, Any]) -> dict[str, Any]:
-    """The body of a lifecycle request as the operation's keyword arguments.
-
-    Raises:
-        InvalidInput: A field is named like a parameter of ``admin`` itself.
-    """
-    clash = sorted(set(arguments) & _ADMIN_PARAMETERS)
-    if clash:
-        raise InvalidInput(f"{operation}: got an unexpected keyword argument {clash[0]!r}")
-    return arguments
-
-
 def _too_large(size: int, limit: int) -> BodyTooLarge:
     return BodyTooLarge(f"request body of {size} bytes or more is over the {limit}-byte limit")
 
@@ -368,8 +345,8 @@ def create_app(
         if len(segments) != 6:
             raise InvalidInput("the lifecycle route is POST /_admin/actors/{namespace}/{id}/{operation}")
         target = resolved(segments[3], segments[4])
-        arguments = _operation_arguments(segments[5], await _json_object(request, supervisor.config.call_timeout))
-        result = await supervisor.lifecycle.admin(target, segments[5], **arguments)
+        arguments = await _json_object(request, supervisor.config.call_timeout)
+        result = await supervisor.lifecycle.request(target, segments[5], arguments)
         return JSON({"result": result})
 
     async def on_routing_error(request: Request, exc: Exception) -> Response:

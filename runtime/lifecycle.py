@@ -111,6 +111,11 @@ class LifecycleService:
         Raises:
             InvalidInput: An unknown operation or bad arguments; nothing changed.
         """
+        return await self.request(target, operation, arguments, timeout)
+
+    async def request(self, target: ActorId, operation: str, arguments: dict[str, Any], timeout: float | None = None) -> Any:
+        """``admin`` with the operation's arguments as one mapping (from outside, such as
+        an HTTP body): none of them can be taken for ``admin``'s own parameters."""
         self._check(operation)
         payload = values.pack([operation, arguments])
         packed = await self._sup.system_call(target, ADMIN_METHOD, payload, timeout=timeout)
