@@ -56,7 +56,7 @@ def rpc(fn: F | None = None, *, timeout: float | None = None) -> Any:
 def binder_for(fn: Callable[..., Any]) -> Binder:
     """Build the argument checker of method ``fn`` (its first parameter is ``self``)."""
     signature = inspect.signature(fn)
-    params = list(signature.parameters.values())[1:]
+    instance, *params = signature.parameters.values()
     public = signature.replace(parameters=params, return_annotation=inspect.Signature.empty)
     name = fn.__name__
     try:
@@ -88,16 +88,24 @@ def binder_for(fn: Callable[..., Any]) -> Binder:
         return bind_nothing
 
     def bind(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        if kwargs and instance.name in kwargs:  # the instance's own parameter is never an argument
+            raise InvalidArguments(f"{name}() got an unexpected keyword argument {instance.name!r}")
         if validated is not None:
             try:
                 return validated(*args, **kwargs)
             except pydantic.ValidationError as exc:
                 raise InvalidArguments(_describe(name, params, exc)) from None
+            except TypeError:  # pydantic before 2.14 cannot take a keyword argument named "self"
+                checked(args, kwargs)
+                raise InvalidArguments(f"{name}(): a keyword argument named 'self' cannot be checked") from None
+        checked(args, kwargs)
+        return args, kwargs
+
+    def checked(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         try:
             public.bind(*args, **kwargs)
         except TypeError as exc:
             raise InvalidArguments(f"{name}(): {exc}") from None
-        return args, kwargs
 
     return bind
 

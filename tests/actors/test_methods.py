@@ -347,6 +347,26 @@ def test_unannotated_methods_are_checked_against_their_signature() -> None:
         bind((1,), {"c": 1})
 
 
+@pytest.mark.parametrize("method", ["typed", "untyped", "items"])
+def test_the_instance_parameter_is_never_a_keyword_argument(method: str) -> None:
+    # typed() takes **extra, so only the explicit check refuses it; pydantic 2.13 raised a
+    # bare TypeError here, which the HTTP layer answered with a 500
+    bind = binder_for(getattr(Kind, method))
+    with pytest.raises(InvalidArguments, match=f"{method}\\(\\) got an unexpected keyword argument 'self'"):
+        bind((), {"self": 1, "a": 1})
+
+
+def test_the_instance_parameter_is_refused_by_its_own_name() -> None:
+    async def odd(this, a: int) -> int:  # noqa: ANN001
+        return a
+
+    bind = binder_for(odd)
+    with pytest.raises(InvalidArguments, match="'self'"):  # only an unknown name here
+        bind((), {"self": 1, "a": 2})
+    with pytest.raises(InvalidArguments, match="unexpected keyword argument 'this'"):
+        bind((), {"this": 1, "a": 1})
+
+
 def test_unresolvable_annotations_fall_back_to_the_signature() -> None:
     bind = binder_for(Kind.unresolvable)
     assert bind(({"any": "value"},), {}) == (({"any": "value"},), {})
