@@ -70,7 +70,7 @@ from runtime.subscriptions import Subscribed
 from runtime.workflow import Retry
 from runtime.ids import ActorId, id_from_name, id_from_string, new_unique_id
 from runtime.supervisor import Supervisor
-from storage.database import Durability
+from storage.options import Durability
 from storage.things_model import Relationship, Thing
 
 __version__ = "0.1.0"

@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from storage.database import Durability
+from storage.options import Durability
 
 DEFAULT_URL = "http://127.0.0.1:8787"
 

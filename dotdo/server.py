@@ -26,10 +26,10 @@ from dotdo.http import DEFAULT_MAX_BODY, create_app, fetch_handler
 from dotdo.workers import WorkerSpec, serve_workers
 from runtime.kinds import KindSpec
 from runtime.peers import PEER_INFLIGHT, Peers
-from runtime.transport import TransportOptions, TransportServer
 from runtime.supervisor import Supervisor, default_max_active
-from storage.database import Durability, StorageOptions
+from runtime.transport import TransportOptions, TransportServer
 from storage.errors import DotdoError
+from storage.options import Durability, StorageOptions
 
 log = logging.getLogger("dotdo.server")
 

@@ -32,8 +32,9 @@ from typing import Any, NoReturn, TypeVar
 
 import trio
 
-from storage.database import ActorDatabase, StorageOptions
+from storage.database import ActorDatabase
 from storage.errors import DotdoError, StorageError
+from storage.options import StorageOptions
 from storage.promotion import pending as pending_promotion
 
 from runtime import values, wire

@@ -4,7 +4,7 @@ This package is internal to dotdo; the public names are re-exported by ``dotdo``
 """
 
 from storage.address import Address, validate_id, validate_namespace
-from storage.database import ActorDatabase, DatabaseStats, Durability, StorageOptions
+from storage.database import ActorDatabase
 from storage.errors import (
     ActorExists,
     BookmarkError,
@@ -29,6 +29,7 @@ from storage.errors import (
     VersionConflict,
 )
 from storage.kv import KVStore
+from storage.options import DatabaseStats, Durability, StorageOptions
 from storage.sql import Cursor, SqlStore
 
 __all__ = [

@@ -28,8 +28,9 @@ import apsw
 
 from storage.address import shard_of
 from storage.alarms import PendingItem
-from storage.database import Durability, connect_read_only, translate
-from storage.errors import StorageError
+from storage.errors import StorageError, translate
+from storage.opening import connect_read_only
+from storage.options import Durability
 
 INDEX_DIR = "_dotdo"
 INDEX_FILE = "alarms.sqlite"

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import apsw
 
-from storage.database import translate
+from storage.errors import translate
 
 if TYPE_CHECKING:
     from storage.database import ActorDatabase

@@ -127,7 +127,7 @@ def load(db: ActorDatabase, path: Path | str) -> None:
 def vacuum(conn: apsw.Connection) -> None:
     """VACUUM ``conn``'s database and truncate its WAL. VACUUM builds the new file as an
     attached database; attaching is otherwise off for actor connections
-    (``storage.database._configure``), so it is allowed for the statement only."""
+    (``storage.opening._configure``), so it is allowed for the statement only."""
     conn.limit(apsw.SQLITE_LIMIT_ATTACHED, 1)
     try:
         for _ in conn.execute("VACUUM"):

@@ -57,8 +57,7 @@ import apsw
 
 from storage import backup, merge
 from storage.backup import _fsync_dir
-from storage.database import translate
-from storage.errors import BranchExists, BranchNotFound, InvalidInput, StorageError, TransactionError
+from storage.errors import BranchExists, BranchNotFound, InvalidInput, StorageError, TransactionError, translate
 
 if TYPE_CHECKING:
     from storage.database import ActorDatabase

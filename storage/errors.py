@@ -31,7 +31,12 @@ derive from it without importing upwards. The whole tree is drawn in
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import apsw
+
+if TYPE_CHECKING:
+    from storage.address import Address
 
 
 class DotdoError(Exception):
@@ -247,3 +252,27 @@ class MergeConflict(InvalidInput):
 class BookmarkError(InvalidInput):
     """A bookmark that is malformed, belongs to another actor, or lies outside the
     retention window; or a time with no bookmark. Nothing was restored."""
+
+
+def translate(exc: apsw.Error, address: Address | None = None) -> StorageError:
+    """Map an apsw error to the storage error that says what happened and what to do."""
+    where = f" ({address})" if address is not None else ""
+    addr = (address.namespace, address.id) if address is not None else None
+    if isinstance(exc, apsw.BusyError | apsw.LockedError):
+        return DatabaseLocked(
+            f"the database{where} is held by another activation; "
+            "only one process may serve an address at a time",
+            address=addr,
+        )
+    if isinstance(exc, apsw.FullError):
+        return StorageFull(f"the disk is full{where}; the write was rolled back", address=addr)
+    if isinstance(exc, apsw.ReadOnlyError):
+        return StorageReadOnly(
+            f"the database{where} is read-only (a read-only data directory or file system); the write was rolled back",
+            address=addr,
+        )
+    if isinstance(exc, apsw.CorruptError | apsw.NotADBError):
+        return StorageError(f"the database file{where} is damaged or not SQLite", address=addr)
+    if isinstance(exc, apsw.CantOpenError | apsw.IOError):
+        return StorageError(f"cannot read or write the database{where}: {exc}", address=addr)
+    return StorageError(f"storage failed{where}: {type(exc).__name__}: {exc}", address=addr)

@@ -202,7 +202,7 @@ class History:
     )  # fmt: skip
 
     def __init__(self, db: ActorDatabase) -> None:
-        from storage.database import Durability
+        from storage.options import Durability
 
         options = db.options
         self._db = db

@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any, overload
 import apsw
 
 from storage import codec
-from storage.database import translate
-from storage.errors import InvalidInput, InvalidKey, StorageLimitExceeded
+from storage.errors import InvalidInput, InvalidKey, StorageLimitExceeded, translate
 
 if TYPE_CHECKING:
     from storage.database import ActorDatabase

@@ -28,8 +28,9 @@ import apsw
 
 from storage import backup, schema
 from storage.address import Address
-from storage.database import ActorDatabase, StorageOptions, translate
-from storage.errors import ActorExists, InvalidInput, TransactionError
+from storage.database import ActorDatabase
+from storage.errors import ActorExists, InvalidInput, TransactionError, translate
+from storage.options import StorageOptions
 from storage.workflow import WORKFLOW
 
 LIFECYCLE = schema.feature(

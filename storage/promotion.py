@@ -27,8 +27,8 @@ from typing import Any
 import apsw
 
 from storage.address import Address
-from storage.database import ActorDatabase, translate
-from storage.errors import ActorExists, InvalidInput, ThingNotFound
+from storage.database import ActorDatabase
+from storage.errors import ActorExists, InvalidInput, ThingNotFound, translate
 from storage.lifecycle import LIFECYCLE, is_blank
 from storage.things import PROMOTED, THINGS
 

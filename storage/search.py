@@ -46,8 +46,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import apsw
 
-from storage.database import translate
-from storage.errors import InvalidInput, InvalidQuery
+from storage.errors import InvalidInput, InvalidQuery, translate
 from storage.things_model import THING_COLUMNS, Thing, check_key, check_page, row_to_thing, text_values
 
 if TYPE_CHECKING:

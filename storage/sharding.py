@@ -31,9 +31,10 @@ import apsw
 
 from storage import backup
 from storage.address import Address
-from storage.database import ActorDatabase, StorageOptions, translate
-from storage.errors import ActorExists, InvalidInput
+from storage.database import ActorDatabase
+from storage.errors import ActorExists, InvalidInput, translate
 from storage.lifecycle import is_blank, make_independent
+from storage.options import StorageOptions
 from storage.query import create_index, parse_field
 from storage.things import THINGS
 from storage.workflow import WORKFLOW

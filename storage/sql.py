@@ -21,8 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import apsw
 
-from storage.database import translate
-from storage.errors import InvalidQuery, InvalidValue, RowCountError, SqlError
+from storage.errors import InvalidQuery, InvalidValue, RowCountError, SqlError, translate
 from storage.schema import RESERVED_PREFIX
 
 if TYPE_CHECKING:

@@ -22,7 +22,8 @@ from pathlib import Path
 import apsw
 
 from storage.alarm_index import INDEX_DIR, IndexFile, open_index
-from storage.database import Durability, translate
+from storage.errors import translate
+from storage.options import Durability
 
 INDEX_FILE = "subscriptions.sqlite"
 WILDCARD = "*"

@@ -37,8 +37,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import apsw
 
 from storage import schema
-from storage.database import translate
-from storage.errors import InvalidInput, ThingExists, ThingNotFound, VersionConflict
+from storage.errors import InvalidInput, ThingExists, ThingNotFound, VersionConflict, translate
 from storage.query import compile_query, create_index, drop_index, list_indexes, parse_field
 from storage.search import SearchIndex, check_dimension
 from storage.things_model import (

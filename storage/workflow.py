@@ -30,7 +30,7 @@ import apsw
 
 from storage import schema
 from storage.alarms import PendingItem
-from storage.database import translate
+from storage.errors import translate
 
 if TYPE_CHECKING:
     from storage.database import ActorDatabase

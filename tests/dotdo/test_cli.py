@@ -14,7 +14,7 @@ import trio
 
 from actors.examples import EXAMPLES
 from dotdo.cli import DEFAULT_URL, _json_or_text, build_parser, main
-from storage.database import Durability
+from storage.options import Durability
 from tests.dotdo.kinds import Waker
 from tests.dotdo.serving import dotdo, dotdo_serve, serving, stop
 

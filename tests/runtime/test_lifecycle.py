@@ -219,7 +219,7 @@ async def test_branch_checkout_merge_through_the_runtime(tmp_path: Path) -> None
 
 
 async def test_restore_then_undo_returns_to_the_same_rows(tmp_path: Path) -> None:
-    from storage.database import StorageOptions
+    from storage.options import StorageOptions
 
     async with Supervisor([Ledger], tmp_path, storage=StorageOptions(history=86400.0)) as sup:
         a = sup.S.Ledger("a")

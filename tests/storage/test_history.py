@@ -12,9 +12,8 @@ from typing import Any
 import apsw
 import pytest
 
-from storage import ActorDatabase, Address, BookmarkError, StorageError, StorageOptions, TransactionError
-from storage import backup, history
-from storage.database import Durability
+from storage import ActorDatabase, Address, BookmarkError, StorageError, StorageOptions, TransactionError, backup, history
+from storage.options import Durability
 
 ALICE = Address("Customer", "alice")
 HOUR = 3600.0
