@@ -24,6 +24,7 @@ from runtime.kinds import Binder, MethodSpec
 LIFECYCLE = frozenset({"fetch", "alarm", "on_start"})
 
 _CONFIG = pydantic.ConfigDict(arbitrary_types_allowed=True)
+DESCRIBED = 10  # wrong arguments named in one InvalidArguments message
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -111,10 +112,13 @@ def binder_for(fn: Callable[..., Any]) -> Binder:
 
 
 def _describe(name: str, params: list[inspect.Parameter], exc: pydantic.ValidationError) -> str:
+    """One line naming each wrong argument (the first ``DESCRIBED`` of them, then how many
+    more: a call with thousands of wrong values gets a message of bounded size)."""
     positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
     star = next((p for p in params if p.kind is p.VAR_POSITIONAL), None)
     problems = []
-    for error in exc.errors():
+    errors = exc.errors()
+    for error in errors[:DESCRIBED]:
         loc = error.get("loc", ())
         where = loc[0] if loc else "?"
         if isinstance(where, int):
@@ -123,6 +127,8 @@ def _describe(name: str, params: list[inspect.Parameter], exc: pydantic.Validati
             elif star is not None:
                 where = f"{star.name}[{where - len(positional)}]"
         problems.append(f"argument {where!r}: {error.get('msg', 'invalid')}")
+    if len(errors) > DESCRIBED:
+        problems.append(f"and {len(errors) - DESCRIBED:,} more")
     return f"{name}(): " + "; ".join(problems)
 
 

@@ -15,6 +15,7 @@ has run and the rows are in the cursor. Rows iterate as dicts (column name to va
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -82,6 +83,13 @@ _TABLE_ACTIONS = {
     apsw.SQLITE_DROP_VTABLE: 0,
 }
 
+_ATTACH_REFUSED = "SQL may not attach or detach other databases"
+_VACUUM_REFUSED = (
+    "SQL may not VACUUM (it attaches a database internally): the engine compacts an actor's "
+    "database with the compact operation (dotdo compact)"
+)
+_VACUUM = re.compile(r"\bvacuum\b", re.IGNORECASE)
+
 _TRANSACTION_HINT = (
     "SQL may not open or end transactions (BEGIN, COMMIT, ROLLBACK, SAVEPOINT, RELEASE): "
     "each turn is already a transaction; use `with storage.transaction():` for a block "
@@ -118,7 +126,7 @@ class _Guard:
         if op in (apsw.SQLITE_TRANSACTION, apsw.SQLITE_SAVEPOINT):
             return _TRANSACTION_HINT
         if op in (apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH):
-            return "SQL may not attach or detach other databases"
+            return _ATTACH_REFUSED
         if op == apsw.SQLITE_PRAGMA:
             if (p1 or "").lower() in _READ_ONLY_PRAGMAS:
                 return ""
@@ -291,6 +299,8 @@ class SqlStore:
                 sqlite_error="InterruptError",
             ) from None
         except apsw.Error as exc:
+            if guard.denied == _ATTACH_REFUSED and _VACUUM.search(query):
+                raise InvalidQuery(_VACUUM_REFUSED) from None
             if guard.denied:
                 raise InvalidQuery(guard.denied) from None
             raise _user_error(exc, db) from None

@@ -335,6 +335,16 @@ def test_containers_and_optionals_are_checked() -> None:
     assert optional(("5",), {}) == ((5,), {})
 
 
+def test_a_message_names_the_first_wrong_arguments_and_counts_the_rest() -> None:
+    bind = binder_for(Kind.typed)
+    with pytest.raises(InvalidArguments) as caught:
+        bind((1, "x", *["no"] * 5000), {})
+    message = str(caught.value)
+    assert message.count("argument 'rest[") == 10
+    assert message.endswith("; and 4,990 more")
+    assert len(message) < 1000
+
+
 def test_unannotated_methods_are_checked_against_their_signature() -> None:
     bind = binder_for(Kind.untyped)
     assert bind(("anything",), {}) == (("anything",), {})
