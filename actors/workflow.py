@@ -23,8 +23,9 @@ from actors.subscribe import On, on
 if TYPE_CHECKING:
     from runtime.alarms import ScheduleInfo
     from runtime.context import ActorContext
+    from storage.outbox import DeadLetter, EventRow
+    from storage.steps import ActionRow
     from storage.things import ThingStore
-    from storage.workflow import ActionRow, DeadLetter, EventRow
 
 
 class Workflow:

@@ -10,6 +10,10 @@ A request presents its token as ``Authorization: Bearer <token>``. Tokens are co
 in constant time (``hmac.compare_digest``) and are never logged or echoed. With no token
 configured a kind of route is open, which is the default on 127.0.0.1; when a client
 token is set but no admin token, the admin routes are closed rather than open.
+
+The msgpack/TCP transport asks for what the client routes ask for: with a client token
+set, a connection's hello must present it or the admin token (``runtime.transport``
+compares them, also in constant time).
 """
 
 from __future__ import annotations

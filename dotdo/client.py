@@ -17,7 +17,7 @@ from collections.abc import Generator
 from typing import Any
 from urllib.parse import urlsplit
 
-from runtime.transport import Connection, RemoteNamespaces
+from runtime.connection import Connection, RemoteNamespaces
 from storage.errors import InvalidInput
 
 TOKEN_ENV = "DOTDO_TOKEN"
@@ -71,7 +71,8 @@ def connect(url: str, *, token: str | None = None, max_inflight: int = 64, conne
 
     Args:
         url: ``tcp://host:port``.
-        token: The server's token; defaults to ``$DOTDO_TOKEN``.
+        token: The server's client token (its admin token works too); defaults to
+            ``$DOTDO_TOKEN``.
         max_inflight: Calls this connection sends before waiting for replies (the
             server's own cap, if lower, wins).
         connect_timeout: Seconds to connect and shake hands.

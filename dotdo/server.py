@@ -159,7 +159,9 @@ async def serve(
     async with supervisor, trio.open_nursery() as nursery:
         rpc_urls: list[str] = []
         transport_scopes: list[trio.CancelScope] = []  # the transports stop when HTTP does
-        transport = TransportServer(supervisor, TransportOptions(token=options.token, max_connections=options.max_connections), fetch)
+        # Either token opens the transport, as either opens the client routes over HTTP.
+        transport_options = TransportOptions(token=tokens.client, admin_token=tokens.admin, max_connections=options.max_connections)
+        transport = TransportServer(supervisor, transport_options, fetch)
         if worker is not None:
             if worker.rpc_fd is not None:
                 nursery.start_soon(_transport_on, transport, [_inherited(worker.rpc_fd)], transport_scopes)

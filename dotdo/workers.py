@@ -40,9 +40,9 @@ import trio
 
 from dotdo.auth import Tokens
 from dotdo.banner import print_banner, url
+from runtime.connection import Connection
 from runtime.errors import ConnectionLost, Unauthorized
 from runtime.kinds import KindSpec, Registry
-from runtime.transport import Connection
 from storage.errors import DotdoError
 
 if TYPE_CHECKING:

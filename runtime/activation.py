@@ -1,13 +1,16 @@
-"""One activation: an actor instance, its open database and its turn gate."""
+"""One activation: an actor instance, its open database and its turn gate; and what the
+caller of a failed turn is told."""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from storage.database import ActorDatabase
+from storage.errors import DotdoError
 
+from runtime.errors import ActorError
 from runtime.gate import TurnGate, WaitGraph
 from runtime.ids import ActorId
 from runtime.kinds import KindSpec
@@ -113,3 +116,20 @@ class Activation:
 
     def __repr__(self) -> str:
         return f"<Activation {self.label} {self.state.value} turns={self.turns}>"
+
+
+def raise_public(exc: BaseException, activation: Activation) -> NoReturn:
+    """Raise what the caller of a failed turn sees (see ``public_error``), chained to
+    ``exc``."""
+    error = public_error(exc, activation)
+    if error is exc:
+        raise exc
+    raise error from exc
+
+
+def public_error(exc: BaseException, activation: Activation) -> BaseException:
+    """What the caller sees: dotdo errors and cancellation as they are, anything the
+    actor's code raised as an ``ActorError`` naming its type."""
+    if isinstance(exc, DotdoError) or not isinstance(exc, Exception):
+        return exc
+    return ActorError(type(exc).__name__, str(exc), address=(activation.id.namespace, activation.id.hex))

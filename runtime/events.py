@@ -1,7 +1,7 @@
 """Events between actors: durable sends, subscriptions, delivery and de-duplication.
 
 ``self.S.send("Customer.created", data)`` writes the event to the sender's log and one
-outbox row per subscriber, in the sending turn's own commit (``storage.workflow``): a
+outbox row per subscriber, in the sending turn's own commit (``storage.outbox``): a
 turn that rolls back sends nothing, and a committed send is never lost. Delivery runs
 after the commit, driven by the alarm index (``runtime.alarms``): the outbox is one more
 thing an actor must wake for, so a crash between the commit and the delivery is picked
@@ -42,7 +42,7 @@ import trio
 
 from storage.alarms import PendingItem
 from storage.errors import DotdoError, InvalidInput
-from storage.workflow import OUTBOX_ITEM, Delivery, Target
+from storage.outbox import OUTBOX_ITEM, Delivery, Target
 
 from runtime import values
 from runtime.context import current_turn

@@ -18,9 +18,9 @@ import trio
 from storage.address import shard_of
 
 from runtime import wire
+from runtime.connection import Connection
 from runtime.errors import NotSent
 from runtime.ids import ActorId
-from runtime.transport import Connection
 
 T = TypeVar("T")
 

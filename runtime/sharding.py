@@ -43,7 +43,7 @@ from storage.errors import InvalidInput
 from storage.fanout import merge_list, merge_scored
 from storage.things_model import check_page
 
-from runtime import values
+from runtime import forwarding, turns, values
 from runtime.activation import Activation
 from runtime.ids import ActorId, id_from_name
 
@@ -137,7 +137,7 @@ class ShardService:
         while traffic.moving is not None:
             await traffic.moving.wait()
         if activation.router is None:  # unsharded meanwhile: the actor serves itself
-            return await self._sup._run(activation.id, chain, path, deadline, fn, args, kwargs, convert)
+            return await turns.run(self._sup, activation.id, chain, path, deadline, fn, args, kwargs, convert)
         traffic.inflight += 1
         try:
             return await self._to_shards(activation, chain, path, deadline, fn, args, kwargs, convert)
@@ -188,7 +188,7 @@ class ShardService:
             shard = router.shard(namespace, store.shard_of_value(value, router.n))
             if self._sup.owner_of(shard) is not None:
                 raise InvalidInput(f"HTTP to a sharded actor reaches shards of this worker only; call {shard} directly")
-            return await self._sup._run(shard, chain, path, deadline, fn, args, kwargs, convert)
+            return await turns.run(self._sup, shard, chain, path, deadline, fn, args, kwargs, convert)
         value = self._key_value(fn, args, kwargs, router.column)
         if value is not _MISSING:
             shard = router.shard(namespace, store.shard_of_value(value, router.n))
@@ -221,10 +221,10 @@ class ShardService:
         sup = self._sup
         owner = sup.owner_of(shard)
         if owner is None:
-            return await sup._run(shard, chain, path, deadline, fn, args, kwargs, convert)
+            return await turns.run(sup, shard, chain, path, deadline, fn, args, kwargs, convert)
         payload = values.pack([list(args), kwargs])
         timeout = max(deadline - trio.current_time(), 0.001)
-        packed = await sup._forward(owner, shard, [(fn.__name__, payload)], timeout, chain, path, raw=True)
+        packed = await forwarding.forward(sup, owner, shard, [(fn.__name__, payload)], timeout, chain, path, raw=True)
         return packed if convert is values.pack else values.unpack(packed, sup.ref)
 
     # -- shard, unshard, reshard -------------------------------------------------------

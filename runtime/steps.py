@@ -1,7 +1,7 @@
 """Steps: ``self.S.try_`` (one attempt) and ``self.S.do`` (durable, retried, resumed).
 
 A step is a method of the actor run with one argument, recorded in the actions log
-(``storage.workflow``). ``do`` records the step as running and commits that *before*
+(``storage.steps``). ``do`` records the step as running and commits that *before*
 the method runs; the method's own writes and the record of its completion then commit
 together. So, whatever happens:
 
@@ -31,7 +31,8 @@ import trio
 
 from storage.alarms import PendingItem
 from storage.errors import DotdoError, InvalidInput
-from storage.workflow import STEPS_ITEM, ActionRow, RetryPolicy
+from storage.outbox import RetryPolicy
+from storage.steps import STEPS_ITEM, ActionRow
 
 from runtime import values
 from runtime.errors import CallTimeout

@@ -6,8 +6,8 @@ array whose first element is the message kind. Arguments and results travel as m
 no extension types and values are decoded on their own, with references bound to the
 receiving side.
 
-Everything here is synchronous and side-effect free: the connection code
-(``runtime.transport``) does the I/O.
+Everything here is synchronous and side-effect free: the server (``runtime.transport``)
+and the client connection (``runtime.connection``) do the I/O.
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ import msgpack
 import tenacity
 
 from storage.errors import DotdoError, InvalidInput
+from storage.outbox import RetryPolicy
 from storage.subscriptions import WILDCARD
-from storage.workflow import RetryPolicy
 
 from runtime.context import current_turn, turn_of
 from runtime.errors import ProtocolError

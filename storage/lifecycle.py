@@ -31,7 +31,7 @@ from storage.address import Address
 from storage.database import ActorDatabase
 from storage.errors import ActorExists, InvalidInput, TransactionError, translate
 from storage.options import StorageOptions
-from storage.workflow import WORKFLOW
+from storage.workflow_tables import WORKFLOW
 
 LIFECYCLE = schema.feature(
     "lifecycle",

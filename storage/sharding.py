@@ -37,7 +37,7 @@ from storage.lifecycle import is_blank, make_independent
 from storage.options import StorageOptions
 from storage.query import create_index, parse_field
 from storage.things import THINGS
-from storage.workflow import WORKFLOW
+from storage.workflow_tables import WORKFLOW
 
 MAX_SHARDS = 256
 _KEY_RE = re.compile(r"\$id\Z|[A-Za-z_][A-Za-z0-9_]{0,63}\Z")

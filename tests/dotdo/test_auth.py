@@ -1,4 +1,5 @@
-"""Tokens: who may use which HTTP route (``dotdo.auth``), on a real server."""
+"""Tokens: who may use which HTTP route (``dotdo.auth``) and the transport, on a real
+server."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 
 from actors.examples import Counter
-from dotdo import DO, DotdoError, Forbidden, ServeOptions, Unauthorized, serve
+from dotdo import DO, DotdoError, Forbidden, ServeOptions, Unauthorized, connect, serve
 from dotdo.auth import Tokens, bearer
 from tests.dotdo.serving import Server, dotdo, dotdo_serve, serving
 
@@ -147,6 +148,21 @@ async def test_tokens_are_never_logged(tmp_path: Path, caplog: pytest.LogCapture
         printed = server.out.getvalue()
     for secret in (CLIENT, ADMIN, "wrong-guess"):
         assert secret not in caplog.text and secret not in printed
+
+
+async def test_the_transport_takes_either_token(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with serving(KINDS, tmp_path, token=CLIENT, admin_token=ADMIN) as server:
+        [rpc] = [line.split("rpc:  ", 1)[1] for line in server.out.getvalue().splitlines() if "rpc:  " in line]
+        url = rpc.removesuffix(" (token required)")
+        for token, added, total in ((ADMIN, 2, 2), (CLIENT, 3, 5)):
+            async with connect(url, token=token) as S:
+                assert await S.Counter("a").increment(added) == total
+        for token in ("wrong-guess", ADMIN + "x", None):
+            with pytest.raises(Unauthorized):
+                await connect(url, token=token)
+    for secret in (CLIENT, ADMIN, "wrong-guess"):
+        assert secret not in caplog.text and secret not in server.out.getvalue()
 
 
 async def test_an_admin_token_equal_to_the_client_token_stops_serve(tmp_path: Path) -> None:

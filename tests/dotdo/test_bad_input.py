@@ -277,8 +277,18 @@ async def test_a_long_list_of_wrong_arguments_gets_a_short_message(data_dir: Pat
     async with serving(KINDS, data_dir, **{**OPTIONS, "max_body": 1024 * 1024}) as server:
         reply = await exchange(port(server), rpc("echo", b'{"args": [' + b"1," * 300_000 + b"1]}"))
         tally.record("arguments", judge(reply, 400, "InvalidArguments"))
-        assert len(reply.body) < 4096 and "more characters" in reply.json()["message"]
+        assert len(reply.body) < 4096 and reply.json()["message"].endswith(" more")  # "and N more"
         await still_serving(server.client)
+
+
+async def test_a_long_error_message_is_capped(shared: Shared) -> None:
+    """A 30 kB keyword name makes a long message; the reply carries its first 2,000
+    characters and says how many more there were."""
+    name = b"k" * 30_000
+    reply = await exchange(shared.port, rpc("echo", b'{"kwargs": {"value": 1, "' + name + b'": 1}}'))
+    judge(reply, 400, "InvalidArguments")
+    message = reply.json()["message"]
+    assert len(message) < 2100 and message.endswith("more characters)")
 
 
 async def test_a_typed_call_with_right_arguments_works(shared: Shared) -> None:

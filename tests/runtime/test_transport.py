@@ -1,4 +1,5 @@
-"""The msgpack/TCP transport: a real server on 127.0.0.1 and real client connections."""
+"""The msgpack/TCP transport server (``runtime.transport``): a real server on 127.0.0.1,
+real client connections and raw sockets (``test_connection.py`` holds the client's tests)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,13 @@ import msgpack
 import pytest
 import trio
 
-from dotdo import DO, ActorError, ActorNotFound, DotdoError, InvalidArguments
-from dotdo.client import connect, parse_url
+from dotdo import DO
+from dotdo.client import connect
 from runtime import wire
-from runtime.errors import CallTimeout, ConnectionLost, MethodNotAllowed, NotSent, Overloaded, Unauthorized
+from runtime.errors import ConnectionLost, MethodNotAllowed, Overloaded, Unauthorized
 from runtime.ids import ActorId, id_from_name
 from runtime.supervisor import Supervisor
-from runtime.transport import Connection, TransportOptions, TransportServer
-from storage.errors import InvalidInput
+from runtime.transport import TransportOptions, TransportServer
 
 
 class Shop(DO):
@@ -80,55 +80,6 @@ async def transport(tmp_path: Path, **options: Any) -> AsyncIterator[tuple[Super
         nursery.cancel_scope.cancel()
 
 
-async def outcome(call: Any) -> Any:
-    try:
-        return ("ok", await call)
-    except DotdoError as exc:
-        return ("error", type(exc).__name__, str(exc), getattr(exc, "remote_type", None))
-
-
-async def test_tcp_round_trips_match_in_process(tmp_path: Path) -> None:
-    async with transport(tmp_path) as (sup, _, port), connect(f"tcp://127.0.0.1:{port}") as S:
-        for side in (sup.S, S):
-            assert await side.Shop("a").add(2, 3) == 5
-        cases = [
-            lambda s: s.Shop("a").echo({"x": [1, 2.5, None, b"\x00", "é"]}, twice=True),
-            lambda s: s.Shop("a").add(1, "x"),
-            lambda s: s.Shop("a").add(1),
-            lambda s: s.Shop("a").boom(),
-            lambda s: s.Shop("a").nope(),
-        ]
-        for make in cases:
-            try:
-                local = await outcome(make(sup.S))
-            except DotdoError as exc:  # refused where it is written, in-process
-                local = ("error", type(exc).__name__, str(exc), None)
-            assert await outcome(make(S)) == local
-        with pytest.raises(ActorNotFound, match="known kinds: Shop"):
-            await S.Nobody("x").anything()
-        with pytest.raises(ActorError) as info:
-            await S.Shop("a").boom()
-        assert info.value.remote_type == "ValueError" and info.value.message == "no stock"
-        with pytest.raises(InvalidArguments):
-            await S.Shop("a").add(1, 2, 3)
-        with pytest.raises(AttributeError):  # private names are never sent
-            S.Shop("a")._private()
-
-
-async def test_replies_come_back_out_of_order(tmp_path: Path) -> None:
-    async with transport(tmp_path) as (_, _, port), connect(f"tcp://127.0.0.1:{port}") as S:
-        order: list[str] = []
-
-        async def run(name: str, seconds: float) -> None:
-            order.append(await S.Shop(name).slow(seconds, name))
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(run, "slow", 0.5)
-            await trio.sleep(0.05)
-            nursery.start_soon(run, "fast", 0.0)
-        assert order == ["fast", "slow"]
-
-
 async def test_a_cancelled_call_is_stopped_and_rolled_back(tmp_path: Path) -> None:
     async with transport(tmp_path) as (sup, server, port), connect(f"tcp://127.0.0.1:{port}") as S:
         with trio.move_on_after(0.2) as scope:
@@ -170,26 +121,6 @@ async def test_the_server_cap_holds_against_a_client_that_ignores_it(tmp_path: P
         await stream.aclose()
 
 
-async def test_pipelining_sends_one_frame_and_follows_references(tmp_path: Path) -> None:
-    async with transport(tmp_path) as (_, _, port), connect(f"tcp://127.0.0.1:{port}") as S:
-        connection: Connection = S.connection
-        sent = connection.frames_sent
-        assert await S.Shop("root").branch("left").branch("leaf").whoami() == "leaf"
-        assert connection.frames_sent == sent + 1 and connection.frames_received == sent + 1
-        with pytest.raises(DotdoError, match="step 1 \\(whoami\\) returned a str"):
-            await S.Shop("root").whoami().whoami()
-        with pytest.raises(ActorError, match="no stock"):
-            await S.Shop("root").branch("x").boom()
-
-
-async def test_references_travel_both_ways(tmp_path: Path) -> None:
-    async with transport(tmp_path) as (_, _, port), connect(f"tcp://127.0.0.1:{port}") as S:
-        ref = await S.Shop("a").branch("b")
-        assert ref == S.Shop("b") and ref.id.name == "b"
-        assert await ref.whoami() == "b"  # a reference received is callable
-        assert await S.Shop("a").call_back(S.Shop("c")) == "c"  # and one sent arrives callable
-
-
 async def test_a_wrong_or_missing_token_runs_nothing(tmp_path: Path) -> None:
     async with transport(tmp_path, token="s3cret") as (sup, _, port):
         for token in (None, "wrong", "s3cret "):
@@ -205,6 +136,29 @@ async def test_a_wrong_or_missing_token_runs_nothing(tmp_path: Path) -> None:
         assert await sup.S.Shop("t").mark("m") is None
         async with connect(f"tcp://127.0.0.1:{port}", token="s3cret") as S:
             assert await S.Shop("t").add(1, 2) == 3
+
+
+async def test_the_admin_token_opens_a_connection_too(tmp_path: Path) -> None:
+    async with transport(tmp_path, token="s3cret", admin_token="adm1n") as (sup, server, port):
+        assert "s3cret" not in repr(server.options) and "adm1n" not in repr(server.options)
+        url = f"tcp://127.0.0.1:{port}"
+        for token in ("s3cret", "adm1n"):
+            async with connect(url, token=token) as S:
+                assert await S.Shop("t").add(1, 2) == 3
+        for token in (None, "", "wrong", "adm1n ", "adm1", "s3cretadm1n"):
+            with pytest.raises(Unauthorized):
+                await connect(url, token=token)
+        stream = await raw_connection(port, token="adm1n-", expect_welcome=False)
+        await stream.send_all(slow_call(1, "t", 0, "m"))
+        answer = await read_frames(stream, 1)
+        assert isinstance(answer[0], wire.Error) and answer[0].type == "Unauthorized"
+        assert "adm1n" not in answer[0].message
+        await stream.aclose()
+        assert await sup.S.Shop("t").mark("m") is None
+    # Without a client token no token is asked for, as over HTTP's client routes.
+    async with transport(tmp_path / "admin-only", admin_token="adm1n") as (_, _, port):
+        async with connect(f"tcp://127.0.0.1:{port}") as S:
+            assert await S.Shop("t").add(2, 2) == 4
 
 
 async def test_connections_past_the_cap_are_refused_and_the_others_keep_working(tmp_path: Path) -> None:
@@ -262,19 +216,6 @@ async def test_a_truncated_frame_and_a_vanished_client_are_harmless(tmp_path: Pa
         assert await S.Shop("a").add(3, 4) == 7
 
 
-async def test_timeouts_travel_and_a_lost_server_is_reported(tmp_path: Path) -> None:
-    async with transport(tmp_path) as (_, _, port):
-        S = await connect(f"tcp://127.0.0.1:{port}")
-        with trio.fail_after(5), pytest.raises(CallTimeout, match="did not finish within 0.2 s"):
-            await S.connection.call_packed(id_from_name("Shop", "t"), "slow", msgpack.packb([[10, "m"], {}]), 0.2)
-        assert await S.ping() >= 0
-        await S.aclose()
-        with pytest.raises(ConnectionLost):
-            await S.Shop("t").add(1, 1)
-    with pytest.raises(ConnectionLost):
-        await connect(f"tcp://127.0.0.1:{port}", connect_timeout=2)
-
-
 async def test_fetch_frames_reach_the_actors_fetch(tmp_path: Path) -> None:
     async def handler(target: ActorId, request: wire.HttpRequest, timeout: float | None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         seen.append((target, request, timeout))
@@ -293,32 +234,6 @@ async def test_fetch_frames_reach_the_actors_fetch(tmp_path: Path) -> None:
     async with transport(tmp_path / "plain") as (_, _, port), connect(f"tcp://127.0.0.1:{port}") as S:
         with pytest.raises(MethodNotAllowed, match="takes no fetch frames"):
             await S.connection.fetch(target, request)
-
-
-async def test_a_call_into_a_connection_the_server_closed_is_not_sent(tmp_path: Path) -> None:
-    async with Supervisor([Shop], tmp_path) as sup, trio.open_nursery() as nursery:
-        server = TransportServer(sup)
-        with trio.CancelScope() as serving:
-            listeners = await nursery.start(server.serve, "127.0.0.1", 0)
-            port = listeners[0].socket.getsockname()[1]
-            S = await connect(f"tcp://127.0.0.1:{port}")
-            assert await S.Shop("n").add(1, 1) == 2
-            serving.cancel()  # the server goes away while the connection is idle
-        nursery.cancel_scope.cancel()
-    with trio.fail_after(5):
-        while server.connections:
-            await trio.sleep(0.01)
-    with pytest.raises(NotSent, match="the call was not sent"):
-        await S.Shop("n").add(1, 1)
-    await S.aclose()
-
-
-def test_urls() -> None:
-    assert parse_url("tcp://127.0.0.1:8788") == ("127.0.0.1", 8788)
-    assert parse_url("tcp://[::1]:9") == ("::1", 9)
-    for bad in ("http://x:1", "tcp://x", "tcp://:5", "tcp://x:1/path", "x"):
-        with pytest.raises(InvalidInput, match="tcp://host:port"):
-            parse_url(bad)
 
 
 # -- helpers -----------------------------------------------------------------------------

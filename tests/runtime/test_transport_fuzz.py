@@ -62,10 +62,11 @@ from hypothesis import strategies as st
 
 from dotdo import DO
 from runtime import values, wire
+from runtime.connection import Connection
 from runtime.errors import ProtocolError
 from runtime.ids import ActorId, id_from_name
 from runtime.supervisor import Supervisor
-from runtime.transport import Connection, TransportOptions, TransportServer
+from runtime.transport import TransportOptions, TransportServer
 from storage.errors import DotdoError, InvalidInput, InvalidValue
 
 LONG = int(os.environ.get("DOTDO_FUZZ_EXAMPLES") or 0)
