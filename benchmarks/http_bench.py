@@ -1,7 +1,9 @@
 """HTTP load benchmark: ``dotdo serve`` (one worker, the Counter example) against a bare
 starlette + hypercorn + apsw app doing the same increment (``benchmarks/bare_app.py``);
 or, with ``--compare workers``, ``dotdo serve --workers 2`` against ``--workers 1``
-(nothing pinned: two workers need both cores, and share them with the load generator).
+(nothing pinned: two workers need both cores, and share them with the load generator);
+or, with ``--compare token``, ``dotdo serve --token`` (every request carrying
+``Authorization: Bearer``) against ``dotdo serve`` without one: what access checking costs.
 
 Both servers run as subprocesses on 127.0.0.1 (free ports, temporary data directories,
 durability ``normal``), in the same run, and the load alternates between them round by
@@ -28,7 +30,7 @@ when a request failed or a read-back is off.
 
     python benchmarks/http_bench.py [--duration 10] [--connections 32] [--threads 1]
         [--rounds 2] [--counters 2000] [--scenarios hot,spread] [--route fetch|rpc]
-        [--compare bare|workers]
+        [--compare bare|workers|token]
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 RPC_BODY = b'{"args":[],"kwargs":{}}'
+TOKEN = "bench-client-token-0123456789abcdef"  # the --compare token server's client token
 
 
 # -- servers ---------------------------------------------------------------------------
@@ -65,6 +68,14 @@ class Server:
     proc: subprocess.Popen[bytes]
     url: str
     log: Path
+    token: str | None = None
+
+    def headers(self, body: bytes | None) -> dict[str, str]:
+        """The headers of a request with ``body`` (None: no body) to this server."""
+        headers = {"content-type": "application/json"} if body else {}
+        if self.token is not None:
+            headers["authorization"] = f"Bearer {self.token}"
+        return headers
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -117,8 +128,12 @@ def _rss_kib(pid: int) -> int:
     return 0
 
 
-SERVERS = {"bare": None, "dotdo": 1, "w1": 1, "w2": 2}
-"""Server names: the bare app, and dotdo with that many worker processes."""
+SERVERS = {"bare": None, "dotdo": 1, "w1": 1, "w2": 2, "token": 1}
+"""Server names: the bare app, and dotdo with that many worker processes (``token``: one,
+with ``--token``)."""
+
+COMPARE = {"bare": ("bare", "dotdo"), "workers": ("w1", "w2"), "token": ("dotdo", "token")}
+"""Per ``--compare``: the baseline, then the server measured against it."""
 
 
 def start_server(name: str, data_dir: Path, logs: Path, cpu: int | None) -> Server:
@@ -128,6 +143,8 @@ def start_server(name: str, data_dir: Path, logs: Path, cpu: int | None) -> Serv
     if workers is not None:
         argv = [sys.executable, "-m", "dotdo", "serve", "--host", "127.0.0.1", "--port", "0", "--rpc-port", "0",
                 "--workers", str(workers), "--data", str(data_dir), "--durability", "normal", "--log-level", "warning"]
+        if name == "token":
+            argv += ["--token", TOKEN]
     else:
         argv = [sys.executable, str(ROOT / "benchmarks" / "bare_app.py"), "--host", "127.0.0.1",
                 "--port", "0", "--data", str(data_dir)]
@@ -144,7 +161,8 @@ def start_server(name: str, data_dir: Path, logs: Path, cpu: int | None) -> Serv
         if not line:
             break
         if line.strip().startswith("http: "):
-            return Server(name, proc, line.split("http: ", 1)[1].strip(), log)
+            url = line.split("http: ", 1)[1].split()[0]  # the banner may add "(token required)"
+            return Server(name, proc, url, log, TOKEN if name == "token" else None)
     proc.kill()
     raise RuntimeError(f"{name} did not start:\n{log.read_text()}")
 
@@ -158,9 +176,8 @@ def path_of(counter: str, route: str) -> str:
     return f"/Counter/{counter}/increment"
 
 
-def _request(conn: http.client.HTTPConnection, method: str, path: str, body: bytes | None) -> dict[str, Any]:
-    headers = {"content-type": "application/json"} if body else {}
-    conn.request(method, path, body=body, headers=headers)
+def _request(server: Server, conn: http.client.HTTPConnection, method: str, path: str, body: bytes | None) -> dict[str, Any]:
+    conn.request(method, path, body=body, headers=server.headers(body))
     response = conn.getresponse()
     data = response.read()
     if response.status != 200:
@@ -174,7 +191,7 @@ def warm(server: Server, counters: list[str], route: str) -> int:
     conn = http.client.HTTPConnection(*server.host_port, timeout=30)
     body = RPC_BODY if route == "rpc" else None
     for counter in counters:
-        _request(conn, "POST", path_of(counter, route), body)
+        _request(server, conn, "POST", path_of(counter, route), body)
     conn.close()
     return len(counters)
 
@@ -182,7 +199,7 @@ def warm(server: Server, counters: list[str], route: str) -> int:
 def read_total(server: Server, counters: list[str]) -> int:
     """The sum of the counters' values, read back over HTTP."""
     conn = http.client.HTTPConnection(*server.host_port, timeout=30)
-    total = sum(int(_request(conn, "GET", f"/Counter/{counter}", None)["value"]) for counter in counters)
+    total = sum(int(_request(server, conn, "GET", f"/Counter/{counter}", None)["value"]) for counter in counters)
     conn.close()
     return total
 
@@ -249,6 +266,8 @@ end
 def wrk_load(wrk: str, server: Server, counters: list[str], route: str, args: argparse.Namespace, scratch: Path) -> Load:
     script = scratch / "load.lua"
     body = "wrk.body = '" + RPC_BODY.decode() + "'\nwrk.headers[\"Content-Type\"] = \"application/json\"" if route == "rpc" else ""
+    if server.token is not None:
+        body += f'\nwrk.headers["Authorization"] = "Bearer {server.token}"'
     script.write_text(_WRK_SCRIPT.format(body=body, counters=",".join(f'"{c}"' for c in counters), route=route))
     argv = [wrk, "-t", str(args.threads), "-c", str(args.connections), "-d", f"{args.duration:g}s",
             "--timeout", "10s", "--latency", "-s", str(script), server.url]
@@ -277,7 +296,7 @@ def python_load(server: Server, counters: list[str], route: str, args: argparse.
     latencies: list[float] = []
     counts = {"requests": 0, "non_2xx": 0, "errors": 0}
     body = RPC_BODY if route == "rpc" else None
-    headers = {"content-type": "application/json"} if body else {}
+    headers = server.headers(body)
 
     async def worker(client: httpx.AsyncClient, stop: float) -> None:
         while trio.current_time() < stop:
@@ -342,7 +361,7 @@ def run_scenario(scenario: str, args: argparse.Namespace, scratch: Path, cpus: t
     wrk = None if args.loadgen == "python" else shutil.which("wrk")
     if args.loadgen == "wrk" and wrk is None:
         raise SystemExit("wrk is not installed")
-    names = ["bare", "dotdo"] if args.compare == "bare" else ["w1", "w2"]
+    names = list(COMPARE[args.compare])
     servers: dict[str, Server] = {}
     loads: dict[str, list[Load]] = {name: [] for name in names}
     ok: dict[str, int] = {}
@@ -395,7 +414,7 @@ def _table(results: list[Result], args: argparse.Namespace) -> None:
         check = "ok" if r.correct else f"BAD {r.read_back}"
         print(f"{r.scenario:10} {r.server:6} {r.median(lambda x: x.rate):9,.0f} {r.median(lambda x: x.p50_ms):8.2f} "
               f"{r.median(lambda x: x.p99_ms):8.2f} {r.rss_mb:8.1f} {r.failures:7} {check:>10}")
-    mine, theirs = ("dotdo", "bare") if args.compare == "bare" else ("w2", "w1")
+    theirs, mine = COMPARE[args.compare]
     for scenario, pair in by_scenario.items():
         d, b = pair[mine], pair[theirs]
 
@@ -416,13 +435,14 @@ def main() -> None:
     parser.add_argument("--scenarios", default="hot,spread", help="comma-separated: hot, spread (default both)")
     parser.add_argument("--route", choices=["fetch", "rpc"], default="fetch", help="fetch (default) or rpc")
     parser.add_argument("--loadgen", choices=["auto", "wrk", "python"], default="auto")
-    parser.add_argument("--compare", choices=["bare", "workers"], default="bare",
-                        help="bare: dotdo (one worker) against the bare app (default); workers: --workers 2 against --workers 1")
+    parser.add_argument("--compare", choices=sorted(COMPARE), default="bare",
+                        help="bare: dotdo (one worker) against the bare app (default); workers: --workers 2 against "
+                        "--workers 1; token: dotdo --token against dotdo without")
     parser.add_argument("--no-pin", action="store_true", help="do not pin servers and load to separate cores")
     parser.add_argument("--dir", help="where to put data directories (default: a temporary folder)")
     args = parser.parse_args()
     cpus: tuple[int, int] | None = None
-    if not args.no_pin and args.compare == "bare" and hasattr(os, "sched_setaffinity"):
+    if not args.no_pin and args.compare != "workers" and hasattr(os, "sched_setaffinity"):
         available = sorted(os.sched_getaffinity(0))
         if len(available) >= 2:
             cpus = (available[0], available[-1])
