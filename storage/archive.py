@@ -29,6 +29,7 @@ outgrows ``max(database, MIN_LOG_BYTES)``.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import math
 import os
@@ -61,7 +62,7 @@ class Gap(Exception):
     """The WAL does not continue what the archive holds."""
 
 
-class Archive:
+class Archive(abc.ABC):
     """The archive of one actor's commits and where it stands: the current generation,
     the state after the last commit copied and the WAL position after it. Synchronous.
 
@@ -293,9 +294,9 @@ class Archive:
         self._broken = f"{type(exc).__name__}: {exc}"
         self._pending = []
 
+    @abc.abstractmethod
     def _start(self, *, created: bool, continuous: bool) -> None:
         """Start a new generation from the current state (``Generations._start``)."""
-        raise NotImplementedError
 
 
 def wal_valid(header: bytes) -> bool:
