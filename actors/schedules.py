@@ -23,7 +23,7 @@ from runtime import schedules
 from runtime.errors import InvalidSchedule
 
 if TYPE_CHECKING:
-    from runtime.alarms import ScheduleInfo
+    from runtime.alarm_info import ScheduleInfo
     from runtime.context import ActorContext
 
 _DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")

@@ -21,7 +21,7 @@ from actors.schedules import Every
 from actors.subscribe import On, on
 
 if TYPE_CHECKING:
-    from runtime.alarms import ScheduleInfo
+    from runtime.alarm_info import ScheduleInfo
     from runtime.context import ActorContext
     from storage.outbox import DeadLetter, EventRow
     from storage.steps import ActionRow

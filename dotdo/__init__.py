@@ -64,7 +64,7 @@ from dotdo.errors import (
 from dotdo.client import connect
 from dotdo.server import ServeOptions, serve
 from actors.subscribe import on
-from runtime.alarms import AlarmInfo, ScheduleInfo, ScheduleRun
+from runtime.alarm_info import AlarmInfo, ScheduleInfo, ScheduleRun
 from runtime.events import Event, Sent
 from runtime.subscriptions import Subscribed
 from runtime.workflow import Retry

@@ -27,7 +27,6 @@ import inspect
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import tenacity
@@ -38,6 +37,7 @@ from storage.alarms import ALARM_ITEM, AlarmRow, PendingItem, ScheduleRow
 from storage.errors import DotdoError, InvalidInput, StorageError
 
 from runtime import schedules
+from runtime.alarm_info import AlarmInfo, ScheduleInfo, ScheduleRun, schedule_info, to_epoch, utc
 from runtime.errors import CallTimeout, SupervisorClosed
 from runtime.ids import ActorId
 from runtime.workflow import activation_of_turn, method_of, own_turn
@@ -61,78 +61,6 @@ ACTIVATION_RETRY = 30.0
 """Seconds before retrying an actor whose activation failed (on_start raised, locked)."""
 WORKFLOW = "workflow"
 """What ``_fire`` returns when the outbox or a step is due."""
-_LATEST = dt.datetime(9999, 1, 1, tzinfo=dt.timezone.utc).timestamp()
-
-
-@dataclass(frozen=True, slots=True)
-class AlarmInfo:
-    """What ``alarm(self, info)`` is told about the run.
-
-    Attributes:
-        scheduled_time: When the alarm was set for (UTC).
-        retry_count: Failed runs of this alarm before this one.
-        is_retry: Whether this run is a retry.
-    """
-
-    scheduled_time: dt.datetime
-    retry_count: int
-    is_retry: bool
-
-
-@dataclass(frozen=True, slots=True)
-class ScheduleRun:
-    """What a scheduled method taking one argument is told about the run.
-
-    Attributes:
-        name: The schedule's name.
-        phrase: Its schedule, as written.
-        scheduled_time: When this run was due (UTC).
-    """
-
-    name: str
-    phrase: str
-    scheduled_time: dt.datetime
-
-
-@dataclass(frozen=True, slots=True)
-class ScheduleInfo:
-    """A schedule as listed by ``self.S.schedules()``."""
-
-    name: str
-    phrase: str
-    method: str
-    tz: str
-    next_run: dt.datetime
-    last_run: dt.datetime | None
-    runs: int
-    failures: int
-    last_error: str | None
-
-
-def to_epoch(when: object, now: float) -> float:
-    """Epoch seconds from a timezone-aware datetime, a timedelta from now, or a number.
-
-    Raises:
-        InvalidInput: Anything else, a naive datetime, or a time not finite.
-    """
-    if isinstance(when, dt.datetime):
-        if when.tzinfo is None:
-            raise InvalidInput("the alarm time is a naive datetime: give it a timezone (datetime.now(timezone.utc) + ...)")
-        value = when.timestamp()
-    elif isinstance(when, dt.timedelta):
-        value = now + when.total_seconds()
-    elif isinstance(when, int | float) and not isinstance(when, bool):
-        value = float(when)
-    else:
-        raise InvalidInput(f"an alarm time is a datetime, a timedelta or epoch seconds, got {type(when).__name__}")
-    if not math.isfinite(value) or value > _LATEST:
-        raise InvalidInput(f"the alarm time {when!r} is not a usable time")
-    return value
-
-
-def utc(epoch: float) -> dt.datetime:
-    """An aware UTC datetime from epoch seconds."""
-    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc)
 
 
 def _takes_argument(fn: Callable[..., Any]) -> bool:
@@ -446,11 +374,11 @@ class AlarmService:
         alarms = activation.db.alarms
         existing = alarms.schedule(name)
         if existing is not None and (existing.spec, existing.tz, existing.method) == (schedule.spec, schedule.tz, method):
-            return _schedule_info(existing)
+            return schedule_info(existing)
         next_run = schedule.next_after(self.now())
         row = alarms.put_schedule(name, schedule.phrase, schedule.spec, schedule.tz, method, next_run)
         self.lower(activation, PendingItem(name, "schedule", schedule.phrase, next_run, 0))
-        return _schedule_info(row)
+        return schedule_info(row)
 
     def remove_schedule(self, ctx: ActorContext, name: str) -> bool:
         """Remove a schedule; whether it existed."""
@@ -461,7 +389,7 @@ class AlarmService:
     def schedules(self, ctx: ActorContext) -> list[ScheduleInfo]:
         """The actor's schedules, by name."""
         activation = self._own(ctx)
-        return [_schedule_info(row) for row in activation.db.alarms.schedules()]
+        return [schedule_info(row) for row in activation.db.alarms.schedules()]
 
     def lower(self, activation: Activation, item: PendingItem) -> None:
         # The index first, committed before the turn's own commit (see storage.alarm_index),
@@ -529,17 +457,3 @@ class AlarmService:
     def pending(self, namespace: str | None = None, limit: int = 1000, after: tuple[str, str, str] | None = None) -> list[IndexEntry]:
         """Pending alarms and schedules by actor, from the index."""
         return self.index.entries(namespace, limit, after)
-
-
-def _schedule_info(row: ScheduleRow) -> ScheduleInfo:
-    return ScheduleInfo(
-        name=row.name,
-        phrase=row.phrase,
-        method=row.method,
-        tz=row.tz,
-        next_run=utc(row.next_run),
-        last_run=utc(row.last_run) if row.last_run is not None else None,
-        runs=row.runs,
-        failures=row.failures,
-        last_error=row.last_error,
-    )

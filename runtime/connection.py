@@ -21,7 +21,7 @@ import trio
 from storage.address import validate_namespace
 from storage.errors import DotdoError
 
-from runtime import values, wire
+from runtime import values, wire, wire_errors
 from runtime.errors import ConnectionLost, MethodNotAllowed, NotSent, ProtocolError
 from runtime.context import current_turn
 from runtime.ids import ActorId
@@ -133,7 +133,7 @@ class Connection:
             raise
         if isinstance(answer, wire.Error):
             await trio.aclose_forcefully(stream)
-            raise wire.error_from_frame(answer)
+            raise wire_errors.error_from_frame(answer)
         if not isinstance(answer, wire.Welcome):
             await trio.aclose_forcefully(stream)
             raise ProtocolError(f"{label} answered the hello with a {type(answer).__name__}")
@@ -227,7 +227,7 @@ class Connection:
         """The packed result of the request ``make`` builds (its error raised)."""
         frame = await self.request(make)
         if isinstance(frame, wire.Error):
-            raise wire.error_from_frame(frame)
+            raise wire_errors.error_from_frame(frame)
         return frame.result
 
     async def request(self, make: Callable[[int], bytes]) -> wire.Reply | wire.Error:
@@ -350,7 +350,7 @@ class Connection:
         if isinstance(message, wire.Reply | wire.Error):
             if message.id is None:  # about the connection: it is over
                 assert isinstance(message, wire.Error)
-                self._fail(wire.error_from_frame(message))
+                self._fail(wire_errors.error_from_frame(message))
                 return
             waiter = self._waiting.get(message.id)
             if waiter is not None:

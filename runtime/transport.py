@@ -20,7 +20,7 @@ import trio
 
 from storage.errors import DotdoError
 
-from runtime import values, wire
+from runtime import values, wire, wire_errors
 from runtime.errors import MethodNotAllowed, Overloaded, ProtocolError, Unauthorized
 from runtime.ids import ActorId
 
@@ -136,7 +136,7 @@ class TransportServer:
             async with stream:
                 refusal = Overloaded(f"the server has {self.options.max_connections} transport connections open; retry later")
                 with trio.move_on_after(1):
-                    await _send_quietly(stream, wire.encode(wire.error_frame(None, refusal)))
+                    await _send_quietly(stream, wire.encode(wire_errors.error_frame(None, refusal)))
             return
         try:
             await self._serve(stream)
@@ -159,7 +159,7 @@ class TransportServer:
                         try:
                             await self._read(conn, decoder)
                         except ProtocolError as exc:
-                            last = wire.error_frame(None, exc)
+                            last = wire_errors.error_frame(None, exc)
                         calls.cancel_scope.cancel()  # the peer is gone or broke the protocol
                     conn.closing = True  # the writer sends what is left, then ends
                     conn.wake.set()
@@ -189,7 +189,7 @@ class TransportServer:
                     break
         problem = problem or self._refusal(hello, early or decoder.pending > 0)
         if problem is not None:
-            await _send_quietly(stream, wire.encode(wire.error_frame(None, problem)))
+            await _send_quietly(stream, wire.encode(wire_errors.error_frame(None, problem)))
             return False
         welcome = wire.Welcome(wire.VERSION, self.options.max_frame, self.options.max_inflight)
         await stream.send_all(wire.encode(welcome))
@@ -276,10 +276,10 @@ class TransportServer:
             if packed is not None:
                 frame = wire.encode_reply(request, packed)
         except DotdoError as exc:
-            frame = wire.encode(wire.error_frame(request, exc))
+            frame = wire.encode(wire_errors.error_frame(request, exc))
         except Exception as exc:  # a bug in dotdo, not in the actor (that is ActorError)
             log.exception("request %s to %s failed inside dotdo", request, target)
-            frame = wire.encode(wire.error_frame(request, DotdoError(f"internal error: {type(exc).__name__}")))
+            frame = wire.encode(wire_errors.error_frame(request, DotdoError(f"internal error: {type(exc).__name__}")))
         finally:
             del conn.running[request]
             if request in conn.cancelled:  # the client gave up: it expects nothing

@@ -24,7 +24,7 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports():
-    from runtime import wire
+    from runtime import wire, wire_errors
     from runtime.errors import ProtocolError
     from runtime.ids import id_from_name
     from storage.errors import DotdoError
@@ -59,7 +59,7 @@ def check(message: wire.Message) -> None:
     if message == message:  # not when a NaN hides in an error's attributes
         assert again == message, (message, again)
     if isinstance(message, wire.Error):
-        assert isinstance(wire.error_from_frame(message), DotdoError)
+        assert isinstance(wire_errors.error_from_frame(message), DotdoError)
 
 
 def one_input(data: bytes) -> None:

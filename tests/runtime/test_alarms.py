@@ -264,14 +264,6 @@ async def test_alarm_times_in_every_form(autojump_clock: MockClock, sup: Supervi
             await clock.arm_at(bad)
 
 
-async def test_naive_datetimes_are_refused(autojump_clock: MockClock) -> None:
-    from runtime.alarms import to_epoch
-
-    with pytest.raises(InvalidInput, match="naive"):
-        to_epoch(dt.datetime(2030, 1, 1), now=0.0)
-    assert to_epoch(dt.timedelta(seconds=10), now=100.0) == 110.0
-
-
 async def test_a_failing_alarm_is_retried_with_growing_backoff(autojump_clock: MockClock, sup: Supervisor) -> None:
     counted = sup.S.Counted("a")
     await counted.plan(2)

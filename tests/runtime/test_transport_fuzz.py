@@ -61,7 +61,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from dotdo import DO
-from runtime import values, wire
+from runtime import values, wire, wire_errors
 from runtime.connection import Connection
 from runtime.errors import ProtocolError
 from runtime.ids import ActorId, id_from_name
@@ -735,7 +735,7 @@ def decode_or_refuse(body: bytes) -> wire.Message | None:
     if message == message:  # not when a NaN hides in an error's attributes
         assert again == message
     if isinstance(message, wire.Error):
-        assert isinstance(wire.error_from_frame(message), DotdoError)
+        assert isinstance(wire_errors.error_from_frame(message), DotdoError)
     return message
 
 
@@ -1081,10 +1081,10 @@ def test_an_actors_error_of_any_attributes_still_makes_a_frame() -> None:
         "public": "lone \udcff", "message": "x\ud800", "expected": {1, 2}, "actual": 2**70,
         "target": dt.datetime(2024, 1, 1), "known": ("a", "b"),
     })
-    frame = wire.decode(wire.encode(wire.error_frame(3, odd))[wire.HEADER.size :])
+    frame = wire.decode(wire.encode(wire_errors.error_frame(3, odd))[wire.HEADER.size :])
     assert frame == wire.Error(3, "InvalidInput", "lone \\udcff", {"message": "x\\ud800", "known": ["a", "b"]})
     untidy = Awkward({"public": 7})
-    assert wire.decode(wire.encode(wire.error_frame(None, untidy))[wire.HEADER.size :]) == wire.Error(None, "InvalidInput", "InvalidInput")
+    assert wire.decode(wire.encode(wire_errors.error_frame(None, untidy))[wire.HEADER.size :]) == wire.Error(None, "InvalidInput", "InvalidInput")
 
 
 def test_a_target_named_unlike_its_id_is_refused() -> None:

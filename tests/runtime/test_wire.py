@@ -10,9 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from runtime import wire
-from runtime.errors import ActorError, DeadlockError, MethodNotAllowed, Overloaded, ProtocolError
+from runtime.errors import ProtocolError
 from runtime.ids import id_from_name
-from storage.errors import DotdoError, InvalidValue
 
 FUZZ = settings(max_examples=300, deadline=None)
 
@@ -135,28 +134,3 @@ def test_specific_problems_are_named() -> None:
         wire.decode(msgpack.packb([42]))
     with pytest.raises(ProtocolError, match="not valid msgpack"):
         wire.decode(b"\xc1")
-
-
-@pytest.mark.parametrize(
-    "error",
-    [
-        ActorError("ValueError", "no stock", address=("Shop", "ab" * 32)),
-        MethodNotAllowed("Shop", "nope", ["a", "b"]),
-        DeadlockError("stuck", ["Shop/a", "Shop/b"]),
-        Overloaded("busy"),
-        InvalidValue("cannot travel"),
-        DotdoError("plain"),
-    ],
-)
-def test_errors_cross_with_their_class_and_attributes(error: DotdoError) -> None:
-    frame = wire.decode(wire.encode(wire.error_frame(7, error))[wire.HEADER.size :])
-    assert isinstance(frame, wire.Error)
-    back = wire.error_from_frame(frame)
-    assert type(back) is type(error) and str(back) == str(error) and back.address == error.address
-    for name in ("remote_type", "message", "method", "allowed", "chain"):
-        assert getattr(back, name, None) == getattr(error, name, None)
-
-
-def test_an_unknown_error_type_arrives_as_a_dotdo_error() -> None:
-    back = wire.error_from_frame(wire.Error(1, "SomethingNew", "from a newer server"))
-    assert type(back) is DotdoError and str(back) == "from a newer server"
