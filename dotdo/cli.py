@@ -301,7 +301,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from dotdo.loader import load_kinds
     from dotdo.server import ServeOptions, run
     from dotdo.workers import default_workers
-    from runtime.supervisor import default_max_active
+    from runtime.config import default_max_active
     from storage.errors import DotdoError
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

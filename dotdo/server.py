@@ -24,9 +24,10 @@ from dotdo.banner import print_banner, url
 from dotdo.connections import DEFAULT_MAX_CONNECTIONS, serve_http
 from dotdo.http import DEFAULT_MAX_BODY, create_app, fetch_handler
 from dotdo.workers import WorkerSpec, serve_workers
+from runtime.config import default_max_active
 from runtime.kinds import KindSpec
 from runtime.peers import PEER_INFLIGHT, Peers
-from runtime.supervisor import Supervisor, default_max_active
+from runtime.supervisor import Supervisor
 from runtime.transport import TransportOptions, TransportServer
 from storage.errors import DotdoError
 from storage.options import Durability, StorageOptions

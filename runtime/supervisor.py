@@ -40,7 +40,7 @@ from storage.errors import DotdoError
 from runtime import catalog, forwarding, turns, values
 from runtime.activation import Activation, ActivationState, ActivationStats, PassivationReason
 from runtime.alarms import AlarmService
-from runtime.config import SupervisorConfig, SupervisorStats, default_max_active
+from runtime.config import SupervisorConfig, SupervisorStats
 from runtime.context import current_supervisor
 from runtime.errors import SupervisorClosed
 from runtime.events import EventService
@@ -62,9 +62,6 @@ Convert = Callable[[Any], Any] | None
 caller, ``values.pack`` for the transport; None: nothing)."""
 
 _NO_ARGS = values.pack([(), {}])
-
-# The settings and figures are defined in ``runtime.config`` and are part of this surface.
-__all__ = ["Convert", "Supervisor", "SupervisorConfig", "SupervisorStats", "default_max_active"]
 
 
 class Supervisor:
