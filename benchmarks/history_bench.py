@@ -42,7 +42,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from storage import ActorDatabase, Address, StorageOptions  # noqa: E402
-from storage import history  # noqa: E402
+from storage import history, history_log  # noqa: E402
 
 PAYLOAD = {"name": "alice", "visits": 12, "tags": ["a", "b"]}
 ON = StorageOptions(history=7 * 86400.0)
@@ -58,7 +58,7 @@ class Clock:
 
 
 def archive_bytes(db: ActorDatabase) -> int:
-    return sum(p.stat().st_size for p in history.history_dir(db.path).iterdir())
+    return sum(p.stat().st_size for p in history_log.history_dir(db.path).iterdir())
 
 
 def turns(root: Path, total: int, per_round: int, keys: int) -> dict[str, Any]:
@@ -152,7 +152,7 @@ def descriptors(root: Path, count: int) -> dict[str, float]:
         for db in dbs:
             db.close()
     probe = ActorDatabase.open(root / "fds", Address("Bench", "on0"), ON)
-    log = max(history.history_dir(probe.path).glob("*.log"))
+    log = max(history_log.history_dir(probe.path).glob("*.log"))
     probe.close()
     n = 20_000
     start = time.perf_counter()

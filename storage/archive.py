@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 
 import apsw
 
-from storage.history_log import COMMIT, CRC, FIXED, FRAMING, MARK, NO_SALTS, PGNO, READ, encode_record, fsync
+from storage.history_log import COMMIT, CRC, FIXED, FRAMING, MARK, NO_SALTS, PGNO, READ, encode_record, fsync, history_dir
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -87,7 +87,7 @@ class Archive(abc.ABC):
         self._on = self._retention > 0
         self._clock = options.clock
         self._full = options.durability is Durability.FULL
-        self._dir = os.path.splitext(str(db.path))[0] + ".history"
+        self._dir = str(history_dir(db.path))
         self._wal = f"{db.path}-wal"
         self._gen = 0
         self._log = ""

@@ -51,7 +51,6 @@ import math
 import os
 import secrets
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import apsw
@@ -298,8 +297,3 @@ class History(Generations):
         if not self._check_hex:
             self._check_hex = bookmark_check(self._db.address)
         return self._check_hex
-
-
-def history_dir(path: Path) -> Path:
-    """Where the archive of the database at ``path`` lives."""
-    return Path(os.path.splitext(str(path))[0] + ".history")

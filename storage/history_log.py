@@ -26,6 +26,7 @@ import secrets
 import struct
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import NamedTuple
 
 from storage.errors import StorageError
@@ -88,6 +89,11 @@ class Record(NamedTuple):
     pages_at: int  # offset in the log of the first (page number, page) entry
     npages: int
     end: int  # offset just past the record
+
+
+def history_dir(path: Path) -> Path:
+    """Where the archive of the database at ``path`` lives."""
+    return Path(os.path.splitext(str(path))[0] + ".history")
 
 
 def generations(directory: str) -> list[Gen]:

@@ -110,16 +110,7 @@ async def dotdo_serve(tmp_path: Path, *args: str, env: dict[str, str] | None = N
     if it is still running. One worker process unless ARGS say ``--workers``; ``env``
     adds environment variables."""
     stdout, stderr = tmp_path / "serve.out", tmp_path / "serve.err"
-    workers = [] if "--workers" in args else ["--workers", "1"]
-    with stdout.open("wb") as out, stderr.open("wb") as err:
-        process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "dotdo", "serve", "--port", "0", *workers, *args],
-            stdout=out,
-            stderr=err,
-            stdin=subprocess.DEVNULL,
-            cwd=tmp_path,
-            env={**environment(), **(env or {})},
-        )
+    process = await _open_serve(tmp_path, stdout, stderr, args, {**environment(), **(env or {})})
     try:
         url = await wait_for_url(process, stdout, stderr)
         yield Served(process, url, stdout, stderr)
@@ -167,18 +158,26 @@ async def spawn_group(run_dir: Path, name: str, *args: str) -> tuple[trio.Proces
     ``run_dir/NAME.out`` and ``.err`` (returned with the process). One worker process
     unless ARGS say ``--workers``."""
     stdout, stderr = run_dir / f"{name}.out", run_dir / f"{name}.err"
+    process = await _open_serve(run_dir, stdout, stderr, args, group_environment(run_dir / "tmp"), new_session=True)
+    return process, stdout, stderr
+
+
+async def _open_serve(
+    cwd: Path, stdout: Path, stderr: Path, args: tuple[str, ...], env: dict[str, str], *, new_session: bool = False
+) -> trio.Process:
+    """Start ``python -m dotdo serve --port 0 ARGS`` in ``cwd``, its output in the two
+    files; one worker process unless ARGS say ``--workers``."""
     workers = [] if "--workers" in args else ["--workers", "1"]
     with stdout.open("wb") as out, stderr.open("wb") as err:
-        process = await trio.lowlevel.open_process(
+        return await trio.lowlevel.open_process(
             [sys.executable, "-m", "dotdo", "serve", "--port", "0", *workers, *args],
             stdout=out,
             stderr=err,
             stdin=subprocess.DEVNULL,
-            cwd=run_dir,
-            env=group_environment(run_dir / "tmp"),
-            start_new_session=True,
+            cwd=cwd,
+            env=env,
+            start_new_session=new_session,
         )
-    return process, stdout, stderr
 
 
 @asynccontextmanager

@@ -7,7 +7,7 @@ from pathlib import Path
 import apsw
 import pytest
 
-from storage import ActorDatabase, Address, BookmarkError, StorageOptions, history
+from storage import ActorDatabase, Address, BookmarkError, StorageOptions, history_log
 from tests.storage import test_history as shared
 from tests.storage.test_history import HOUR, Clock, dump
 
@@ -15,7 +15,7 @@ clock, db = shared.clock, shared.db  # the fixtures of test_history.py
 
 
 def archive(db: ActorDatabase) -> set[str]:
-    return set(os.listdir(history.history_dir(db.path)))
+    return set(os.listdir(history_log.history_dir(db.path)))
 
 
 def test_bookmark_at_follows_a_fake_clock_over_hours(db: ActorDatabase, clock: Clock) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from storage import ActorDatabase, BookmarkError, archive, backup, history
+from storage import ActorDatabase, BookmarkError, archive, backup, history_log
 from tests.storage import test_history as shared
 from tests.storage.test_history import ALICE, HOUR, Clock, dump, opened
 
@@ -236,7 +236,7 @@ def test_pruning_keeps_the_window_and_removes_the_rest(tmp_path: Path, clock: Cl
         db.history.bookmark_at(horizon - 1)
     db.history.restore(db.history.bookmark_at(horizon))
     assert dump(db) == max((m for m in marks if m[0] <= horizon), key=lambda m: m[0])[2]
-    names = os.listdir(history.history_dir(db.path))
+    names = os.listdir(history_log.history_dir(db.path))
     numbers = {int(name[1:9], 16) for name in names}
     assert len(numbers) == db.history.info().generations and min(numbers) > 2  # the first ones are gone
     assert all(name.endswith((".log", ".base")) for name in names)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from storage import ActorDatabase, Address, BookmarkError, StorageError, StorageOptions, TransactionError, archive, history
+from storage import ActorDatabase, Address, BookmarkError, StorageError, StorageOptions, TransactionError, archive, history_log
 
 ALICE = Address("Customer", "alice")
 HOUR = 3600.0
@@ -110,9 +110,9 @@ def test_a_failed_integrity_check_leaves_the_database_unchanged(db: ActorDatabas
     for i in range(40):
         db.kv.put(f"k{i}", "v" * 4000)
     assert db.history.info().generations >= 2
-    [base] = sorted(p for p in history.history_dir(db.path).iterdir() if p.suffix == ".base")[-1:]
+    [base] = sorted(p for p in history_log.history_dir(db.path).iterdir() if p.suffix == ".base")[-1:]
     gen = base.name[1:9]
-    [log] = [p for p in history.history_dir(db.path).iterdir() if p.name.startswith(f"g{gen}-")]
+    [log] = [p for p in history_log.history_dir(db.path).iterdir() if p.name.startswith(f"g{gen}-")]
     base_seq = int(log.name.split("-")[1], 16)
     damaged = bytearray(base.read_bytes())
     page = len(damaged) // 4096 - 1
@@ -136,13 +136,13 @@ def test_history_off_archives_nothing_and_says_so(tmp_path: Path, clock: Clock) 
                 call()
         db.history.capture()  # nothing to do
         assert db.history.info().retention == 0 and db.history.info().generations == 0
-        assert not history.history_dir(db.path).exists()
-    assert not history.history_dir(ALICE.path(tmp_path)).exists()
+        assert not history_log.history_dir(db.path).exists()
+    assert not history_log.history_dir(ALICE.path(tmp_path)).exists()
 
 
 def test_info_reports_size_and_generations(db: ActorDatabase, clock: Clock) -> None:
     db.kv.put("a", "b" * 10_000)
     info = db.history.info()
     assert info.retention == 7 * 86400.0 and info.generations == 1 and info.error is None
-    on_disk = sum(p.stat().st_size for p in history.history_dir(db.path).iterdir())
+    on_disk = sum(p.stat().st_size for p in history_log.history_dir(db.path).iterdir())
     assert info.disk_bytes == on_disk > 10_000

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from storage import BookmarkError, StorageError, history
+from storage import BookmarkError, StorageError, history_log
 from tests.storage import test_history as shared
 from tests.storage.test_history import Clock, dump, opened
 
@@ -19,7 +19,7 @@ def test_a_torn_archive_tail_is_ignored(tmp_path: Path, clock: Clock) -> None:
         for i in range(5):
             db.kv.put("v", "x" * 100 * i)
             marks.append((db.history.bookmark(), dump(db)))
-        [log] = [p for p in history.history_dir(db.path).iterdir() if p.suffix == ".log"]
+        [log] = [p for p in history_log.history_dir(db.path).iterdir() if p.suffix == ".log"]
     os.truncate(log, log.stat().st_size - 1000)  # cut the last record in its middle
     with opened(tmp_path, clock) as db:
         for mark, state in marks:  # the torn commit is still in the WAL: caught up again
@@ -38,7 +38,7 @@ def test_a_torn_tail_whose_frames_left_the_wal_starts_a_new_generation(tmp_path:
         early = db.history.bookmark(), dump(db)
         db.kv.put("big", "y" * 800_000)  # the close checkpoints the WAL away
         last = db.history.bookmark()
-        [log] = [p for p in history.history_dir(db.path).iterdir() if p.suffix == ".log"]
+        [log] = [p for p in history_log.history_dir(db.path).iterdir() if p.suffix == ".log"]
     size = log.stat().st_size
     with open(log, "rb") as f:  # cut the big commit (and the close's mark) off
         data = f.read()
@@ -60,7 +60,7 @@ def test_a_damaged_archive_does_not_block_the_actor_and_is_not_reused(tmp_path: 
     with opened(tmp_path, clock) as db:
         db.kv.put("v", 1)
         old = db.history.bookmark()
-        [log] = [p for p in history.history_dir(db.path).iterdir() if p.suffix == ".log"]
+        [log] = [p for p in history_log.history_dir(db.path).iterdir() if p.suffix == ".log"]
     with open(log, "r+b") as f:
         f.seek(12)
         f.write(b"\xff\xff")  # inside the header: its crc no longer matches
@@ -70,7 +70,7 @@ def test_a_damaged_archive_does_not_block_the_actor_and_is_not_reused(tmp_path: 
         db.kv.put("v", 2)
         mark, state = db.history.bookmark(), dump(db)  # a new generation, after the old
         assert db.history.info().error is None
-        logs = sorted(p.name for p in history.history_dir(db.path).iterdir() if p.suffix == ".log")
+        logs = sorted(p.name for p in history_log.history_dir(db.path).iterdir() if p.suffix == ".log")
         assert [name[:9] for name in logs] == ["g00000001", "g00000002"]
         assert int(mark.split("-")[0], 16) >= 1 << 32
         with pytest.raises((StorageError, BookmarkError)):
