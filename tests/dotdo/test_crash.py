@@ -6,7 +6,9 @@ many ``Ledger`` actors over HTTP and over the msgpack/TCP transport; each write 
 writes a SQL row, a KV key and a counter, and sometimes arms the alarm and sends an
 event that two ``Auditor`` actors count. At a random moment (seeded: set
 ``DOTDO_CRASH_SEED`` to repeat one run) the server and its workers are killed with
-SIGKILL, then started again on the same directory, which must show:
+SIGKILL, then started again on the same directory. Meanwhile another client keeps
+opening transport connections and resetting them at random stages, which must cost
+nothing: no writer sees an error before the kill, no worker dies. A restart must show:
 
 - a clean start (banner, ``/_health``, no traceback on stderr);
 - every acknowledged write, and no turn half-applied (acknowledged or not): a row is
@@ -29,6 +31,8 @@ import os
 import random
 import shutil
 import signal
+import socket
+import struct
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -41,6 +45,7 @@ import httpx
 import trio
 
 from dotdo import DotdoError, connect
+from runtime import values, wire
 from runtime.ids import id_from_name
 from storage.database import ActorDatabase
 from tests.dotdo.serving import Served, dotdo_serve_group, kill_group, spawn_group, stop
@@ -137,6 +142,7 @@ class Stats:
     events_delivered: int = 0
     alarms_left: int = 0
     deliveries_left: int = 0
+    resets: int = 0
 
     def line(self, seed: int) -> str:
         return (
@@ -144,8 +150,8 @@ class Stats:
             f"{self.acked} acknowledged and {self.verified} verified present "
             f"({self.committed_unacked} unacknowledged ones committed too), "
             f"{self.alarms_fired} alarms fired ({self.alarms_left} armed but not fired at a kill), "
-            f"{self.events_delivered} event deliveries, each once ({self.deliveries_left} pending at a kill); "
-            "nothing lost"
+            f"{self.events_delivered} event deliveries, each once ({self.deliveries_left} pending at a kill), "
+            f"{self.resets} transport connections reset by their clients; nothing lost"
         )
 
 
@@ -272,6 +278,39 @@ async def tcp_writers(served: Served, books: Books, stats: Stats, rng: random.Ra
             raise
 
 
+async def resetter(served: Served, stats: Stats, rng: random.Random, killed: trio.Event) -> None:
+    """Until the kill, open transport connections and reset them (SO_LINGER 0) at a
+    random stage: before the hello, after the welcome, mid-frame, or with reads in
+    flight. A reset once took the server (or a worker) down with it, failing the
+    writers' calls."""
+    host, port = rpc_url(served).removeprefix("tcp://").rsplit(":", 1)
+    hello = wire.encode(wire.Hello(wire.VERSION, None))
+    reads = b"".join(
+        wire.encode(wire.Call(i, id_from_name("Ledger", rng.choice(LEDGERS)), [("state", values.pack([[], {}]))])) for i in range(1, 5)
+    )
+    while not killed.is_set():
+        sock = trio.socket.socket()
+        try:
+            await sock.connect((host, int(port)))
+            stage = rng.choice(["before hello", "after welcome", "mid-frame", "in flight"])
+            if stage != "before hello":
+                await sock.send(hello)
+                await sock.recv(256)
+                if stage == "mid-frame":
+                    await sock.send(reads[: rng.randrange(1, len(reads))])
+                elif stage == "in flight":
+                    await sock.send(reads)
+                    await trio.sleep(rng.uniform(0, 0.02))
+        except OSError:
+            if not killed.is_set():
+                raise
+        finally:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+        stats.resets += 1
+        await trio.sleep(rng.uniform(0, 0.02))
+
+
 async def load_then_kill(served: Served, books: Books, stats: Stats, rng: random.Random, run: int) -> float:
     """Write from every client task; kill the server's whole group at a random moment
     (returned: seconds after the load began)."""
@@ -283,9 +322,11 @@ async def load_then_kill(served: Served, books: Books, stats: Stats, rng: random
                 nursery.start_soon(http_writers, served, books, stats, random.Random(rng.random()), run, killed)
             for _ in range(TCP_CONNECTIONS):
                 nursery.start_soon(tcp_writers, served, books, stats, random.Random(rng.random()), run, killed)
+            nursery.start_soon(resetter, served, stats, random.Random(rng.random()), killed)
             await trio.sleep(kill_after)
             killed.set()
             await kill_group(served.process)
+    assert "exited with" not in served.errors(), served.errors()  # no worker died before the kill
     return kill_after
 
 
