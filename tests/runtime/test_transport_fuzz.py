@@ -23,6 +23,12 @@ What is fuzzed, and the property each time:
   connection's task, logged no internal error, run no private or lifecycle method, and a
   well-behaved client connected all along still gets correct answers. The actor's own
   errors, with awkward attributes and lone surrogates, must still make error frames.
+- The same live server fed fuzzed streams by rude clients: each is reset (SO_LINGER 0)
+  at a random byte of its stream, before or after its hello, after floods of pings
+  and large calls that it never reads, or after reading its replies a byte at a time.
+  The server must end each connection alone: its loop alive, no internal error, the
+  long-lived client answered; and its memory must stay bounded (the peak RSS of the
+  process is reported at the end).
 
 CI runs a bounded number of examples (the file takes 10 to 15 s). For a longer run, set
 ``DOTDO_FUZZ_EXAMPLES`` to the number of examples of each decoder test (the tests that
@@ -543,6 +549,7 @@ class LiveServer:
     internal: list[logging.LogRecord]
     tally: Counter[str] = field(default_factory=Counter)
     checks: Iterator[int] = field(default_factory=itertools.count)
+    rss_start: int = field(default_factory=lambda: rss_kib("VmRSS"))
 
     def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run the async ``fn`` in the server's loop and return its result."""
@@ -642,6 +649,10 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     finally:
         if server.tally:
             print("\nframes sent to the live server, by kind:", dict(sorted(server.tally.items())))
+            print(
+                f"memory of the process serving them: {server.rss_start / 1024:.0f} MiB at the start, "
+                f"{rss_kib('VmRSS') / 1024:.0f} MiB at the end, {rss_kib('VmHWM') / 1024:.0f} MiB at the peak"
+            )
         if thread.is_alive():
             trio.from_thread.run_sync(stop.cancel, trio_token=token)
         thread.join(30)
@@ -653,6 +664,14 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 def _no_leftovers() -> None:
     """Each test starts with no private method recorded as run."""
     Fz.forbidden_ran.clear()
+
+
+def rss_kib(field_name: str) -> int:
+    """This process's resident memory now (``VmRSS``) or at its peak (``VmHWM``), KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field_name}:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field_name} in /proc/self/status")
 
 
 # -- raw connections -------------------------------------------------------------------
@@ -1042,6 +1061,109 @@ def test_frames_glued_to_the_hello_are_refused_not_dropped(live: LiveServer) -> 
     assert "before the welcome" in refusal.message
     live.settle()
     assert "glued" not in Fz.touched
+
+
+def reset(sock: socket.socket) -> None:
+    """Close ``sock`` with a TCP reset (SO_LINGER 0), as a killed or hostile peer does."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+FLOOD_PAYLOAD = 3000
+"""Bytes of the argument of each large call in a flood (under the guarded frame limit)."""
+RSS_GROWTH_LIMIT = 256 * 1024
+"""KiB the serving process may grow by over the rude clients' test: the caps allow a
+few MiB per connection; without them one flood of unread pongs took hundreds."""
+
+
+@dataclass(frozen=True)
+class Rudeness:
+    """How a rude client behaves: where in its stream it resets the connection (a byte
+    offset, taken modulo the stream's length), whether it says hello first, how many
+    pings and large calls it floods the server with and never reads, and how it reads
+    before the reset ("never", "some": what is there, "trickle": a byte at a time)."""
+
+    cut: int
+    hello: bool
+    pings: int
+    calls: int
+    reads: str
+
+
+rudeness = st.builds(
+    Rudeness,
+    st.integers(0, 10**6),
+    st.sampled_from([True, True, False]),
+    st.sampled_from([0, 0, 10, 500, 5000]),
+    st.sampled_from([0, 0, 4, 40]),
+    st.sampled_from(["never", "some", "trickle"]),
+)
+
+
+def flood(rude: Rudeness) -> list[bytes]:
+    """The pings and large calls a rude client sends without reading the answers."""
+    pings = b"".join(wire.encode(wire.Ping(i)) for i in range(rude.pings))
+    payload = pack([["f" * FLOOD_PAYLOAD], {}])
+    calls = [wire.encode(wire.Call(10**9 + i, id_from_name("Fz", f"flood{i % 7}"), [("echo", payload)])) for i in range(rude.calls)]
+    return [chunk for chunk in [pings, *calls] if chunk]
+
+
+def send_until_stalled(sock: socket.socket, chunks: list[bytes]) -> None:
+    """Send ``chunks``; a server that stops reading (its caps reached, nothing read
+    back) or that closed the connection ends the sending."""
+    sock.settimeout(0.3)
+    try:
+        for chunk in chunks:
+            sock.sendall(chunk)
+    except (TimeoutError, BrokenPipeError, ConnectionResetError):
+        pass
+    finally:
+        sock.settimeout(READ_LIMIT)
+
+
+def read_rudely(sock: socket.socket, how: str) -> None:
+    sock.settimeout(0.05)
+    try:
+        if how == "some":
+            sock.recv(65536)
+        elif how == "trickle":
+            for _ in range(20):
+                if not sock.recv(1):
+                    break
+    except (TimeoutError, ConnectionResetError):
+        pass
+
+
+@budget(ci=120, share=0.1)
+@example(session=Session([], []), server="open", rude=Rudeness(0, True, 5000, 40, "never"))
+@example(session=Session([], []), server="guarded", rude=Rudeness(0, True, 5000, 40, "trickle"))
+@given(sessions(), st.sampled_from(["open", "guarded"]), rudeness)
+def test_rude_clients_that_reset_flood_and_read_slowly_end_only_their_own_connection(
+    live: LiveServer, session: Session, server: str, rude: Rudeness
+) -> None:
+    """Resets used to take the whole server down (an ExceptionGroup nobody caught), and
+    a client that pinged without reading grew the server's memory without bound."""
+    data = b"".join(session.chunks)
+    token = TOKEN if server == "guarded" else None
+    hello = wire.encode(wire.Hello(wire.VERSION, token))
+    tally_session(live, session, len(session.chunks) > len(session.sent))
+    live.tally["reset"] += 1
+    live.tally["flooded ping"] += rude.pings
+    live.tally["flooded call"] += rude.calls
+    if rude.hello:
+        sock = open_raw(live.ports[server], token)
+    else:  # reset somewhere in the hello itself, or in what follows it unwelcomed
+        sock = socket.create_connection(("127.0.0.1", live.ports[server]), timeout=READ_LIMIT)
+        data = hello + data
+    try:
+        cut = rude.cut % (len(data) + 1)
+        send_until_stalled(sock, [data[:cut], *flood(rude)] if rude.hello else [data[:cut]])
+        read_rudely(sock, rude.reads)
+    finally:
+        reset(sock)
+    live.settle()
+    growth = rss_kib("VmRSS") - live.rss_start
+    assert growth < RSS_GROWTH_LIMIT, f"the serving process grew by {growth / 1024:.0f} MiB"
 
 
 def test_a_target_name_is_not_kept_once_its_frame_is_gone() -> None:
