@@ -4,12 +4,18 @@ JSON."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import trio
 from starlette.requests import ClientDisconnect, Request
 
-from dotdo.errors import DotdoError, InvalidInput, RequestTimeout
+from dotdo.errors import DotdoError, InvalidInput, InvalidValue, RequestTimeout
+
+# A JSON escape of a UTF-16 surrogate: the only way a lone surrogate (text that is not
+# Unicode, and that no database, encoder or socket will take) gets into a parsed body;
+# UTF-8 itself cannot encode one. Pairs are fine: json joins them into one character.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 async def read_body(request: Request, seconds: float) -> bytes:
@@ -52,12 +58,47 @@ def parse_json(raw: bytes) -> Any:
 
     Raises:
         InvalidInput: Not JSON, not UTF-8, or nested too deeply to decode.
+        InvalidValue: A string (or key) holds a lone surrogate (``"\\ud800"``): JSON
+            can spell it, but it is not Unicode text.
     """
     try:
-        return json.loads(raw, parse_constant=_not_a_number, parse_float=_finite)
+        # Decoded here, strictly: json.loads would take UTF-16 and UTF-32 too, and
+        # decode UTF-8 with "surrogatepass", letting encoded surrogates through.
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput("the request body is not valid UTF-8") from None
+    try:
+        value = json.loads(text, parse_constant=_not_a_number, parse_float=_finite)
     except DotdoError:
         raise
     except RecursionError:
         raise InvalidInput("the request body is nested too deeply") from None
-    except (ValueError, UnicodeDecodeError):
+    except ValueError:
         raise InvalidInput("the request body is not valid JSON") from None
+    if _SURROGATE_ESCAPE.search(text):
+        _check_unicode(value)
+    return value
+
+
+def _check_unicode(value: Any) -> None:
+    """Refuse ``value`` if any string in it, key or value, is not valid Unicode."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            texts = [item]
+        elif isinstance(item, dict):
+            texts = list(item)
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+            continue
+        else:
+            continue
+        for text in texts:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise InvalidValue(
+                    f"the request body holds text that is not valid Unicode (a lone surrogate, \\u{ord(text[exc.start]):04x})"
+                ) from None

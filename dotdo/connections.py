@@ -9,7 +9,7 @@ open their databases: calls fail with ``StorageError`` "Too many open files" unt
 connections go away.
 
 ``serve_http`` is ``hypercorn.trio.serve`` for a plain-text ASGI app (no TLS, no
-QUIC: dotdo serves neither) with an accept loop of its own, which takes one of
+QUIC: dotdo serves neither) with the accept loop of ``runtime.listening``, which takes one of
 ``max_connections`` slots before each ``accept`` and gives it back when the connection
 has closed. Past the cap, new connections wait in the kernel's listen backlog
 (hypercorn's ``backlog``, 100), and past that their handshakes go unanswered and the
@@ -21,13 +21,12 @@ trickled in slowly is cut by the app's body deadline (``dotdo.bodies``).
 
 Each connection is still served by hypercorn's own ``TCPServer`` (the same protocol
 code, timeouts and graceful shutdown as ``hypercorn.trio.serve``); only the accept loop
-is ours.
+is ours, and it contains each connection: one that fails (a reset hypercorn does not
+expect, a bug) is closed and logged, and the others go on.
 """
 
 from __future__ import annotations
 
-import errno
-import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -40,18 +39,11 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState, LifespanState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
-log = logging.getLogger("dotdo.http")
+from runtime.listening import accept_loop
 
 DEFAULT_MAX_CONNECTIONS = 256
 """Open HTTP connections per process at most: half the descriptors that the default
 ``--max-active`` leaves for sockets, the other half for transport clients and peers."""
-
-# accept(2) failures that mean "out of descriptors or memory for now" (as trio's own
-# serve_listeners treats them): wait and try again rather than stop serving.
-_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
-_CAPACITY_RETRY = 0.1
-
-Handler = Callable[[trio.SocketStream], Awaitable[Any]]
 
 
 async def serve_http(
@@ -91,7 +83,7 @@ async def serve_http(
             try:
                 async with trio.open_nursery() as accepting:
                     for listener in listeners:
-                        accepting.start_soon(_accept_loop, listener, handler, slots, connections)
+                        accepting.start_soon(accept_loop, listener, handler, slots, connections, "an HTTP connection")
                     task_status.started(binds)
                     await shutdown_trigger()
                     accepting.cancel_scope.cancel()
@@ -100,42 +92,3 @@ async def serve_http(
                 connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()
-
-
-async def _accept_loop(
-    listener: trio.SocketListener, handler: Handler, slots: trio.Semaphore, nursery: trio.Nursery
-) -> None:
-    """Accept connections on ``listener`` while a slot is free, each served in
-    ``nursery``; cancelled, it stops accepting and closes the listener."""
-    async with listener:
-        while True:
-            await slots.acquire()
-            try:
-                stream = await _accept(listener)
-            except BaseException:
-                slots.release()
-                raise
-            nursery.start_soon(_connection, handler, stream, slots)
-
-
-async def _accept(listener: trio.SocketListener) -> trio.SocketStream:
-    """The next connection; out of descriptors, wait and try again."""
-    while True:
-        try:
-            return await listener.accept()
-        except OSError as exc:
-            if exc.errno not in _CAPACITY_ERRNOS:
-                raise
-            log.warning("accept failed (%s); retrying in %g s", errno.errorcode[exc.errno], _CAPACITY_RETRY)
-            await trio.sleep(_CAPACITY_RETRY)
-
-
-async def _connection(handler: Handler, stream: trio.SocketStream, slots: trio.Semaphore) -> None:
-    """Serve one connection, then close it and give its slot back."""
-    try:
-        await handler(stream)
-    finally:
-        try:
-            await trio.aclose_forcefully(stream)
-        finally:
-            slots.release()

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 from runtime.errors import (
     ActorError,
+    BodyTooLarge,
     ActorNotFound,
     CallTimeout,
     ConnectionLost,
@@ -90,10 +91,6 @@ from storage.errors import (
     TransactionError,
     VersionConflict,
 )
-
-
-class BodyTooLarge(InvalidInput):
-    """An HTTP request body is over the server's limit (``--max-body``)."""
 
 
 class RequestTimeout(InvalidInput):

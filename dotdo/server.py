@@ -26,7 +26,7 @@ from dotdo.http import DEFAULT_MAX_BODY, create_app, fetch_handler
 from dotdo.workers import WorkerSpec, serve_workers
 from runtime.config import default_max_active
 from runtime.kinds import KindSpec
-from runtime.peers import PEER_INFLIGHT, Peers
+from runtime.peers import PEER_INFLIGHT, PEER_INFLIGHT_BYTES, Peers
 from runtime.supervisor import Supervisor
 from runtime.transport import TransportOptions, TransportServer
 from storage.errors import DotdoError
@@ -161,7 +161,9 @@ async def serve(
         rpc_urls: list[str] = []
         transport_scopes: list[trio.CancelScope] = []  # the transports stop when HTTP does
         # Either token opens the transport, as either opens the client routes over HTTP.
-        transport_options = TransportOptions(token=tokens.client, admin_token=tokens.admin, max_connections=options.max_connections)
+        transport_options = TransportOptions(
+            token=tokens.client, admin_token=tokens.admin, max_connections=options.max_connections, max_body=options.max_body
+        )
         transport = TransportServer(supervisor, transport_options, fetch)
         if worker is not None:
             if worker.rpc_fd is not None:
@@ -173,7 +175,13 @@ async def serve(
         binds: list[str] = await nursery.start(_http, app, config, options.max_connections, trigger, transport_scopes)
         if worker is not None:
             # The peers' socket last: the parent takes an answer on it for "ready".
-            peer_options = TransportOptions(token=worker.secret, max_inflight=PEER_INFLIGHT, trusted=True)
+            peer_options = TransportOptions(
+                token=worker.secret,
+                max_inflight=PEER_INFLIGHT,
+                max_inflight_bytes=PEER_INFLIGHT_BYTES,
+                max_body=options.max_body,
+                trusted=True,
+            )
             peer_server = TransportServer(supervisor, peer_options, fetch)
             nursery.start_soon(_transport_on, peer_server, [_inherited(worker.peer_fd)], transport_scopes)
             task_status.started(binds)

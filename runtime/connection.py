@@ -24,6 +24,7 @@ from storage.errors import DotdoError
 from runtime import values, wire, wire_errors
 from runtime.errors import ConnectionLost, MethodNotAllowed, NotSent, ProtocolError
 from runtime.context import current_turn
+from runtime.flow import ByteBudget
 from runtime.ids import ActorId
 from runtime.stubs import ActorStub, Namespaces
 from runtime.transport import RECEIVE_CHUNK
@@ -64,6 +65,10 @@ class Connection:
         self._flushing = False
         self._reading = False
         self._slots = trio.Semaphore(max(1, min(max_inflight, welcome.max_inflight)))
+        # The server reads no more than this many bytes of requests at once: sending
+        # more would stall this side's writes (and fail them after SEND_TIMEOUT).
+        self._budget = ByteBudget(welcome.max_inflight_bytes)
+        decoder.max_frame = max(decoder.max_frame, welcome.max_frame)  # replies as large as requests
         self._ids = itertools.count(1)
         self._waiting: dict[int, _Waiter] = {}
         self._closed: DotdoError | None = None
@@ -247,9 +252,11 @@ class Connection:
             raise self._closed
         async with self._slots:
             request = next(self._ids)
+            frame = make(request)
+            await self._budget.take(len(frame))
             waiter = self._waiting[request] = _Waiter()
             try:
-                await self._send_frame(make(request))
+                await self._send_frame(frame)
                 while waiter.frame is None:
                     if self._closed is not None:
                         raise self._closed
@@ -267,6 +274,7 @@ class Connection:
                 raise
             finally:
                 self._waiting.pop(request, None)
+                self._budget.give(len(frame))
 
     async def _send(self, message: wire.Message) -> None:
         await self._send_frame(wire.encode(message))

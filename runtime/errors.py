@@ -2,7 +2,8 @@
 
     DotdoError
     ├── InvalidInput
-    │   └── InvalidArguments         a call's arguments do not fit the method
+    │   ├── InvalidArguments         a call's arguments do not fit the method
+    │   └── BodyTooLarge             a request body is over the server's limit
     ├── ActorNotFound                unknown namespace
     ├── MethodNotAllowed             unknown, private or lifecycle method
     ├── ActorError                   the actor's code raised; carries the remote type
@@ -25,6 +26,11 @@ from storage.errors import DotdoError, InvalidInput
 
 class InvalidArguments(InvalidInput):
     """A call's arguments do not fit the method's signature or types."""
+
+
+class BodyTooLarge(InvalidInput):
+    """A request body (over HTTP, or in a transport fetch frame) is over the server's
+    limit (``--max-body``); nothing ran."""
 
 
 class InvalidSchedule(InvalidInput):

@@ -26,6 +26,9 @@ T = TypeVar("T")
 
 PEER_INFLIGHT = 4096
 """Calls one worker may have running at another at once (its server's cap too)."""
+PEER_INFLIGHT_BYTES = 4 * wire.DEFAULT_MAX_FRAME
+"""Bytes of those calls' frames in flight at once: one link carries every forwarded
+call of a worker, so it gets more than a client connection."""
 
 
 class Peers:

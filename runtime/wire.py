@@ -61,9 +61,14 @@ class Hello:
 
 @dataclass(frozen=True, slots=True)
 class Welcome:
+    """The server's answer to a hello: its limits. ``max_inflight_bytes`` (None from
+    servers that do not say) bounds the bytes of requests in flight, as
+    ``max_inflight`` bounds their number."""
+
     version: int
     max_frame: int
     max_inflight: int
+    max_inflight_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,8 +201,11 @@ def to_wire(message: Message) -> list[Any]:
                 "body": request.body,
             }
             return [FETCH, id, _target(target), http, _options(timeout, None, ())]
-        case Welcome(version, max_frame, max_inflight):
-            return [WELCOME, {"version": version, "max_frame": max_frame, "max_inflight": max_inflight}]
+        case Welcome(version, max_frame, max_inflight, max_inflight_bytes):
+            limits = {"version": version, "max_frame": max_frame, "max_inflight": max_inflight}
+            if max_inflight_bytes is not None:
+                limits["max_inflight_bytes"] = max_inflight_bytes
+            return [WELCOME, limits]
     raise TypeError(f"not a message: {message!r}")
 
 
@@ -340,8 +348,11 @@ def _parse_welcome(raw: list[Any]) -> Welcome:
     _shape(raw, 2, "welcome")
     body = raw[1]
     if not isinstance(body, dict) or not all(type(body.get(k)) is int for k in ("version", "max_frame", "max_inflight")):
-        raise ProtocolError("a welcome frame is [2, {version, max_frame, max_inflight}]")
-    return Welcome(body["version"], body["max_frame"], body["max_inflight"])
+        raise ProtocolError("a welcome frame is [2, {version, max_frame, max_inflight[, max_inflight_bytes]}]")
+    max_bytes = body.get("max_inflight_bytes")
+    if max_bytes is not None and (type(max_bytes) is not int or max_bytes < 1):
+        raise ProtocolError("a welcome's max_inflight_bytes must be a positive integer")
+    return Welcome(body["version"], body["max_frame"], body["max_inflight"], max_bytes)
 
 
 def _parse_call(raw: list[Any]) -> Call:

@@ -8,9 +8,9 @@ request, no error is logged, and nothing outside the data directory was created 
 changed. Names that only look dangerous (``..``, ``/etc/passwd``) are valid actor names:
 they reach their own actor, whose database lies inside the data directory under a hash.
 
-Kinds: oversized bodies, invalid JSON, wrong arguments, methods that are not callable,
-ids, namespaces, long URLs and headers, broken HTTP, lifecycle arguments, slow clients,
-many connections. ``pytest -s`` prints how many inputs of each kind were tried.
+Kinds: oversized bodies, invalid JSON, text that is not Unicode, wrong arguments,
+methods that are not callable, ids, namespaces, long URLs and headers, broken HTTP,
+lifecycle arguments, slow clients, many connections. ``pytest -s`` prints how many inputs of each kind were tried.
 """
 
 from __future__ import annotations
@@ -59,6 +59,14 @@ class Probe(DO):
 
     async def nothing(self) -> str:
         return "nothing"
+
+    async def note(self, text: str) -> int:
+        self.sql.exec("CREATE TABLE IF NOT EXISTS notes(text TEXT)")
+        self.sql.exec("INSERT INTO notes VALUES (?)", text)
+        return self.sql.exec("SELECT count(*) AS n FROM notes").one()["n"]
+
+    async def remember(self, data: dict[str, Any]) -> str:
+        return self.S.db.create("Note", data)["$id"]
 
     async def _private(self) -> int:
         return 1
@@ -239,6 +247,38 @@ JSON = [
 @pytest.mark.parametrize("case", JSON, ids=ids(JSON))
 async def test_invalid_json(case: Case, shared: Shared, tally: Tally) -> None:
     await refused("json", case, shared, tally)
+
+
+# -- text that is not Unicode: lone surrogates, which JSON can spell ----------------------
+
+UNICODE = [
+    Case("lone high surrogate to SQL", rpc("note", br'{"args": ["\ud800"]}'), 400, "InvalidValue"),
+    Case("lone low surrogate to SQL", rpc("note", br'{"args": ["x\udfff"]}'), 400, "InvalidValue"),
+    Case("reversed pair", rpc("note", br'{"args": ["\ude00\ud83d"]}'), 400, "InvalidValue"),
+    Case("surrogate, upper-case escape", rpc("note", br'{"args": ["\uD800"]}'), 400, "InvalidValue"),
+    Case("surrogate to the things store", rpc("remember", br'{"args": [{"name": "\ud800"}]}'), 400, "InvalidValue"),
+    Case("surrogate as a key", rpc("remember", br'{"args": [{"\udc00": 1}]}'), 400, "InvalidValue"),
+    Case("surrogate as a kwargs name", rpc("echo", br'{"kwargs": {"\ud800": 1}}'), 400, "InvalidValue"),
+    Case("surrogate echoed back", rpc("echo", br'{"args": ["\ud800"]}'), 400, "InvalidValue"),
+    Case("surrogate 200 deep", rpc("echo", b'{"args": [' + b"[" * 200 + br'"\udbff"' + b"]" * 200 + b"]}"), 400, "InvalidValue"),
+    Case("surrogate to admin", request("POST", "/_admin/actors/Probe/a/clone", br'{"new_id": "\ud800"}'), 400, "InvalidValue"),
+    Case("UTF-8 of a surrogate (CESU)", rpc("note", b'{"args": ["\xed\xa0\x80"]}'), 400, "InvalidInput"),
+]
+
+
+@pytest.mark.parametrize("case", UNICODE, ids=ids(UNICODE))
+async def test_text_that_is_not_unicode_is_refused_at_the_edge(case: Case, shared: Shared, tally: Tally) -> None:
+    await refused("not Unicode", case, shared, tally, activates=True)
+
+
+async def test_surrogate_pairs_and_escaped_backslashes_are_text(shared: Shared, tally: Tally) -> None:
+    """What only looks like a lone surrogate is served: a pair is one character, and
+    ``\\ud800`` is a backslash and five letters."""
+    for body, expected in [(br'{"args": ["\ud83d\ude00"]}', "\U0001f600"), (br'{"args": ["\\ud800"]}', "\\" + "ud800")]:
+        reply = await exchange(shared.port, rpc("echo", body))
+        assert reply.status == 200, str(reply)
+        assert json.loads(reply.body) == {"result": expected}
+        tally.record("not Unicode", "served as text")
 
 
 TYPED = b'"when": "2024-01-02T03:04:05Z", "tags": ["a"], "limits": {"a": 1}'

@@ -234,7 +234,7 @@ async def test_fetch_errors(tmp_path: Path) -> None:
         ("POST", "/_rpc/Http/a/fetch", b"{}", 404, "MethodNotAllowed", "a lifecycle hook is not callable"),
         ("POST", "/_rpc/Http/a/on_start", b"{}", 404, "MethodNotAllowed", "a lifecycle hook is not callable"),
         ("POST", "/_rpc/Http/a/echo", b"{not json", 400, "InvalidInput", "the request body is not valid JSON"),
-        ("POST", "/_rpc/Http/a/echo", b"\xff\xfe", 400, "InvalidInput", "the request body is not valid JSON"),
+        ("POST", "/_rpc/Http/a/echo", b"\xff\xfe", 400, "InvalidInput", "the request body is not valid UTF-8"),
         ("POST", "/_rpc/Http/a/echo", b"[1]", 400, "InvalidInput", "the request body must be a JSON object"),
         ("POST", "/_rpc/Http/a/echo", b'{"args": [1], "extra": 1}', 400, "InvalidInput", "unknown fields in the request body: extra"),
         ("POST", "/_rpc/Http/a/echo", b'{"args": {"a": 1}}', 400, "InvalidInput", '"args" must be a JSON array'),
