@@ -19,6 +19,8 @@ import httpx
 import trio
 
 from dotdo import ServeOptions, serve
+from runtime.ids import resolve
+from storage.address import shard_of
 
 
 @dataclass
@@ -89,6 +91,25 @@ class Served:
 
     def errors(self) -> str:
         return self.stderr.read_text()
+
+
+def rpc_url(served: Served) -> str:
+    """The transport address ``dotdo serve`` printed (``tcp://HOST:PORT``)."""
+    [line] = [line for line in served.output().splitlines() if "rpc:  " in line]
+    return line.split("rpc:  ", 1)[1].split()[0]
+
+
+def owned_by(namespace: str, worker: int, count: int, workers: int = 2, prefix: str = "p") -> list[str]:
+    """``count`` names (``PREFIX<n>``) whose actors of ``namespace`` worker ``worker``
+    of ``workers`` owns."""
+    names: list[str] = []
+    i = 0
+    while len(names) < count:
+        name = f"{prefix}{i}"
+        if shard_of(resolve(namespace, name).hex, workers) == worker:
+            names.append(name)
+        i += 1
+    return names
 
 
 async def wait_for_url(process: trio.Process, stdout: Path, stderr: Path) -> str:
@@ -193,8 +214,9 @@ async def dotdo_serve_group(run_dir: Path, name: str, *args: str) -> AsyncIterat
             await kill_group(process)
 
 
-def group_alive(pgid: int) -> bool:
-    """Whether a process of group ``pgid`` still runs (zombies do not count; Linux)."""
+def group_members(pgid: int) -> set[int]:
+    """The processes of group ``pgid`` still running (zombies do not count; Linux)."""
+    members = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -205,8 +227,13 @@ def group_alive(pgid: int) -> bool:
         # pid (comm) state ppid pgrp ...: comm may hold spaces, so split after its ")".
         fields = stat[stat.rindex(")") + 2 :].split()
         if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
+            members.add(int(entry))
+    return members
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs (zombies do not count; Linux)."""
+    return bool(group_members(pgid))
 
 
 async def kill_group(process: trio.Process) -> None:

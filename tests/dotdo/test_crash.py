@@ -48,7 +48,7 @@ from dotdo import DotdoError, connect
 from runtime import values, wire
 from runtime.ids import id_from_name
 from storage.database import ActorDatabase
-from tests.dotdo.serving import Served, dotdo_serve_group, kill_group, spawn_group, stop
+from tests.dotdo.serving import Served, dotdo_serve_group, kill_group, rpc_url, spawn_group, stop
 
 KINDS = str(Path(__file__).with_name("crash_kinds.py"))
 
@@ -191,11 +191,6 @@ def assert_clean(served: Served) -> None:
     """Nothing alarming on the server's stderr."""
     err = served.stderr.read_text()
     assert not any(sign in err for sign in BAD_SIGNS), err
-
-
-def rpc_url(served: Served) -> str:
-    [line] = [line for line in served.output().splitlines() if "rpc:  " in line]
-    return line.split("rpc:  ", 1)[1].split()[0]
 
 
 # -- the load ------------------------------------------------------------------------

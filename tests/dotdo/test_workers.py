@@ -15,27 +15,10 @@ import trio
 from dotdo import ConnectionLost, MethodNotAllowed, connect
 from runtime.ids import resolve
 from storage.address import shard_of
-from tests.dotdo.serving import STARTUP_TIMEOUT, Served, dotdo_serve, stop
+from tests.dotdo.serving import STARTUP_TIMEOUT, dotdo_serve, owned_by, rpc_url, stop
 
 KINDS = str(Path(__file__).with_name("cluster_kinds.py"))
 BROKEN = str(Path(__file__).with_name("broken_in_workers.py"))
-
-
-def owned_by(worker: int, count: int, workers: int = 2, prefix: str = "p") -> list[str]:
-    """``count`` Probe names whose actors worker ``worker`` owns."""
-    names: list[str] = []
-    i = 0
-    while len(names) < count:
-        name = f"{prefix}{i}"
-        if shard_of(resolve("Probe", name).hex, workers) == worker:
-            names.append(name)
-        i += 1
-    return names
-
-
-def rpc_url(served: Served) -> str:
-    [line] = [line for line in served.output().splitlines() if "rpc:  " in line]
-    return line.split("rpc:  ", 1)[1]
 
 
 async def hit(client: httpx.AsyncClient, name: str) -> dict[str, int]:
@@ -62,7 +45,7 @@ async def test_two_workers_share_the_actors_without_ever_both_activating_one(tmp
 
         # Concurrent load over HTTP (many connections, so both workers take requests)
         # and over the transport, at 24 actors, 12 of each worker.
-        names = owned_by(0, 12) + owned_by(1, 12)
+        names = owned_by("Probe", 0, 12) + owned_by("Probe", 1, 12)
         answers: dict[str, list[dict[str, int]]] = defaultdict(list)
 
         async def http_load(rounds: int) -> None:
@@ -103,7 +86,7 @@ async def test_two_workers_share_the_actors_without_ever_both_activating_one(tmp
         pid0, pid1 = pids_of_worker[0].pop(), pids_of_worker[1].pop()
         assert pid0 != pid1 and os.getpid() not in (pid0, pid1)
 
-        a, b = owned_by(0, 1, prefix="a")[0], owned_by(1, 1, prefix="b")[0]
+        a, b = owned_by("Probe", 0, 1, prefix="a")[0], owned_by("Probe", 1, 1, prefix="b")[0]
         async with connect(rpc_url(served)) as S:
             # One call chain crossing workers four times: each actor waits in its turn
             # while the chain comes back to it, and is let in (not deadlocked).
@@ -165,8 +148,8 @@ async def retry_hit(S: Any, name: str, seconds: float = 30) -> dict[str, int]:
 
 async def test_a_killed_worker_is_restarted_and_its_actors_keep_their_state(tmp_path: Path) -> None:
     async with dotdo_serve(tmp_path, KINDS, "--workers", "2", "--data", str(tmp_path / "data")) as served:
-        victims = owned_by(1, 5)
-        survivors = owned_by(0, 5)
+        victims = owned_by("Probe", 1, 5)
+        survivors = owned_by("Probe", 0, 5)
         async with connect(rpc_url(served)) as S:
             for name in victims + survivors:
                 for _ in range(3):
@@ -202,7 +185,7 @@ async def test_a_killed_worker_is_restarted_and_its_actors_keep_their_state(tmp_
 async def test_workers_stop_when_the_parent_is_killed(tmp_path: Path) -> None:
     async with dotdo_serve(tmp_path, KINDS, "--workers", "2", "--data", str(tmp_path / "data")) as served:
         async with connect(rpc_url(served)) as S:
-            pids = {await S.Probe(name).slow(0) for name in owned_by(0, 1) + owned_by(1, 1)}
+            pids = {await S.Probe(name).slow(0) for name in owned_by("Probe", 0, 1) + owned_by("Probe", 1, 1)}
         assert len(pids) == 2
         served.process.kill()
         with trio.fail_after(STARTUP_TIMEOUT):
