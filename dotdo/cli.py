@@ -123,11 +123,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--max-body", type=_positive(int), default=1024 * 1024, metavar="BYTES", help="largest request body (default: 1048576)")
     serve.add_argument("--idle-timeout", type=_positive(float), default=120.0, metavar="SECONDS", help="passivate actors idle this long (default: 120)")
-    serve.add_argument("--max-active", type=_positive(int), default=None, metavar="N", help="active actors kept at most (default: from the open-file limit)")
+    serve.add_argument(
+        "--max-active",
+        type=_positive(int),
+        default=None,
+        metavar="N",
+        help="active actors kept at most, per worker; each holds 3 file descriptors (default: what the open-file "
+        "limit leaves once connections, worker links and a reserve are counted; a number that does not fit is refused)",
+    )
     serve.add_argument("--call-timeout", type=_positive(float), default=30.0, metavar="SECONDS", help="deadline of a call (default: 30)")
     serve.add_argument("--max-mailbox", type=_positive(int), default=1000, metavar="N", help="calls that may wait for one actor before 503 (default: 1000)")
     serve.add_argument("--shutdown-grace", type=_positive(float), default=10.0, metavar="SECONDS", help="time in-flight calls get on shutdown (default: 10)")
-    serve.add_argument("--max-connections", type=_positive(int), default=256, metavar="N", help="open HTTP connections at most, more wait to be accepted; and open transport connections at most, more are refused (default: 256 each)")
+    serve.add_argument(
+        "--max-connections",
+        type=_positive(int),
+        default=256,
+        metavar="N",
+        help="open HTTP connections at most, more wait to be accepted; and open transport connections at most, more are "
+        "refused (default: 256 each, per worker); each holds a file descriptor, taken from what --max-active can have",
+    )
     serve.add_argument("--keep-alive-timeout", type=_positive(float), default=5.0, metavar="SECONDS", help="close a connection idle this long between requests, or still sending its headers (default: 5)")
     serve.add_argument("--read-timeout", type=_positive(float), default=30.0, metavar="SECONDS", help="close a connection whose client sends nothing for this long mid-request; a body must also arrive whole within --call-timeout (default: 30)")
     serve.add_argument("--env", type=_env_pair, action="append", default=[], metavar="KEY=VALUE", help="a value actors read as self.env[KEY]; repeatable")
@@ -301,7 +315,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from dotdo.loader import load_kinds
     from dotdo.server import ServeOptions, run
     from dotdo.workers import default_workers
-    from runtime.config import default_max_active
     from storage.errors import DotdoError
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -319,7 +332,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         read_only=args.read_only,
         max_body=args.max_body,
         idle_timeout=args.idle_timeout,
-        max_active=args.max_active or default_max_active(),
+        max_active=args.max_active,
         call_timeout=args.call_timeout,
         max_mailbox=args.max_mailbox,
         shutdown_grace=args.shutdown_grace,

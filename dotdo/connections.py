@@ -2,11 +2,12 @@
 
 hypercorn (0.18) accepts every connection the kernel hands it and has no setting to
 limit them (pgjones/hypercorn#81). Each open connection holds a file descriptor, and
-so does each active actor (three: database, -wal, -shm); ``--max-active`` leaves about
-512 descriptors of the open-file limit for everything else. Past the limit, ``accept``
-fails (trio retries every 0.1 s, logging an error each time) and, worse, actors cannot
-open their databases: calls fail with ``StorageError`` "Too many open files" until
-connections go away.
+each active actor holds three (its file's lock, the database, its WAL); the default
+``--max-active`` is what the open-file limit leaves once these connections, the
+transport's and the rest are counted (``runtime.descriptors``). Without a cap, idle
+connections could take every descriptor: ``accept`` would fail (trio retries every
+0.1 s, logging an error each time) and, worse, actors could not open their databases
+(calls then get ``Overloaded`` once idle actors were passivated to no avail).
 
 ``serve_http`` is ``hypercorn.trio.serve`` for a plain-text ASGI app (no TLS, no
 QUIC: dotdo serves neither) with the accept loop of ``runtime.listening``, which takes one of
@@ -42,8 +43,9 @@ from hypercorn.utils import repr_socket_addr, wrap_app
 from runtime.listening import accept_loop
 
 DEFAULT_MAX_CONNECTIONS = 256
-"""Open HTTP connections per process at most: half the descriptors that the default
-``--max-active`` leaves for sockets, the other half for transport clients and peers."""
+"""Open HTTP connections per process at most (``--max-connections``); the descriptor
+budget (``runtime.descriptors``) counts them, and the default ``--max-active`` leaves
+room for them."""
 
 
 async def serve_http(

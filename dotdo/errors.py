@@ -31,10 +31,11 @@
     │   ├── SqlError                     500
     │   │   └── RowCountError            500
     │   ├── TransactionError             500
-    │   └── DatabaseLocked               503
+    │   ├── DatabaseLocked               503
+    │   └── OutOfDescriptors             503  no file descriptor left to open a database
     ├── CallTimeout                      504  the deadline passed
     │   └── DeadlockError                503
-    ├── Overloaded                       503  too many calls waiting for the actor
+    ├── Overloaded                       503  too many calls waiting, or no descriptor left
     ├── ProtocolError                    400  a transport peer broke the protocol
     ├── Unauthorized                     401  wrong or missing token
     ├── Forbidden                        403  a client token on an admin route
@@ -80,6 +81,7 @@ from storage.errors import (
     InvalidQuery,
     InvalidValue,
     MergeConflict,
+    OutOfDescriptors,
     RowCountError,
     SqlError,
     StorageError,
@@ -125,6 +127,7 @@ _STATUS: tuple[tuple[type[DotdoError], int], ...] = (
     (Overloaded, 503),
     (Unavailable, 503),
     (DatabaseLocked, 503),
+    (OutOfDescriptors, 503),
     (StorageFull, 507),
     (StorageReadOnly, 503),
     (ActorError, 500),
@@ -165,6 +168,7 @@ __all__ = [
     "MergeConflict",
     "MethodNotAllowed",
     "NotSent",
+    "OutOfDescriptors",
     "Overloaded",
     "ProtocolError",
     "RequestTimeout",

@@ -24,7 +24,7 @@ from dotdo.banner import print_banner, url
 from dotdo.connections import DEFAULT_MAX_CONNECTIONS, serve_http
 from dotdo.http import DEFAULT_MAX_BODY, create_app, fetch_handler
 from dotdo.workers import WorkerSpec, serve_workers
-from runtime.config import default_max_active
+from runtime.descriptors import descriptor_budget, peer_connections
 from runtime.kinds import KindSpec
 from runtime.peers import PEER_INFLIGHT, PEER_INFLIGHT_BYTES, Peers
 from runtime.supervisor import Supervisor
@@ -37,7 +37,11 @@ log = logging.getLogger("dotdo.server")
 
 @dataclass(frozen=True, slots=True)
 class ServeOptions:
-    """Everything ``dotdo serve`` can be told (see ``dotdo serve --help``)."""
+    """Everything ``dotdo serve`` can be told (see ``dotdo serve --help``).
+
+    ``max_active`` None: every active actor the open-file limit leaves room for
+    (``runtime.descriptors``); a number that does not fit is refused at start-up.
+    """
 
     host: str = "127.0.0.1"
     port: int = 8787
@@ -47,7 +51,7 @@ class ServeOptions:
     read_only: bool = False
     max_body: int = DEFAULT_MAX_BODY
     idle_timeout: float = 120.0
-    max_active: int = field(default_factory=default_max_active)
+    max_active: int | None = None
     call_timeout: float = 30.0
     max_mailbox: int = 1000
     shutdown_grace: float = 10.0
@@ -90,6 +94,19 @@ async def wait_for_signal() -> None:
             return
 
 
+def _max_active(options: ServeOptions) -> int:
+    """The active-actor cap one serving process (each worker, with several) can hold
+    within its open-file limit: ``options.max_active``, refused when it does not fit.
+
+    Raises:
+        DotdoError: It does not fit, or the limit is too small for the rest.
+    """
+    budget = descriptor_budget(max_connections=options.max_connections, workers=options.workers)
+    max_active = budget.admit(options.max_active)
+    log.info("descriptors: limit %d, %s, actors %d x %d", budget.limit, budget.describe(), max_active, budget.per_actor)
+    return max_active
+
+
 def _bind(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
@@ -110,9 +127,15 @@ async def serve(
     With ``options.workers`` > 1 this process starts and watches that many worker
     processes (``dotdo.workers``); the kinds must then be classes defined in importable
     modules. ``task_status.started`` receives the bound URLs (useful with port 0).
+
+    Raises:
+        DotdoError: Before anything starts, when the settings cannot be served: unusable
+            tokens, or an open-file limit too small for ``options.max_active`` or for
+            the connections (``runtime.descriptors``).
     """
     out = out if out is not None else sys.stdout
     tokens = Tokens(options.token, options.admin_token)  # refuses unusable tokens before anything starts
+    options = dataclasses.replace(options, max_active=_max_active(options))
     if worker is None and not options.read_only and not writable(options.data_dir):
         log.warning("the data directory %s cannot be written: serving it read-only", options.data_dir)
         options = dataclasses.replace(options, read_only=True)
@@ -180,6 +203,8 @@ async def serve(
                 max_inflight=PEER_INFLIGHT,
                 max_inflight_bytes=PEER_INFLIGHT_BYTES,
                 max_body=options.max_body,
+                max_connections=peer_connections(worker.workers),
+                max_handshakes=peer_connections(worker.workers),
                 trusted=True,
             )
             peer_server = TransportServer(supervisor, peer_options, fetch)

@@ -11,6 +11,12 @@ idle ones go first), when asked, or at shutdown. Passivation never happens in th
 of a turn: a busy activation is skipped, except at shutdown once running calls were
 drained or cancelled. Nothing is lost by it; the next call builds a new activation.
 
+An activation whose database finds no file descriptor left (``OutOfDescriptors``: the
+open-file limit is spent, which ``runtime.descriptors`` budgets against but a full
+system table or a lowered limit can still cause) passivates a batch of idle actors, so
+that a burst of such activations does not pay for it one by one, and opens once more;
+if that fails too, the caller is told ``Overloaded`` and may retry.
+
 These are functions of the supervisor rather than methods so that ``Supervisor`` stays
 the one owner of the state while its parts live in modules of their own; they cost a
 call no more than a method would.
@@ -25,13 +31,13 @@ from typing import TYPE_CHECKING
 import trio
 
 from storage.database import ActorDatabase
-from storage.errors import StorageError
+from storage.errors import OutOfDescriptors, StorageError
 from storage.promotion import pending as pending_promotion
 
 from runtime import sharding
 from runtime.activation import Activation, ActivationState, PassivationReason, raise_public
 from runtime.context import ActorContext
-from runtime.errors import SupervisorClosed
+from runtime.errors import Overloaded, SupervisorClosed
 from runtime.ids import ActorId
 
 if TYPE_CHECKING:
@@ -48,6 +54,8 @@ def activate(sup: Supervisor, target: ActorId) -> Activation:
     Raises:
         SupervisorClosed: The supervisor is closing and no call is left running.
         ActorNotFound: Unknown namespace.
+        Overloaded: No file descriptor is left for its database, even after
+            passivating idle actors. Retryable.
         DotdoError: The database could not be opened, or building the instance failed
             (an ``ActorError`` when the actor's own code raised).
     """
@@ -61,7 +69,7 @@ def activate(sup: Supervisor, target: ActorId) -> Activation:
         raise SupervisorClosed("the supervisor is shutting down")
     kind = sup.registry.kind(target.namespace)
     now = trio.current_time()
-    db = ActorDatabase.open(sup.config.data_dir, target.address, sup.config.storage, name=target.name)
+    db = _open(sup, target)
     activation = Activation(target, kind, db, sup, sup._graph, now)
     try:
         meta = db.meta()
@@ -85,9 +93,39 @@ def activate(sup: Supervisor, target: ActorId) -> Activation:
     return activation
 
 
-def evict(sup: Supervisor, count: int) -> None:
+def _open(sup: Supervisor, target: ActorId) -> ActorDatabase:
+    """Open the database of ``target``; out of file descriptors, passivate a batch of
+    idle actors (``DESCRIPTOR_BATCH``) and try once more.
+
+    Raises:
+        Overloaded: Still no descriptor (none was idle, or another part of the process
+            took what they gave back).
+        DotdoError: The database could not be opened for another reason.
+    """
+    config = sup.config
+    try:
+        return ActorDatabase.open(config.data_dir, target.address, config.storage, name=target.name)
+    except OutOfDescriptors as exc:
+        log.warning("%s; passivating idle actors", exc)
+    if evict(sup, descriptor_batch(len(sup._active))):
+        try:
+            return ActorDatabase.open(config.data_dir, target.address, config.storage, name=target.name)
+        except OutOfDescriptors:
+            pass
+    raise Overloaded(
+        "the server is out of file descriptors; retry later", address=(target.namespace, target.hex)
+    ) from None
+
+
+def descriptor_batch(active: int) -> int:
+    """Idle actors passivated at once when ``active`` hold the descriptors: 1% of them,
+    at least 8."""
+    return max(8, active // 100)
+
+
+def evict(sup: Supervisor, count: int) -> int:
     """Passivate up to ``count`` idle actors, least recently used first (busy ones
-    are passed over; the walk stops as soon as enough are found)."""
+    are passed over; the walk stops as soon as enough are found); returns how many."""
     victims: list[Activation] = []
     for activation in sup._active.values():
         if activation.gate.idle and activation.state is not ActivationState.STARTING:
@@ -96,6 +134,7 @@ def evict(sup: Supervisor, count: int) -> None:
                 break
     for activation in victims:
         passivate(sup, activation, PassivationReason.CAPACITY)
+    return len(victims)
 
 
 def passivate(sup: Supervisor, activation: Activation, reason: PassivationReason) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import resource
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -10,14 +9,14 @@ from pathlib import Path
 
 from storage.options import StorageOptions
 
+from runtime.descriptors import MIN_ACTIVE, descriptor_budget
+
 
 def default_max_active() -> int:
-    """The active-actor cap that fits the open-file limit (3 descriptors per actor, with
-    room left for sockets)."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY:
-        soft = 65536
-    return max(16, (soft - 512) // 3)
+    """The active-actor cap of a supervisor not given one: what the open-file limit
+    leaves for actors in a serving process with the default settings
+    (``runtime.descriptors``), and never fewer than ``MIN_ACTIVE``."""
+    return max(MIN_ACTIVE, descriptor_budget().max_active)
 
 
 @dataclass(frozen=True, slots=True)

@@ -107,6 +107,8 @@ class ActorDatabase:
 
         Raises:
             DatabaseLocked: Another activation holds this database.
+            OutOfDescriptors: No file descriptor is left to open it with (nothing was
+                opened, and nothing is left open).
             StorageError: The file cannot be created, opened or migrated.
         """
         options = options or StorageOptions()

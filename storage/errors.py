@@ -26,7 +26,8 @@ derive from it without importing upwards. The whole tree is drawn in
         ├── SqlError                 SQLite rejected a user statement
         │   └── RowCountError        one() found zero or several rows
         ├── TransactionError         turn / transaction() misuse
-        └── DatabaseLocked           the file is held by another activation
+        ├── DatabaseLocked           the file is held by another activation
+        └── OutOfDescriptors         no file descriptor left to open the file with
 """
 
 from __future__ import annotations
@@ -149,6 +150,17 @@ class DatabaseLocked(StorageError):
 
     Remedy: route the call to the process that owns the actor; only one activation of
     an address may exist at a time.
+    """
+
+
+class OutOfDescriptors(StorageError):
+    """The database could not be opened because the process (``EMFILE``) or the whole
+    system (``ENFILE``) has no file descriptor left. Nothing was opened or changed.
+
+    Remedy: close something (an active actor holds three descriptors, see
+    ``storage.opening.DESCRIPTORS_PER_ACTOR``) and try again; a server that keeps
+    running out needs a higher open-file limit (``ulimit -n``) or fewer active actors
+    or connections.
     """
 
 

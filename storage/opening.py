@@ -8,7 +8,13 @@ runs on its ``unix-none`` VFS in WAL mode with ``locking_mode=EXCLUSIVE``: the f
 the only lock, and the WAL index lives in heap memory. SQLite's default VFS would lock
 too, but it finds a file's locks by walking a list of every file the process has open,
 so each open would cost time in proportion to the actors already active (about 1 ms at
-6,000). An open actor holds three file descriptors: the lock, the database, its WAL.
+6,000). An open actor holds three file descriptors (``DESCRIPTORS_PER_ACTOR``): the
+lock, the database, its WAL; the archive of ``--history`` opens its files only for the
+moment it reads or writes them.
+
+An open that fails for want of a descriptor (``EMFILE``: this process's open-file limit;
+``ENFILE``: the system's) raises ``OutOfDescriptors``, which the runtime answers by
+passivating idle actors; every open closes what it opened when it fails.
 
 A data directory that cannot be written is opened read-only (``open_read_only``): the
 lock is taken through a read-only descriptor and a WAL database is read without its
@@ -29,8 +35,16 @@ import apsw
 
 from storage import schema
 from storage.address import Address
-from storage.errors import DatabaseLocked, StorageError, StorageFull, StorageReadOnly, translate
+from storage.errors import DatabaseLocked, OutOfDescriptors, StorageError, StorageFull, StorageReadOnly, translate
 from storage.options import Durability, StorageOptions
+
+DESCRIPTORS_PER_ACTOR = 3
+"""File descriptors an open database holds: its flock'd file, SQLite's own descriptor of
+the same file (the ``unix-none`` VFS opens it again), and its WAL. No ``-shm`` file:
+in exclusive locking mode the WAL index lives in heap memory."""
+
+# errnos that mean "no descriptor left" rather than anything about the file itself.
+_NO_DESCRIPTOR = {errno.EMFILE: "this process has", errno.ENFILE: "the system has"}
 
 
 def open_read_write(path: Path, address: Address, options: StorageOptions, name: str | None) -> tuple[apsw.Connection, int, bool]:
@@ -40,15 +54,15 @@ def open_read_write(path: Path, address: Address, options: StorageOptions, name:
 
     Raises:
         DatabaseLocked: Another open holds the lock.
+        OutOfDescriptors: No file descriptor is left to open it with.
         StorageError: The file cannot be created, opened or migrated.
     """
     lock = _lock(path, address)
     try:
         created = os.fstat(lock).st_size == 0
         conn = _connect(path, options)
-    except apsw.Error as exc:
-        os.close(lock)
-        raise translate(exc, address) from None
+    except BaseException as exc:
+        _abandon(None, lock, exc, address)
     try:
         _configure(conn, options, created)
         if _lock_and_migrate(conn, address, name):
@@ -75,6 +89,7 @@ def open_read_only(path: Path, address: Address, options: StorageOptions) -> tup
     Raises:
         StorageReadOnly: The file does not exist, or its schema would need an upgrade.
         DatabaseLocked: Another open holds the lock.
+        OutOfDescriptors: No file descriptor is left to open it with.
         StorageError: The file cannot be opened.
     """
     where = (address.namespace, address.id)
@@ -86,16 +101,17 @@ def open_read_only(path: Path, address: Address, options: StorageOptions) -> tup
             address=where,
         ) from None
     except OSError as exc:
+        if exc.errno in _NO_DESCRIPTOR:
+            raise _out_of_descriptors(exc.errno, address) from None
         raise StorageError(f"cannot open the database of {address}: {exc.strerror}", address=where) from None
+    wal = _has_wal(path)
     try:
         _flock(lock, address)
-        conn = connect_read_only(path, options.statement_cache)
+        conn = _read_only_connection(path, options.statement_cache, wal)
     except BaseException as exc:
-        os.close(lock)
-        if isinstance(exc, apsw.Error):
-            raise translate(exc, address) from None
-        raise
+        _abandon(None, lock, exc, address)
     try:
+        _start_reading(conn, wal)
         _configure(conn, options, False)
         version = int(conn.pragma("user_version"))
         if version != schema.LATEST_VERSION:
@@ -123,14 +139,33 @@ def connect_read_only(path: Path, statement_cache: int = 12) -> apsw.Connection:
     (exclusive locking mode, no file locks); without one, the file is the whole
     database and is opened as immutable.
     """
-    if Path(f"{path}-wal").exists():
-        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY, vfs="unix-none", statementcachesize=statement_cache)
-        conn.execute("PRAGMA locking_mode=EXCLUSIVE").fetchall()
-    else:
-        uri = f"file:{urllib.parse.quote(str(path))}?immutable=1"
-        conn = apsw.Connection(uri, flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI, statementcachesize=statement_cache)
-    conn.execute("SELECT count(*) FROM sqlite_schema").fetchall()  # fails now, not at first use
+    wal = _has_wal(path)
+    conn = _read_only_connection(path, statement_cache, wal)
+    try:
+        _start_reading(conn, wal)
+    except BaseException:
+        conn.close()
+        raise
     return conn
+
+
+def _has_wal(path: Path) -> bool:
+    return Path(f"{path}-wal").exists()
+
+
+def _read_only_connection(path: Path, statement_cache: int, wal: bool) -> apsw.Connection:
+    if wal:
+        return apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY, vfs="unix-none", statementcachesize=statement_cache)
+    uri = f"file:{urllib.parse.quote(str(path))}?immutable=1"
+    return apsw.Connection(uri, flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI, statementcachesize=statement_cache)
+
+
+def _start_reading(conn: apsw.Connection, wal: bool) -> None:
+    """Read the schema of a read-only connection, so that an unreadable file fails now
+    and not at first use (a WAL database first in exclusive mode: no shared memory)."""
+    if wal:
+        conn.execute("PRAGMA locking_mode=EXCLUSIVE").fetchall()
+    conn.execute("SELECT count(*) FROM sqlite_schema").fetchall()
 
 
 def _lock(path: Path, address: Address) -> int:
@@ -139,6 +174,7 @@ def _lock(path: Path, address: Address) -> int:
 
     Raises:
         DatabaseLocked: Another open holds the lock.
+        OutOfDescriptors: No file descriptor is left to open it with.
         StorageError: The file or its directory cannot be created or opened.
     """
     flags = os.O_RDWR | os.O_CLOEXEC
@@ -161,20 +197,61 @@ def _lock(path: Path, address: Address) -> int:
     return fd
 
 
-def _abandon(conn: apsw.Connection, lock: int, exc: BaseException, address: Address) -> NoReturn:
-    """Close a half-opened database (connection, then lock) and raise what stopped it,
-    as a storage error when SQLite raised it."""
-    conn.close()
-    os.close(lock)
-    if isinstance(exc, apsw.Error):
-        raise translate(exc, address) from None
-    raise exc
+def _abandon(conn: apsw.Connection | None, lock: int, exc: BaseException, address: Address) -> NoReturn:
+    """Close a half-opened database (its connection when there is one, then its lock)
+    and raise what stopped it, as a storage error when SQLite raised it."""
+    # Judged before anything is closed: closing frees descriptors, after which a lack
+    # of them could no longer be seen.
+    error = _failure(exc, conn, address) if isinstance(exc, apsw.Error) else None
+    try:
+        if conn is not None:
+            conn.close()
+    finally:
+        os.close(lock)
+    if error is None:
+        raise exc
+    raise error from None
+
+
+def _failure(exc: apsw.Error, conn: apsw.Connection | None, address: Address) -> StorageError:
+    """The storage error for SQLite's ``exc`` in an open of ``address``:
+    ``OutOfDescriptors`` when a file could not be opened for want of a descriptor."""
+    if isinstance(exc, apsw.CantOpenError | apsw.IOError):
+        code = _system_errno(conn)
+        if code in _NO_DESCRIPTOR:
+            return _out_of_descriptors(code, address)
+    return translate(exc, address)
+
+
+def _system_errno(conn: apsw.Connection | None) -> int:
+    """The errno of SQLite's last failed system call on ``conn``; without a connection
+    (SQLite could not open the file at all), what opening one more descriptor says."""
+    if conn is not None:
+        try:
+            return conn.system_errno
+        except apsw.ConnectionClosedError:  # the reopen after a migration failed
+            pass
+    try:
+        os.close(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+    except OSError as exc:
+        return exc.errno or 0
+    return 0
+
+
+def _out_of_descriptors(code: int, address: Address) -> OutOfDescriptors:
+    return OutOfDescriptors(
+        f"cannot open the database of {address}: {_NO_DESCRIPTOR[code]} no file descriptor left "
+        f"({errno.errorcode[code]}); retry once others are closed",
+        address=(address.namespace, address.id),
+    )
 
 
 def _unopened(exc: OSError, address: Address, what: str) -> StorageError:
     """The error for a database file that cannot be made or opened: read-only, full,
     or another failure, each said plainly."""
     where = (address.namespace, address.id)
+    if exc.errno in _NO_DESCRIPTOR:
+        return _out_of_descriptors(exc.errno, address)
     if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return StorageReadOnly(
             f"cannot {what} {address} for writing: {exc.strerror} "

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import io
 import os
+import resource
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from functools import partial
@@ -125,13 +126,27 @@ async def wait_for_url(process: trio.Process, stdout: Path, stderr: Path) -> str
     return url
 
 
+def open_file_limit(soft: int | None) -> Callable[[], None] | None:
+    """What a child process runs before it starts to have ``soft`` as its open-file
+    limit (``ulimit -n``); None: nothing, it keeps this process's limit."""
+    if soft is None:
+        return None
+
+    def lower() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+    return lower
+
+
 @asynccontextmanager
-async def dotdo_serve(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> AsyncIterator[Served]:
+async def dotdo_serve(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None, nofile: int | None = None
+) -> AsyncIterator[Served]:
     """``python -m dotdo serve --port 0 ARGS`` until it printed its URL; killed on exit
     if it is still running. One worker process unless ARGS say ``--workers``; ``env``
-    adds environment variables."""
+    adds environment variables, ``nofile`` sets its open-file limit."""
     stdout, stderr = tmp_path / "serve.out", tmp_path / "serve.err"
-    process = await _open_serve(tmp_path, stdout, stderr, args, {**environment(), **(env or {})})
+    process = await _open_serve(tmp_path, stdout, stderr, args, {**environment(), **(env or {})}, nofile=nofile)
     try:
         url = await wait_for_url(process, stdout, stderr)
         yield Served(process, url, stdout, stderr)
@@ -142,8 +157,11 @@ async def dotdo_serve(tmp_path: Path, *args: str, env: dict[str, str] | None = N
             await process.wait()
 
 
-async def dotdo(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
-    """``python -m dotdo ARGS``, its output captured; ``env`` adds variables."""
+async def dotdo(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, nofile: int | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """``python -m dotdo ARGS``, its output captured; ``env`` adds variables, ``nofile``
+    sets its open-file limit."""
     with trio.fail_after(STARTUP_TIMEOUT):
         return await trio.run_process(
             [sys.executable, "-m", "dotdo", *args],
@@ -153,6 +171,7 @@ async def dotdo(*args: str, cwd: Path, env: dict[str, str] | None = None) -> sub
             stdin=subprocess.DEVNULL,
             cwd=cwd,
             env={**environment(), **(env or {})},
+            preexec_fn=open_file_limit(nofile),
         )
 
 
@@ -184,10 +203,18 @@ async def spawn_group(run_dir: Path, name: str, *args: str) -> tuple[trio.Proces
 
 
 async def _open_serve(
-    cwd: Path, stdout: Path, stderr: Path, args: tuple[str, ...], env: dict[str, str], *, new_session: bool = False
+    cwd: Path,
+    stdout: Path,
+    stderr: Path,
+    args: tuple[str, ...],
+    env: dict[str, str],
+    *,
+    new_session: bool = False,
+    nofile: int | None = None,
 ) -> trio.Process:
     """Start ``python -m dotdo serve --port 0 ARGS`` in ``cwd``, its output in the two
-    files; one worker process unless ARGS say ``--workers``."""
+    files; one worker process unless ARGS say ``--workers``; ``nofile``: its open-file
+    limit."""
     workers = [] if "--workers" in args else ["--workers", "1"]
     with stdout.open("wb") as out, stderr.open("wb") as err:
         return await trio.lowlevel.open_process(
@@ -198,6 +225,7 @@ async def _open_serve(
             cwd=cwd,
             env=env,
             start_new_session=new_session,
+            preexec_fn=open_file_limit(nofile),
         )
 
 

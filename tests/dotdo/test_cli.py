@@ -269,6 +269,34 @@ async def test_serve_refuses_a_module_it_cannot_load(tmp_path: Path) -> None:
     assert result.stdout == b""
 
 
+@pytest.mark.parametrize(("workers", "fit"), [(1, 94), (2, 88)])
+async def test_serve_refuses_a_max_active_the_open_file_limit_cannot_hold(tmp_path: Path, workers: int, fit: int) -> None:
+    args = ("serve", "--port", "0", "--workers", str(workers), "--max-active", str(fit + 1))
+    result = await dotdo(*args, cwd=tmp_path, nofile=1024)
+    assert result.returncode == 1
+    error = result.stderr.decode()
+    assert error.startswith(f"dotdo serve: --max-active {fit + 1} does not fit the open-file limit (1024)")
+    assert f"at most {fit} fit" in error and "raise the limit (ulimit -n" in error
+    assert "lower --max-active or --max-connections" in error
+    assert result.stdout == b"" and not (tmp_path / "dotdo-data").exists()  # nothing started
+
+
+async def test_serve_refuses_an_open_file_limit_too_small_for_its_connections(tmp_path: Path) -> None:
+    result = await dotdo("serve", "--port", "0", "--workers", "1", cwd=tmp_path, nofile=512)
+    assert result.returncode == 1
+    error = result.stderr.decode()
+    assert error.startswith("dotdo serve: the open-file limit (512) is too small: the server needs 740 descriptors")
+    assert "ulimit -n 788 or more) or lower --max-connections" in error
+
+
+async def test_serve_under_a_low_limit_takes_the_active_actors_it_has_room_for(tmp_path: Path) -> None:
+    # 512 = process 32 + HTTP 34 + transport 98 + reserve 128 + 73 actors x 3 (+ 1 spare)
+    args = ("--max-connections", "32", "--log-level", "info")
+    async with dotdo_serve(tmp_path, *args, nofile=512) as served:
+        assert "descriptors: limit 512, process 32, HTTP 34, transport 98, worker links 0, transient reserve 128, actors 73 x 3" in served.errors()
+        assert await stop(served, signal.SIGTERM) == 0
+
+
 async def test_lifecycle_commands_reach_the_admin_route(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     async with serving(EXAMPLES, tmp_path) as server:
         url = ["--url", server.url]

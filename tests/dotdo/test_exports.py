@@ -41,6 +41,7 @@ EXPECTED = [
     "MergeConflict",
     "MethodNotAllowed",
     "NotSent",
+    "OutOfDescriptors",
     "Overloaded",
     "ProtocolError",
     "Relationship",

@@ -1,11 +1,17 @@
-"""The activation table (runtime.catalog): activation, eviction, passivation."""
+"""The activation table (runtime.catalog): activation, eviction, passivation, and
+activation when the process is out of file descriptors."""
 
 from pathlib import Path
 
+import pytest
 import trio
 import trio.testing
 
+from runtime.catalog import descriptor_batch
+from runtime.errors import Overloaded
 from runtime.supervisor import Supervisor
+from storage.opening import DESCRIPTORS_PER_ACTOR
+from tests.descriptors import exhausted, free_descriptors
 from tests.runtime.kinds import KINDS
 
 
@@ -69,3 +75,41 @@ async def test_a_busy_actor_is_never_passivated(tmp_path: Path, autojump_clock: 
             assert sup.is_active(slow.id)
             assert not sup.passivate(slow.id)
         assert sup.is_active(slow.id) or await slow.echo(1) == 1
+
+
+async def test_out_of_descriptors_an_activation_passivates_a_batch_of_idle_actors_and_opens(tmp_path: Path) -> None:
+    async with Supervisor(KINDS, tmp_path) as sup:
+        idle = [sup.S.Box(f"idle{i}") for i in range(12)]
+        for i, stub in enumerate(idle):
+            await stub.put("i", i)
+        batch = descriptor_batch(len(idle))
+        assert batch == 8
+        newcomer = sup.S.Box("new")
+        with exhausted(free=0):
+            await newcomer.put("i", "new")
+            # The least recently used went first; the newcomer holds three of theirs.
+            assert [sup.is_active(stub.id) for stub in idle] == [False] * batch + [True] * (len(idle) - batch)
+            assert sup.is_active(newcomer.id)
+            assert free_descriptors() == (batch - 1) * DESCRIPTORS_PER_ACTOR
+            assert await idle[0].get("i") == 0  # the next activation finds descriptors again
+        for i, stub in enumerate(idle):
+            assert await stub.get("i") == i
+        assert await newcomer.get("i") == "new"
+
+
+async def test_out_of_descriptors_with_no_idle_actor_a_call_is_overloaded(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with Supervisor(KINDS, tmp_path) as sup:
+        busy, newcomer = sup.S.Box("busy"), sup.S.Box("new")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(busy.sleep, 5)
+            await trio.sleep(1)
+            with exhausted(free=DESCRIPTORS_PER_ACTOR - 1):
+                with pytest.raises(Overloaded, match="out of file descriptors; retry later") as raised:
+                    await newcomer.put("k", 1)
+                assert raised.value.address == ("Box", newcomer.id.hex)
+                assert free_descriptors() == DESCRIPTORS_PER_ACTOR - 1  # nothing was left open
+                assert sup.is_active(busy.id) and not sup.is_active(newcomer.id)  # mid-turn: kept
+        await newcomer.put("k", 1)  # descriptors back: served, and its file is whole
+        assert await newcomer.get("k") == 1

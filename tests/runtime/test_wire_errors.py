@@ -6,7 +6,7 @@ import pytest
 
 from runtime import wire, wire_errors
 from runtime.errors import ActorError, DeadlockError, MethodNotAllowed, Overloaded
-from storage.errors import DotdoError, InvalidValue
+from storage.errors import DotdoError, InvalidValue, OutOfDescriptors
 
 
 @pytest.mark.parametrize(
@@ -15,7 +15,8 @@ from storage.errors import DotdoError, InvalidValue
         ActorError("ValueError", "no stock", address=("Shop", "ab" * 32)),
         MethodNotAllowed("Shop", "nope", ["a", "b"]),
         DeadlockError("stuck", ["Shop/a", "Shop/b"]),
-        Overloaded("busy"),
+        Overloaded("busy", address=("Shop", "cd" * 32)),
+        OutOfDescriptors("no descriptor left", address=("Shop", "ab" * 32)),
         InvalidValue("cannot travel"),
         DotdoError("plain"),
     ],

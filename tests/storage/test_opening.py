@@ -1,5 +1,6 @@
 """Opening an actor's database (``storage.opening``): creation, the file lock, settings,
-migrations, damaged and unwritable files, and read-only opening."""
+migrations, damaged and unwritable files, read-only opening, and running out of file
+descriptors."""
 
 import os
 import subprocess
@@ -18,7 +19,9 @@ from storage import (
     StorageOptions,
 )
 from storage import schema
-from storage.errors import StorageReadOnly
+from storage.errors import OutOfDescriptors, StorageReadOnly
+from storage.opening import DESCRIPTORS_PER_ACTOR
+from tests.descriptors import exhausted, free_descriptors
 
 ALICE = Address("Customer", "alice")
 
@@ -213,3 +216,59 @@ def test_read_only_creates_nothing_and_upgrades_nothing(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(StorageReadOnly, match="cannot be upgraded"):
         ActorDatabase.open(tmp_path, ALICE, StorageOptions(read_only=True))
+
+
+def _checkpointed(path: Path) -> None:
+    """Fold the WAL of the closed database at ``path`` into it and remove the WAL."""
+    conn = apsw.Connection(str(path))
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    conn.close()
+    Path(f"{path}-wal").unlink(missing_ok=True)
+
+
+# (what is opened, descriptors it holds once open): a read-only database without a WAL
+# is one file (immutable), so it needs one less.
+OPENS = [("new", DESCRIPTORS_PER_ACTOR), ("existing", DESCRIPTORS_PER_ACTOR), ("read-only", DESCRIPTORS_PER_ACTOR), ("read-only without a WAL", 2)]
+
+
+@pytest.mark.parametrize(("case", "needed"), OPENS, ids=[case for case, _ in OPENS])
+def test_an_open_out_of_descriptors_raises_out_of_descriptors_and_leaves_nothing_open(tmp_path: Path, case: str, needed: int) -> None:
+    if case != "new":
+        path = _written(tmp_path)
+        if case == "read-only without a WAL":
+            _checkpointed(path)
+    options = StorageOptions(read_only=case.startswith("read-only"))
+    for free in range(needed):  # short of one file, then of the next...
+        with exhausted(free):
+            with pytest.raises(OutOfDescriptors, match="no file descriptor left .EMFILE."):
+                ActorDatabase.open(tmp_path, ALICE, options)
+            assert free_descriptors() == free  # what it opened before failing is closed
+    with exhausted(needed):
+        db = ActorDatabase.open(tmp_path, ALICE, options)
+        assert free_descriptors() == 0
+        db.close()
+        assert free_descriptors() == needed
+    with ActorDatabase.open(tmp_path, ALICE) as db:  # nothing half-made was left behind
+        assert db.connection.pragma("journal_mode") == "wal"
+        assert db.connection.pragma("user_version") == schema.LATEST_VERSION
+        assert db.stored_address() == ALICE
+        assert db.kv.get("k") == (None if case == "new" else "v")
+
+
+@pytest.mark.parametrize("history", [0.0, 3600.0], ids=["history off", "history on"])
+def test_an_open_database_holds_descriptors_per_actor_with_or_without_history(tmp_path: Path, history: float) -> None:
+    spare = 4  # what history's archive opens while it copies a commit, and closes again
+    options = StorageOptions(history=history)
+    _written(tmp_path)
+    with exhausted(DESCRIPTORS_PER_ACTOR + spare):
+        db = ActorDatabase.open(tmp_path, ALICE, options)
+        try:
+            assert free_descriptors() == spare
+            db.kv.put("k", "changed")
+            db.commit()
+            assert free_descriptors() == spare
+            if history:
+                assert db.history.info().error is None
+        finally:
+            db.close()
+        assert free_descriptors() == DESCRIPTORS_PER_ACTOR + spare
