@@ -41,7 +41,6 @@ import trio
 from dotdo.auth import Tokens
 from dotdo.banner import print_banner, url
 from runtime.connection import Connection
-from runtime.errors import ConnectionLost, Unauthorized
 from runtime.kinds import KindSpec, Registry
 from storage.errors import DotdoError
 
@@ -213,9 +212,9 @@ class _Pool:
             began = trio.current_time()
             proc = await self._spawn(spec)
             try:
-                ready = await self._ready(spec, proc)
+                up = await ready(spec, proc)
                 if first:
-                    if not ready:
+                    if not up:
                         raise WorkerFailed(f"worker {index} did not start (exit status {proc.returncode}); see its error above")
                     first = False
                     task_status.started()
@@ -255,31 +254,8 @@ class _Pool:
         try:
             await proc.stdin.send_all(_LENGTH.pack(len(payload)) + payload)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass  # it died already: _ready sees it
+            pass  # it died already: ready() sees it
         return proc
-
-    async def _ready(self, spec: WorkerSpec, proc: trio.Process) -> bool:
-        """Whether the worker came up: it answers on its peer socket (which it opens last)
-        before it exits or ``READY_TIMEOUT`` passes."""
-        answered = False
-        async with trio.open_nursery() as nursery:
-
-            async def exited() -> None:
-                await proc.wait()
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(exited)
-            with trio.move_on_after(READY_TIMEOUT):
-                try:
-                    conn = await Connection.open_unix(
-                        spec.peer_paths[spec.index], token=spec.secret, connect_timeout=READY_TIMEOUT
-                    )
-                    await conn.aclose()
-                    answered = True
-                except (ConnectionLost, Unauthorized):
-                    pass
-            nursery.cancel_scope.cancel()
-        return answered
 
     def kill(self) -> None:
         """SIGKILL every worker still running."""
@@ -294,6 +270,30 @@ class _Pool:
         async with trio.open_nursery() as nursery:
             for proc in list(self.procs.values()):
                 nursery.start_soon(_stop, proc, grace + KILL_AFTER)
+
+
+async def ready(spec: WorkerSpec, proc: trio.Process) -> bool:
+    """Whether the worker came up: it answers on its peer socket (which it opens last)
+    before it exits or ``READY_TIMEOUT`` passes."""
+    answered = False
+    async with trio.open_nursery() as nursery:
+
+        async def exited() -> None:
+            await proc.wait()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(exited)
+        with trio.move_on_after(READY_TIMEOUT):
+            try:
+                conn = await Connection.open_unix(
+                    spec.peer_paths[spec.index], token=spec.secret, connect_timeout=READY_TIMEOUT
+                )
+                await conn.aclose()
+                answered = True
+            except DotdoError:  # gone, refusing, or broken mid-handshake: not ready
+                pass
+        nursery.cancel_scope.cancel()
+    return answered
 
 
 async def _stop(proc: trio.Process, wait: float) -> None:

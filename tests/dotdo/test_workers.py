@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,8 @@ import httpx
 import pytest
 import trio
 
-from dotdo import ConnectionLost, MethodNotAllowed, connect
+from dotdo import ConnectionLost, MethodNotAllowed, ServeOptions, connect
+from dotdo.workers import WorkerSpec, ready
 from runtime.ids import resolve
 from storage.address import shard_of
 from tests.dotdo.serving import STARTUP_TIMEOUT, dotdo_serve, owned_by, rpc_url, stop
@@ -206,3 +208,31 @@ async def test_a_worker_that_cannot_start_stops_the_server(tmp_path: Path) -> No
     assert "exited with 1" in message
     assert "this module refuses to load in a worker" in message
     assert "dotdo serve: worker 0 did not start" in message
+
+
+async def test_a_worker_that_answers_its_readiness_probe_with_garbage_is_not_ready(tmp_path: Path) -> None:
+    """The parent probes a starting worker on its peer socket; a worker dying in the
+    middle of its welcome used to raise out of the probe (a ProtocolError) and take the
+    parent, and every other worker with it, down."""
+    path = str(tmp_path / "w0.sock")
+    listener = trio.socket.socket(trio.socket.AF_UNIX)
+    await listener.bind(path)
+    listener.listen()
+
+    async def garbage() -> None:
+        sock, _ = await listener.accept()
+        await sock.recv(1024)  # the hello
+        await sock.send(b"\x00\x00\x00\x03\xc1\xc1\xc1")
+        sock.close()
+
+    spec = WorkerSpec(0, 1, [], None, ServeOptions(), 0, None, 0, [path], "secret")
+    proc = await trio.lowlevel.open_process([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(garbage)
+            with trio.fail_after(10):
+                assert await ready(spec, proc) is False
+    finally:
+        proc.kill()
+        await proc.wait()
+        listener.close()
