@@ -79,7 +79,7 @@ class TransportOptions:
         max_handshakes: Connections in their handshake at once, on top of
             ``max_connections``; one more drops the oldest.
         write_timeout: Seconds a peer may take none of the replies waiting for it
-            before the connection is closed.
+            before the connection is closed (noticed within a quarter more).
         trusted: Whether connections may make the runtime's system calls (event
             deliveries, subscriptions): only the socket other workers connect to.
         max_connections: Connections past their handshake at once; one more gets an
@@ -131,6 +131,7 @@ class _ServerConnection:
     owed_slots: int = 0  # given back once the outbox is sent
     owed_bytes: int = 0
     wake: trio.Event = field(default_factory=trio.Event)
+    writing_since: float | None = None  # when the write under way began
     closing: bool = False
     broken: bool = False
 
@@ -229,7 +230,7 @@ class TransportServer:
         conn = _ServerConnection(stream, trio.Semaphore(options.max_inflight), ByteBudget(options.max_inflight_bytes))
         last: wire.Message | None = None
         async with trio.open_nursery() as writer:
-            writer.start_soon(self._write, conn)
+            writer.start_soon(self._write, conn, writer.cancel_scope)
             async with trio.open_nursery() as calls:
                 conn.nursery = calls
                 try:
@@ -417,9 +418,16 @@ class TransportServer:
         finally:
             conn.release(size)
 
-    async def _write(self, conn: _ServerConnection) -> None:
-        """Send queued frames, all that waited in one write, until the connection closes.
-        A peer that takes nothing for ``write_timeout`` is given up on."""
+    async def _write(self, conn: _ServerConnection, connection: trio.CancelScope) -> None:
+        """Send queued frames until the connection closes, while ``_watch_writes`` gives
+        up on a peer that takes nothing (cancelling ``connection``)."""
+        async with trio.open_nursery() as watching:
+            watching.start_soon(self._watch_writes, conn, connection)
+            await self._send_queued(conn)
+            watching.cancel_scope.cancel()
+
+    async def _send_queued(self, conn: _ServerConnection) -> None:
+        """Send queued frames, all that waited in one write, until the connection closes."""
         stream = conn.stream
         while True:
             await conn.wake.wait()
@@ -429,22 +437,35 @@ class TransportServer:
                 conn.outbox.clear()
                 slots, conn.owed_slots = conn.owed_slots, 0
                 owed, conn.owed_bytes = conn.owed_bytes, 0
+                conn.writing_since = trio.current_time()
                 try:
-                    with trio.move_on_after(self.options.write_timeout) as waited:
-                        await stream.send_all(data)
-                    if waited.cancelled_caught:
-                        log.info("closing a transport connection: its peer took no data for %g s", self.options.write_timeout)
-                        raise trio.BrokenResourceError("the peer stopped reading")
+                    await stream.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     conn.broken = True
                     if conn.nursery is not None:
                         conn.nursery.cancel_scope.cancel()
                     return
                 finally:
+                    conn.writing_since = None
                     conn.budget.give(owed)
                     for _ in range(slots):
                         conn.slots.release()
             if conn.closing and not conn.outbox:
+                return
+
+    async def _watch_writes(self, conn: _ServerConnection, scope: trio.CancelScope) -> None:
+        """Give the connection up (cancel ``scope``: its writer and its calls) once a
+        write has waited ``write_timeout`` for the peer to take data. A task that looks
+        now and then, rather than a deadline around every write: that would cost each
+        reply a cancel scope."""
+        timeout = self.options.write_timeout
+        while True:
+            await trio.sleep(timeout / 4)
+            since = conn.writing_since
+            if since is not None and trio.current_time() - since >= timeout:
+                log.info("closing a transport connection: its peer took no data for %g s", timeout)
+                conn.broken = True
+                scope.cancel()
                 return
 
 
