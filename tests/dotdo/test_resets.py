@@ -120,7 +120,7 @@ async def resetting(port: int, *, welcome: bool, graceful: bool = False) -> Asyn
             await stream.send_all(HELLO)
             answer: wire.Message | None = None
             with trio.move_on_after(HANDSHAKE_TIMEOUT):
-                answer = await read_message(stream, wire.FrameDecoder())
+                [answer] = await read_messages(stream, 1)
             assert answer is not None, f"no welcome within {HANDSHAKE_TIMEOUT} s (a worker restarting?)"
             assert isinstance(answer, wire.Welcome), answer
         yield stream
@@ -131,15 +131,15 @@ async def resetting(port: int, *, welcome: bool, graceful: bool = False) -> Asyn
             reset(stream)
 
 
-async def read_message(stream: trio.SocketStream, decoder: wire.FrameDecoder) -> wire.Message:
-    """The next frame from the server (``decoder`` keeps what came after it)."""
-    while True:
+async def read_messages(stream: trio.SocketStream, count: int) -> list[wire.Message]:
+    """The next ``count`` frames from the server (several may come in one read)."""
+    decoder = wire.FrameDecoder()
+    messages: list[wire.Message] = []
+    while len(messages) < count:
         data = await stream.receive_some(65536)
         assert data, "the server closed the connection"
-        if bodies := decoder.feed(data):
-            break
-    [body] = bodies
-    return wire.decode(body)
+        messages.extend(wire.decode(body) for body in decoder.feed(data))
+    return messages
 
 
 def call_frame(target: Target, name: str, steps: list[tuple[str, list[object]]]) -> bytes:
@@ -409,8 +409,7 @@ async def check_raw_frames_work(target: Target) -> None:
     ]
     async with resetting(target.rpc_port, welcome=True, graceful=True) as stream:
         await stream.send_all(b"".join(frames))
-        decoder = wire.FrameDecoder()
-        answers = [await read_message(stream, decoder) for _ in frames]
+        answers = await read_messages(stream, len(frames))
     assert all(isinstance(answer, wire.Reply) for answer in answers), answers
 
 
