@@ -52,8 +52,8 @@ from __future__ import annotations
 
 from runtime.errors import (
     ActorError,
-    BodyTooLarge,
     ActorNotFound,
+    BodyTooLarge,
     CallTimeout,
     ConnectionLost,
     DeadlockError,

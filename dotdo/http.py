@@ -175,7 +175,7 @@ class BodyLimit:
                     return
                 if declared > limit:
                     # The unread body makes the connection unusable: say it will close.
-                    response = error_response(_too_large(declared, limit))
+                    response = error_response(BodyTooLarge.over(declared, limit, whole=False))
                     response.headers["connection"] = "close"
                     await response(scope, receive, send)
                     return
@@ -188,7 +188,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise _too_large(received, limit)
+                    raise BodyTooLarge.over(received, limit, whole=False)
             return message
 
         await self.app(scope, limited, send)
@@ -231,10 +231,6 @@ async def _json_object(request: Request, seconds: float, shape: str = "{...}") -
     if not isinstance(body, dict):
         raise InvalidInput(f"the request body must be a JSON object: {shape}")
     return body
-
-
-def _too_large(size: int, limit: int) -> BodyTooLarge:
-    return BodyTooLarge(f"request body of {size} bytes or more is over the {limit}-byte limit")
 
 
 def create_app(

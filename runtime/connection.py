@@ -253,6 +253,8 @@ class Connection:
         async with self._slots:
             request = next(self._ids)
             frame = make(request)
+            if len(frame) - wire.HEADER.size > self.welcome.max_frame:  # before it waits for room it can never use
+                raise ProtocolError(f"the call is {len(frame):,} bytes, over the server's frame limit of {self.welcome.max_frame:,}")
             await self._budget.take(len(frame))
             waiter = self._waiting[request] = _Waiter()
             try:
@@ -282,9 +284,8 @@ class Connection:
     async def _send_frame(self, frame: bytes) -> None:
         """Queue a frame and, unless another caller is sending already (it sends this
         one too), send everything queued: frames of callers that arrive while a write
-        is under way go out together in the next write."""
-        if len(frame) - wire.HEADER.size > self.welcome.max_frame:
-            raise ProtocolError(f"the call is {len(frame):,} bytes, over the server's frame limit of {self.welcome.max_frame:,}")
+        is under way go out together in the next write (``request`` has checked the
+        frame against the server's limit)."""
         if self._closed is not None:
             raise self._closed
         self._outbox.append(frame)

@@ -32,6 +32,12 @@ class BodyTooLarge(InvalidInput):
     """A request body (over HTTP, or in a transport fetch frame) is over the server's
     limit (``--max-body``); nothing ran."""
 
+    @classmethod
+    def over(cls, size: int, limit: int, *, whole: bool = True) -> BodyTooLarge:
+        """The error for a body of ``size`` bytes against ``limit``; not ``whole``:
+        ``size`` is what had arrived when the body passed the limit."""
+        return cls(f"request body of {size} bytes{'' if whole else ' or more'} is over the {limit}-byte limit")
+
 
 class InvalidSchedule(InvalidInput):
     """A schedule phrase, cron string or time zone that cannot be understood."""

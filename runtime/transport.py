@@ -27,9 +27,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from storage.errors import DotdoError
-
-from storage.errors import InvalidValue
+from storage.errors import DotdoError, InvalidValue
 
 from runtime import values, wire, wire_errors
 from runtime.errors import BodyTooLarge, MethodNotAllowed, Overloaded, ProtocolError, Unauthorized
@@ -363,7 +361,7 @@ class TransportServer:
                 raise MethodNotAllowed(fetch.target.namespace, "fetch", (), "this server takes no fetch frames")
             limit = self.options.max_body
             if limit is not None and len(fetch.request.body) > limit:
-                raise BodyTooLarge(f"request body of {len(fetch.request.body)} bytes is over the {limit}-byte limit")
+                raise BodyTooLarge.over(len(fetch.request.body), limit)
             with scope:
                 status, headers, body = await self._fetch(fetch.target, fetch.request, fetch.timeout)
                 return values.pack([status, [[name, value] for name, value in headers], body])
