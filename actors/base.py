@@ -6,17 +6,17 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from runtime.kinds import KindSpec
+from dotdo.runtime.core.kinds import KindSpec
 
-from actors.methods import public_methods
-from actors.subscribe import declared
-from actors.workflow import Workflow
+from dotdo.actors.methods import public_methods
+from dotdo.actors.subscribe import declared
+from dotdo.actors.workflow import Workflow
 
 if TYPE_CHECKING:
-    from runtime.context import ActorContext
-    from runtime.ids import ActorId
-    from storage.kv import KVStore
-    from storage.sql import SqlStore
+    from dotdo.runtime.core.context import ActorContext
+    from dotdo.runtime.core.ids import ActorId
+    from dotdo.storage.kv import KVStore
+    from dotdo.storage.sql import SqlStore
 
 
 class DO:

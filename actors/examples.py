@@ -16,8 +16,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from actors.base import DO
-from storage.errors import InvalidInput
+from dotdo.actors.base import DO
+from dotdo.storage.errors import InvalidInput
 
 
 class Counter(DO):

@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 
 import pydantic
 
-from runtime.errors import InvalidArguments
-from runtime.kinds import Binder, MethodSpec
+from dotdo.runtime.core.errors import InvalidArguments
+from dotdo.runtime.core.kinds import Binder, MethodSpec
 
 # Hooks the runtime calls itself; never callable by RPC.
 LIFECYCLE = frozenset({"fetch", "alarm", "on_start"})

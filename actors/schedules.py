@@ -1,6 +1,6 @@
 """``self.S.every``: recurring schedules, in words, cron or the fluent forms.
 
-All of these register the same kind of durable schedule (see ``runtime.schedules`` for
+All of these register the same kind of durable schedule (see ``dotdo.runtime.services.schedules`` for
 every phrase understood)::
 
     self.S.every("0 9 * * 1", self.weekly_report)          # cron
@@ -19,12 +19,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from runtime import schedules
-from runtime.errors import InvalidSchedule
+from dotdo.runtime.services import schedules
+from dotdo.runtime.core.errors import InvalidSchedule
 
 if TYPE_CHECKING:
-    from runtime.alarm_info import ScheduleInfo
-    from runtime.context import ActorContext
+    from dotdo.runtime.services.alarm_info import ScheduleInfo
+    from dotdo.runtime.core.context import ActorContext
 
 _DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 _UNITS = ("seconds", "minutes", "hours", "days", "weeks")

@@ -25,9 +25,9 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from runtime.workflow import check_priority, check_timeout, parse_path
-from runtime.stubs import _Method
-from storage.errors import InvalidInput
+from dotdo.runtime.services.workflow import check_priority, check_timeout, parse_path
+from dotdo.runtime.stubs import _Method
+from dotdo.storage.errors import InvalidInput
 
 SUBSCRIPTIONS_ATTR = "__dotdo_on__"
 

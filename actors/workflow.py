@@ -12,20 +12,20 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
-from runtime.events import Sent
-from runtime.subscriptions import Subscribed
-from runtime.workflow import Retry, own_turn
-from runtime.stubs import NamespaceStub
+from dotdo.runtime.services.events import Sent
+from dotdo.runtime.services.subscriptions import Subscribed
+from dotdo.runtime.services.workflow import Retry, own_turn
+from dotdo.runtime.stubs import NamespaceStub
 
-from actors.schedules import Every
-from actors.subscribe import On, on
+from dotdo.actors.schedules import Every
+from dotdo.actors.subscribe import On, on
 
 if TYPE_CHECKING:
-    from runtime.alarm_info import ScheduleInfo
-    from runtime.context import ActorContext
-    from storage.outbox import DeadLetter, EventRow
-    from storage.steps import ActionRow
-    from storage.things import ThingStore
+    from dotdo.runtime.services.alarm_info import ScheduleInfo
+    from dotdo.runtime.core.context import ActorContext
+    from dotdo.storage.outbox import DeadLetter, EventRow
+    from dotdo.storage.steps import ActionRow
+    from dotdo.storage.things import ThingStore
 
 
 class Workflow:
@@ -39,7 +39,7 @@ class Workflow:
     @property
     def every(self) -> Every:
         """Recurring schedules: ``self.S.every("daily at 6am", self.report)``, or
-        ``self.S.every.monday.at("9am")(self.report)`` (see ``actors.schedules``)."""
+        ``self.S.every.monday.at("9am")(self.report)`` (see ``dotdo.actors.schedules``)."""
         return Every(self._ctx)
 
     def schedules(self) -> list[ScheduleInfo]:
@@ -58,7 +58,7 @@ class Workflow:
     @property
     def db(self) -> ThingStore:
         """Things, relationships, full-text and vector search, in this actor's database
-        (``storage.things``): ``self.S.db.create("Customer", {...})``."""
+        (``dotdo.storage.things``): ``self.S.db.create("Customer", {...})``."""
         return self._ctx.db.things
 
     # -- events ----------------------------------------------------------------------
@@ -116,7 +116,7 @@ class Workflow:
 
     @property
     def on(self) -> On:
-        """Subscriptions: ``self.S.on.Customer.created(self.welcome)`` (see ``actors.subscribe``)."""
+        """Subscriptions: ``self.S.on.Customer.created(self.welcome)`` (see ``dotdo.actors.subscribe``)."""
         return on
 
     def off(self, event: str, handler: object = None) -> int:
@@ -173,12 +173,12 @@ class Workflow:
         step (its name, and ``key`` when given) returns the recorded result.
 
         Each try runs under ``timeout`` seconds when given. A failed try is rolled back
-        before the next; the last failure is recorded and raised. See ``runtime.steps``.
+        before the next; the last failure is recorded and raised. See ``dotdo.runtime.services.steps``.
         """
         ctx = self._ctx
         return await ctx.supervisor.steps.do(ctx.id, step, data, key=key, retry=retry, timeout=timeout)
 
-    # -- lifecycle (runtime.lifecycle): each runs inside this turn, after committing it ---
+    # -- lifecycle (dotdo.runtime.services.lifecycle): each runs inside this turn, after committing it ---
 
     async def _lifecycle(self, operation: str, **arguments: Any) -> Any:
         ctx = self._ctx
@@ -199,7 +199,7 @@ class Workflow:
         return await self._lifecycle("compact", retention=retention)  # type: ignore[no-any-return]
 
     async def branch(self, name: str) -> dict[str, Any]:
-        """Fork the current state into the new branch ``name`` (``storage.branches``)."""
+        """Fork the current state into the new branch ``name`` (``dotdo.storage.branches``)."""
         return await self._lifecycle("branch", name=name)  # type: ignore[no-any-return]
 
     async def checkout(self, name: str) -> dict[str, Any]:
@@ -249,7 +249,7 @@ class Workflow:
 
     async def shard(self, n: int, *, key: str = "$id") -> dict[str, Any]:
         """Split this actor's things and keyed tables over ``n`` shard actors by a hash
-        of ``key``; this address becomes their router (``runtime.sharding``). On a
+        of ``key``; this address becomes their router (``dotdo.runtime.services.sharding``). On a
         router, reshards to ``n`` (``n=1``: back into this actor)."""
         return await self._lifecycle("shard", n=n, key=key)  # type: ignore[no-any-return]
 

@@ -39,11 +39,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dotdo import DO  # noqa: E402
 from dotdo.server import tune_gc  # noqa: E402
-from runtime.ids import id_from_name  # noqa: E402
-from runtime.supervisor import Supervisor  # noqa: E402
-from storage import ActorDatabase, Address  # noqa: E402
-from storage.alarm_index import AlarmIndex  # noqa: E402
-from storage.alarms import PendingItem  # noqa: E402
+from dotdo.runtime.core.ids import id_from_name  # noqa: E402
+from dotdo.runtime.supervisor import Supervisor  # noqa: E402
+from dotdo.storage import ActorDatabase, Address  # noqa: E402
+from dotdo.storage.alarm_index import AlarmIndex  # noqa: E402
+from dotdo.storage.alarms import PendingItem  # noqa: E402
 
 
 class Pinger(DO):

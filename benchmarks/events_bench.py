@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dotdo import DO, Event, on  # noqa: E402
 from dotdo.server import tune_gc  # noqa: E402
-from runtime.supervisor import Supervisor  # noqa: E402
+from dotdo.runtime.supervisor import Supervisor  # noqa: E402
 
 
 class Sender(DO):

@@ -41,8 +41,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from storage import ActorDatabase, Address, StorageOptions  # noqa: E402
-from storage import history, history_log  # noqa: E402
+from dotdo.storage import ActorDatabase, Address, StorageOptions  # noqa: E402
+from dotdo.storage import history, history_log  # noqa: E402
 
 PAYLOAD = {"name": "alice", "visits": 12, "tags": ["a", "b"]}
 ON = StorageOptions(history=7 * 86400.0)

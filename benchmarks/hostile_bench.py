@@ -48,8 +48,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from runtime import values, wire  # noqa: E402
-from runtime.ids import id_from_name  # noqa: E402
+from dotdo.runtime.core import values  # noqa: E402
+from dotdo.runtime.transport import wire  # noqa: E402
+from dotdo.runtime.core.ids import id_from_name  # noqa: E402
 
 MIB = 1024 * 1024
 
@@ -216,7 +217,7 @@ async def bigcalls(server: Server, connections: int) -> str:
 async def silent(server: Server, connections: int) -> str:
     socks = [await _connect(server, hello=False) for _ in range(256)]
     from dotdo.client import connect
-    from storage.errors import DotdoError
+    from dotdo.storage.errors import DotdoError
 
     began = time.perf_counter()
     try:

@@ -38,9 +38,9 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dotdo import DO  # noqa: E402
-from runtime.ids import id_from_name  # noqa: E402
-from runtime.supervisor import Supervisor  # noqa: E402
-from storage import ActorDatabase  # noqa: E402
+from dotdo.runtime.core.ids import id_from_name  # noqa: E402
+from dotdo.runtime.supervisor import Supervisor  # noqa: E402
+from dotdo.storage import ActorDatabase  # noqa: E402
 
 ROW = 1024
 CUSTOMERS = 1000

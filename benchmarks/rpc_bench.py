@@ -54,11 +54,11 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from actors.examples import Counter  # noqa: E402
+from dotdo.actors.examples import Counter  # noqa: E402
 from dotdo.client import connect  # noqa: E402
-from runtime.wire import HEADER, FrameDecoder  # noqa: E402
-from runtime.supervisor import Supervisor  # noqa: E402
-from storage import Durability, StorageOptions  # noqa: E402
+from dotdo.runtime.transport.wire import HEADER, FrameDecoder  # noqa: E402
+from dotdo.runtime.supervisor import Supervisor  # noqa: E402
+from dotdo.storage import Durability, StorageOptions  # noqa: E402
 
 _GET = "SELECT v FROM kv WHERE k = ?"
 _PUT = "INSERT OR REPLACE INTO kv(k, v) VALUES (?, ?)"

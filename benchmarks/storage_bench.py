@@ -22,7 +22,7 @@ import apsw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from storage import ActorDatabase, Address, Durability, StorageOptions  # noqa: E402
+from dotdo.storage import ActorDatabase, Address, Durability, StorageOptions  # noqa: E402
 
 
 def _bare(path: Path, sync: str) -> apsw.Connection:

@@ -42,8 +42,8 @@ import apsw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from storage import ActorDatabase, Address  # noqa: E402
-from storage.search import document  # noqa: E402
+from dotdo.storage import ActorDatabase, Address  # noqa: E402
+from dotdo.storage.search import document  # noqa: E402
 
 ADDRESS = Address("Bench", "stores")
 CITIES = [f"City{i:03d}" for i in range(200)]
@@ -186,7 +186,7 @@ def query_figures(db: ActorDatabase, bare: apsw.Connection, queries: int, seed: 
     store = db.things
     cities = [rng.choice(CITIES) for _ in range(queries)]
     lows = [rng.random() * 0.999 for _ in range(queries)]
-    order = "+t.rid" if indexed else "t.rid"  # what dotdo writes (see storage.query)
+    order = "+t.rid" if indexed else "t.rid"  # what dotdo writes (see dotdo.storage.query)
     eq_sql = (
         f"SELECT {BARE_COLUMNS} FROM things AS t WHERE t.type = ? AND json_extract(t.data, '$.city') = ? "
         f"ORDER BY {order} LIMIT 100"

@@ -16,63 +16,102 @@ From another process, ``S = await connect("tcp://127.0.0.1:8788")`` gives the sa
 stubs over the transport.
 """
 
-from actors.base import DO
-from actors.methods import rpc
-from dotdo.ambient import S
-from dotdo.errors import (
-    ActorExists,
-    BookmarkError,
-    BranchExists,
-    BranchNotFound,
-    ActorError,
-    ActorNotFound,
-    BodyTooLarge,
-    CallTimeout,
-    ConnectionLost,
-    DatabaseLocked,
-    DeadlockError,
-    DotdoError,
-    Forbidden,
-    InvalidArguments,
-    InvalidId,
-    InvalidInput,
-    InvalidKey,
-    InvalidNamespace,
-    InvalidQuery,
-    InvalidSchedule,
-    InvalidValue,
-    MergeConflict,
-    MethodNotAllowed,
-    NotSent,
-    OutOfDescriptors,
-    Overloaded,
-    ProtocolError,
-    RequestTimeout,
-    RowCountError,
-    SqlError,
-    StorageError,
-    StorageFull,
-    StorageLimitExceeded,
-    StorageReadOnly,
-    SupervisorClosed,
-    ThingExists,
-    ThingNotFound,
-    TransactionError,
-    Unauthorized,
-    Unavailable,
-    VersionConflict,
-)
-from dotdo.client import connect
-from dotdo.server import ServeOptions, serve
-from actors.subscribe import on
-from runtime.alarm_info import AlarmInfo, ScheduleInfo, ScheduleRun
-from runtime.events import Event, Sent
-from runtime.subscriptions import Subscribed
-from runtime.workflow import Retry
-from runtime.ids import ActorId, id_from_name, id_from_string, new_unique_id
-from runtime.supervisor import Supervisor
-from storage.options import Durability
-from storage.things_model import Relationship, Thing
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Each public name and the module that defines it. They are imported when first used,
+# so that ``import dotdo.storage`` (or a client command) does not pull in the server.
+_MODULES: dict[str, tuple[str, ...]] = {
+    "dotdo.actors.base": ("DO",),
+    "dotdo.actors.methods": ("rpc",),
+    "dotdo.ambient": ("S",),
+    "dotdo.errors": ("ActorExists", "BookmarkError", "BranchExists", "BranchNotFound", "ActorError", "ActorNotFound", "BodyTooLarge", "CallTimeout", "ConnectionLost", "DatabaseLocked", "DeadlockError", "DotdoError", "Forbidden", "InvalidArguments", "InvalidId", "InvalidInput", "InvalidKey", "InvalidNamespace", "InvalidQuery", "InvalidSchedule", "InvalidValue", "MergeConflict", "MethodNotAllowed", "NotSent", "OutOfDescriptors", "Overloaded", "ProtocolError", "RequestTimeout", "RowCountError", "SqlError", "StorageError", "StorageFull", "StorageLimitExceeded", "StorageReadOnly", "SupervisorClosed", "ThingExists", "ThingNotFound", "TransactionError", "Unauthorized", "Unavailable", "VersionConflict"),
+    "dotdo.client": ("connect",),
+    "dotdo.server": ("ServeOptions", "serve"),
+    "dotdo.actors.subscribe": ("on",),
+    "dotdo.runtime.services.alarm_info": ("AlarmInfo", "ScheduleInfo", "ScheduleRun"),
+    "dotdo.runtime.services.events": ("Event", "Sent"),
+    "dotdo.runtime.services.subscriptions": ("Subscribed",),
+    "dotdo.runtime.services.workflow": ("Retry",),
+    "dotdo.runtime.core.ids": ("ActorId", "id_from_name", "id_from_string", "new_unique_id"),
+    "dotdo.runtime.supervisor": ("Supervisor",),
+    "dotdo.storage.options": ("Durability",),
+    "dotdo.storage.things_model": ("Relationship", "Thing"),
+}
+_WHERE = {name: module for module, names in _MODULES.items() for name in names}
+
+if TYPE_CHECKING:
+    from dotdo.actors.base import DO
+    from dotdo.actors.methods import rpc
+    from dotdo.ambient import S
+    from dotdo.errors import (
+        ActorExists,
+        BookmarkError,
+        BranchExists,
+        BranchNotFound,
+        ActorError,
+        ActorNotFound,
+        BodyTooLarge,
+        CallTimeout,
+        ConnectionLost,
+        DatabaseLocked,
+        DeadlockError,
+        DotdoError,
+        Forbidden,
+        InvalidArguments,
+        InvalidId,
+        InvalidInput,
+        InvalidKey,
+        InvalidNamespace,
+        InvalidQuery,
+        InvalidSchedule,
+        InvalidValue,
+        MergeConflict,
+        MethodNotAllowed,
+        NotSent,
+        OutOfDescriptors,
+        Overloaded,
+        ProtocolError,
+        RequestTimeout,
+        RowCountError,
+        SqlError,
+        StorageError,
+        StorageFull,
+        StorageLimitExceeded,
+        StorageReadOnly,
+        SupervisorClosed,
+        ThingExists,
+        ThingNotFound,
+        TransactionError,
+        Unauthorized,
+        Unavailable,
+        VersionConflict,
+    )
+    from dotdo.client import connect
+    from dotdo.server import ServeOptions, serve
+    from dotdo.actors.subscribe import on
+    from dotdo.runtime.services.alarm_info import AlarmInfo, ScheduleInfo, ScheduleRun
+    from dotdo.runtime.services.events import Event, Sent
+    from dotdo.runtime.services.subscriptions import Subscribed
+    from dotdo.runtime.services.workflow import Retry
+    from dotdo.runtime.core.ids import ActorId, id_from_name, id_from_string, new_unique_id
+    from dotdo.runtime.supervisor import Supervisor
+    from dotdo.storage.options import Durability
+    from dotdo.storage.things_model import Relationship, Thing
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dotdo' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __version__ = "0.1.0"
 

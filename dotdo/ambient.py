@@ -7,10 +7,10 @@ With several supervisors in one run, use ``supervisor.S`` explicitly.
 
 from __future__ import annotations
 
-from actors.subscribe import On, on
-from runtime.context import current_supervisor, current_turn
-from runtime.stubs import NamespaceStub
-from storage.errors import DotdoError
+from dotdo.actors.subscribe import On, on
+from dotdo.runtime.core.context import current_supervisor, current_turn
+from dotdo.runtime.stubs import NamespaceStub
+from dotdo.storage.errors import DotdoError
 
 
 def _supervisor() -> object:
@@ -36,7 +36,7 @@ class AmbientS:
 
     @property
     def on(self) -> On:
-        """Subscriptions: ``@S.on.Customer.created`` (see ``actors.subscribe``)."""
+        """Subscriptions: ``@S.on.Customer.created`` (see ``dotdo.actors.subscribe``)."""
         return on
 
     def __getattr__(self, namespace: str) -> NamespaceStub:

@@ -12,7 +12,7 @@ configured a kind of route is open, which is the default on 127.0.0.1; when a cl
 token is set but no admin token, the admin routes are closed rather than open.
 
 The msgpack/TCP transport asks for what the client routes ask for: with a client token
-set, a connection's hello must present it or the admin token (``runtime.transport``
+set, a connection's hello must present it or the admin token (``dotdo.runtime.transport.server``
 compares them, also in constant time).
 """
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from dotdo.auth import Tokens
-from storage.options import Durability
+from dotdo.storage.options import Durability
 
 
 def url(scheme: str, sockname: tuple[Any, ...]) -> str:

@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from storage.options import Durability
+from dotdo.storage.options import Durability
 
 DEFAULT_URL = "http://127.0.0.1:8787"
 
@@ -311,11 +311,11 @@ def _json_or_text(text: str) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from actors.examples import EXAMPLES
+    from dotdo.actors.examples import EXAMPLES
     from dotdo.loader import load_kinds
     from dotdo.server import ServeOptions, run
     from dotdo.workers import default_workers
-    from storage.errors import DotdoError
+    from dotdo.storage.errors import DotdoError
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

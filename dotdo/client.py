@@ -17,8 +17,8 @@ from collections.abc import Generator
 from typing import Any
 from urllib.parse import urlsplit
 
-from runtime.connection import Connection, RemoteNamespaces
-from storage.errors import InvalidInput
+from dotdo.runtime.transport.connection import Connection, RemoteNamespaces
+from dotdo.storage.errors import InvalidInput
 
 TOKEN_ENV = "DOTDO_TOKEN"
 

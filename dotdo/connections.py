@@ -4,13 +4,13 @@ hypercorn (0.18) accepts every connection the kernel hands it and has no setting
 limit them (pgjones/hypercorn#81). Each open connection holds a file descriptor, and
 each active actor holds three (its file's lock, the database, its WAL); the default
 ``--max-active`` is what the open-file limit leaves once these connections, the
-transport's and the rest are counted (``runtime.descriptors``). Without a cap, idle
+transport's and the rest are counted (``dotdo.runtime.transport.descriptors``). Without a cap, idle
 connections could take every descriptor: ``accept`` would fail (trio retries every
 0.1 s, logging an error each time) and, worse, actors could not open their databases
 (calls then get ``Overloaded`` once idle actors were passivated to no avail).
 
 ``serve_http`` is ``hypercorn.trio.serve`` for a plain-text ASGI app (no TLS, no
-QUIC: dotdo serves neither) with the accept loop of ``runtime.listening``, which takes one of
+QUIC: dotdo serves neither) with the accept loop of ``dotdo.runtime.transport.listening``, which takes one of
 ``max_connections`` slots before each ``accept`` and gives it back when the connection
 has closed. Past the cap, new connections wait in the kernel's listen backlog
 (hypercorn's ``backlog``, 100), and past that their handshakes go unanswered and the
@@ -40,11 +40,11 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState, LifespanState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
-from runtime.listening import accept_loop
+from dotdo.runtime.transport.listening import accept_loop
 
 DEFAULT_MAX_CONNECTIONS = 256
 """Open HTTP connections per process at most (``--max-connections``); the descriptor
-budget (``runtime.descriptors``) counts them, and the default ``--max-active`` leaves
+budget (``dotdo.runtime.transport.descriptors``) counts them, and the default ``--max-active`` leaves
 room for them."""
 
 

@@ -50,7 +50,7 @@ Errors raised by an actor's own code that are not dotdo errors reach the caller 
 
 from __future__ import annotations
 
-from runtime.errors import (
+from dotdo.runtime.core.errors import (
     ActorError,
     ActorNotFound,
     BodyTooLarge,
@@ -67,7 +67,7 @@ from runtime.errors import (
     Unauthorized,
     Unavailable,
 )
-from storage.errors import (
+from dotdo.storage.errors import (
     ActorExists,
     BookmarkError,
     BranchExists,

@@ -47,11 +47,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dotdo.auth import Tokens, bearer
 from dotdo.bodies import parse_json, read_body
 from dotdo.errors import BodyTooLarge, DotdoError, InvalidId, InvalidInput, Unauthorized, http_status
-from runtime import wire
-from runtime.ids import ActorId, resolve
-from runtime.stubs import ActorStub
-from runtime.supervisor import Supervisor
-from runtime.transport import FetchHandler
+from dotdo.runtime.transport import wire
+from dotdo.runtime.core.ids import ActorId, resolve
+from dotdo.runtime.stubs import ActorStub
+from dotdo.runtime.supervisor import Supervisor
+from dotdo.runtime.transport.server import FetchHandler
 
 log = logging.getLogger("dotdo.http")
 

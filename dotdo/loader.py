@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from actors.base import DO
-from storage.errors import DotdoError
+from dotdo.actors.base import DO
+from dotdo.storage.errors import DotdoError
 
 
 def load_module(spec: str) -> ModuleType:

@@ -24,13 +24,13 @@ from dotdo.banner import print_banner, url
 from dotdo.connections import DEFAULT_MAX_CONNECTIONS, serve_http
 from dotdo.http import DEFAULT_MAX_BODY, create_app, fetch_handler
 from dotdo.workers import WorkerSpec, serve_workers
-from runtime.descriptors import descriptor_budget, peer_connections
-from runtime.kinds import KindSpec
-from runtime.peers import PEER_INFLIGHT, PEER_INFLIGHT_BYTES, Peers
-from runtime.supervisor import Supervisor
-from runtime.transport import TransportOptions, TransportServer
-from storage.errors import DotdoError
-from storage.options import Durability, StorageOptions
+from dotdo.runtime.transport.descriptors import descriptor_budget, peer_connections
+from dotdo.runtime.core.kinds import KindSpec
+from dotdo.runtime.transport.peers import PEER_INFLIGHT, PEER_INFLIGHT_BYTES, Peers
+from dotdo.runtime.supervisor import Supervisor
+from dotdo.runtime.transport.server import TransportOptions, TransportServer
+from dotdo.storage.errors import DotdoError
+from dotdo.storage.options import Durability, StorageOptions
 
 log = logging.getLogger("dotdo.server")
 
@@ -40,7 +40,7 @@ class ServeOptions:
     """Everything ``dotdo serve`` can be told (see ``dotdo serve --help``).
 
     ``max_active`` None: every active actor the open-file limit leaves room for
-    (``runtime.descriptors``); a number that does not fit is refused at start-up.
+    (``dotdo.runtime.transport.descriptors``); a number that does not fit is refused at start-up.
     """
 
     host: str = "127.0.0.1"
@@ -131,7 +131,7 @@ async def serve(
     Raises:
         DotdoError: Before anything starts, when the settings cannot be served: unusable
             tokens, or an open-file limit too small for ``options.max_active`` or for
-            the connections (``runtime.descriptors``).
+            the connections (``dotdo.runtime.transport.descriptors``).
     """
     out = out if out is not None else sys.stdout
     tokens = Tokens(options.token, options.admin_token)  # refuses unusable tokens before anything starts

@@ -10,7 +10,7 @@ import sys
 from dotdo.loader import load_kinds
 from dotdo.server import run
 from dotdo.workers import read_spec
-from storage.errors import DotdoError
+from dotdo.storage.errors import DotdoError
 
 
 def main() -> int:

@@ -4,7 +4,7 @@ The parent opens every listening socket and keeps it for the whole run; workers 
 theirs. Each worker has its own HTTP and transport sockets, bound to the shared ports
 with ``SO_REUSEPORT`` (the kernel spreads new connections over them), and a unix socket
 its peers reach it on. Each worker owns the actors ``shard_of(id, N)`` picks and passes
-requests for the others to their owner (``runtime.peers``).
+requests for the others to their owner (``dotdo.runtime.transport.peers``).
 
 A worker that dies is started again with the same sockets: connections that arrive
 meanwhile wait in its sockets' backlog (the parent holds them open), calls that were
@@ -40,9 +40,9 @@ import trio
 
 from dotdo.auth import Tokens
 from dotdo.banner import print_banner, url
-from runtime.connection import Connection
-from runtime.kinds import KindSpec, Registry
-from storage.errors import DotdoError
+from dotdo.runtime.transport.connection import Connection
+from dotdo.runtime.core.kinds import KindSpec, Registry
+from dotdo.storage.errors import DotdoError
 
 if TYPE_CHECKING:
     from dotdo.server import ServeOptions

@@ -7,15 +7,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from storage.options import StorageOptions
+from dotdo.storage.options import StorageOptions
 
-from runtime.descriptors import MIN_ACTIVE, descriptor_budget
+from dotdo.runtime.transport.descriptors import MIN_ACTIVE, descriptor_budget
 
 
 def default_max_active() -> int:
     """The active-actor cap of a supervisor not given one: what the open-file limit
     leaves for actors in a serving process with the default settings
-    (``runtime.descriptors``), and never fewer than ``MIN_ACTIVE``."""
+    (``dotdo.runtime.transport.descriptors``), and never fewer than ``MIN_ACTIVE``."""
     return max(MIN_ACTIVE, descriptor_budget().max_active)
 
 

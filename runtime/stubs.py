@@ -20,8 +20,8 @@ from __future__ import annotations
 from collections.abc import Coroutine, Generator
 from typing import Any, Protocol
 
-from runtime import values
-from runtime.ids import ActorId, id_from_name, id_from_string, new_unique_id, resolve
+from dotdo.runtime.core import values
+from dotdo.runtime.core.ids import ActorId, id_from_name, id_from_string, new_unique_id, resolve
 
 
 class Caller(Protocol):
@@ -83,7 +83,7 @@ class NamespaceStub:
         """The stub of one actor: a name, a 64-hex id of this namespace, or an ``ActorId``."""
         if isinstance(name_or_id, ActorId):
             if name_or_id.namespace != self.namespace:
-                from storage.errors import InvalidId
+                from dotdo.storage.errors import InvalidId
 
                 raise InvalidId(f"{name_or_id} is an id of {name_or_id.namespace}, not {self.namespace}")
             return ActorStub(self._caller, name_or_id)
@@ -91,7 +91,7 @@ class NamespaceStub:
         actor_id = ids.get(name_or_id)  # type: ignore[call-overload]
         if actor_id is None:
             if not isinstance(name_or_id, str):
-                from storage.errors import InvalidId
+                from dotdo.storage.errors import InvalidId
 
                 raise InvalidId(f"an actor is named by a string or an ActorId, not {type(name_or_id).__name__}")
             actor_id = resolve(self.namespace, name_or_id)

@@ -10,10 +10,10 @@ database. Several supervisors may live in one process.
 Its parts live in modules of their own, as functions of the supervisor that read its
 state (so that the split costs a call no extra layer)::
 
-    runtime.turns       the call path: a call runs as one turn, in the caller's task
-    runtime.catalog     the activation table: activating, eviction, passivation
-    runtime.forwarding  calls that cross a process (other workers, the transport)
-    runtime.config      its settings (``SupervisorConfig``) and figures
+    dotdo.runtime.core.turns       the call path: a call runs as one turn, in the caller's task
+    dotdo.runtime.core.catalog     the activation table: activating, eviction, passivation
+    dotdo.runtime.placement.forwarding  calls that cross a process (other workers, the transport)
+    dotdo.runtime.config      its settings (``SupervisorConfig``) and figures
 
 Invariants kept by them: one activation per address (the table, and the exclusive lock
 on the database file behind it); nothing leaves a turn before its writes are committed;
@@ -35,25 +35,26 @@ from typing import Any, TypeVar
 
 import trio
 
-from storage.errors import DotdoError
+from dotdo.storage.errors import DotdoError
 
-from runtime import catalog, forwarding, turns, values
-from runtime.activation import Activation, ActivationState, ActivationStats, PassivationReason
-from runtime.alarms import AlarmService
-from runtime.config import SupervisorConfig, SupervisorStats
-from runtime.context import current_supervisor
-from runtime.errors import SupervisorClosed
-from runtime.events import EventService
-from runtime.gate import WaitGraph
-from runtime.ids import ActorId
-from runtime.kinds import KindSpec, MethodSpec, Registry, method_error
-from runtime.lifecycle import LifecycleService
-from runtime.peers import Peers
-from runtime.promotion import PromotionService
-from runtime.sharding import ShardService
-from runtime.steps import StepService
-from runtime.stubs import ActorStub, Namespaces
-from runtime.subscriptions import SubscriptionService
+from dotdo.runtime.core import catalog, turns, values
+from dotdo.runtime.placement import forwarding
+from dotdo.runtime.core.activation import Activation, ActivationState, ActivationStats, PassivationReason
+from dotdo.runtime.services.alarms import AlarmService
+from dotdo.runtime.config import SupervisorConfig, SupervisorStats
+from dotdo.runtime.core.context import current_supervisor
+from dotdo.runtime.core.errors import SupervisorClosed
+from dotdo.runtime.services.events import EventService
+from dotdo.runtime.core.gate import WaitGraph
+from dotdo.runtime.core.ids import ActorId
+from dotdo.runtime.core.kinds import KindSpec, MethodSpec, Registry, method_error
+from dotdo.runtime.services.lifecycle import LifecycleService
+from dotdo.runtime.transport.peers import Peers
+from dotdo.runtime.services.promotion import PromotionService
+from dotdo.runtime.services.sharding import ShardService
+from dotdo.runtime.services.steps import StepService
+from dotdo.runtime.stubs import ActorStub, Namespaces
+from dotdo.runtime.services.subscriptions import SubscriptionService
 
 T = TypeVar("T")
 
@@ -89,10 +90,10 @@ class Supervisor:
         self.lifecycle = LifecycleService(self)
         self.sharding = ShardService(self)
         self.promotion = PromotionService(self)
-        # The activation table, least recently used first (runtime.catalog).
+        # The activation table, least recently used first (dotdo.runtime.core.catalog).
         self._active: OrderedDict[tuple[str, str], Activation] = OrderedDict()
         self._graph = WaitGraph()
-        # The calls that entered from outside (runtime.turns.entry), for close to drain.
+        # The calls that entered from outside (dotdo.runtime.core.turns.entry), for close to drain.
         self._entries: set[trio.CancelScope] = set()
         self._drained = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -198,7 +199,7 @@ class Supervisor:
         Raises:
             ActorNotFound, MethodNotAllowed, InvalidArguments: Refused before running.
             ActorError: The method raised; its turn was rolled back.
-            CallTimeout, DeadlockError, Overloaded, Unavailable: See ``runtime.errors``.
+            CallTimeout, DeadlockError, Overloaded, Unavailable: See ``dotdo.runtime.core.errors``.
         """
         spec = self.registry.method(target.namespace, method)
         bound_args, bound_kwargs = spec.bind(tuple(args), dict(kwargs or {}))
@@ -281,7 +282,7 @@ class Supervisor:
 
     async def system_call(self, target: ActorId, method: str, payload: bytes, *, timeout: float | None = None) -> bytes:
         """Run one of the runtime's own operations on ``target`` (an event delivery, a
-        subscription: ``runtime.events``) as a turn, on whichever worker owns it."""
+        subscription: ``dotdo.runtime.services.events``) as a turn, on whichever worker owns it."""
         owner = self._owner(target)
         if owner is not None:
             return await forwarding.forward(self, owner, target, [(method, payload)], timeout, raw=True)  # type: ignore[no-any-return]

@@ -3,9 +3,9 @@
 This package is internal to dotdo; the public names are re-exported by ``dotdo``.
 """
 
-from storage.address import Address, validate_id, validate_namespace
-from storage.database import ActorDatabase
-from storage.errors import (
+from dotdo.storage.address import Address, validate_id, validate_namespace
+from dotdo.storage.database import ActorDatabase
+from dotdo.storage.errors import (
     ActorExists,
     BookmarkError,
     BranchExists,
@@ -28,9 +28,9 @@ from storage.errors import (
     TransactionError,
     VersionConflict,
 )
-from storage.kv import KVStore
-from storage.options import DatabaseStats, Durability, StorageOptions
-from storage.sql import Cursor, SqlStore
+from dotdo.storage.kv import KVStore
+from dotdo.storage.options import DatabaseStats, Durability, StorageOptions
+from dotdo.storage.sql import Cursor, SqlStore
 
 __all__ = [
     "ActorExists",

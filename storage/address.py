@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from storage.errors import InvalidId, InvalidNamespace
+from dotdo.storage.errors import InvalidId, InvalidNamespace
 
 MAX_NAMESPACE_LENGTH = 64
 MAX_ID_BYTES = 1024

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import apsw
 
-from storage.address import shard_of
-from storage.alarms import PendingItem
-from storage.errors import StorageError, translate
-from storage.opening import connect_read_only
-from storage.options import Durability
+from dotdo.storage.address import shard_of
+from dotdo.storage.alarms import PendingItem
+from dotdo.storage.errors import StorageError, translate
+from dotdo.storage.opening import connect_read_only
+from dotdo.storage.options import Durability
 
 INDEX_DIR = "_dotdo"
 INDEX_FILE = "alarms.sqlite"

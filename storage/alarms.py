@@ -3,7 +3,7 @@
 The actor's database is the truth about when it must wake: its one alarm (table
 ``_dotdo_alarm``) and its schedules (``_dotdo_schedules``). Both are written inside the
 turn that changes them, so a turn that rolls back leaves them as they were. The
-supervisor's alarm index (``storage.alarm_index``) only says when to look.
+supervisor's alarm index (``dotdo.storage.alarm_index``) only says when to look.
 
 Times are epoch seconds (UTC). A schedule's ``spec`` is the canonical form the runtime
 computes next times from (``cron:<expr>`` or ``every:<seconds>``); ``phrase`` is what the
@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING
 
 import apsw
 
-from storage.errors import translate
+from dotdo.storage.errors import translate
 
 if TYPE_CHECKING:
-    from storage.database import ActorDatabase
+    from dotdo.storage.database import ActorDatabase
 
 ALARM_ITEM = ""
 """The item name of the alarm in listings and the index (schedules use their own name)."""

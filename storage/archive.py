@@ -1,5 +1,5 @@
 """The archive of one actor's commits, copied from SQLite's write-ahead log
-(``storage.history`` draws the whole design; ``storage.history_log`` holds the files).
+(``dotdo.storage.history`` draws the whole design; ``dotdo.storage.history_log`` holds the files).
 
 A WAL hook (``apsw.Connection.set_wal_hook``) runs after each commit; the commits'
 frames are copied from the ``-wal`` file and appended to the current generation's log,
@@ -11,7 +11,7 @@ frames or the oldest is ``FLUSH_SECONDS`` old, and always before a checkpoint, a
 a bookmark or a restore. Until then the frames are in the WAL, which nothing
 checkpoints before they are copied. A page-sized append costs about five times a large
 one per page (measured on ext4 and tmpfs). A process killed with commits not yet
-copied leaves them in the WAL, where the next open finds them (``storage.generations``).
+copied leaves them in the WAL, where the next open finds them (``dotdo.storage.generations``).
 
 **Continuity.** The archive must never skip a commit, or every state it rebuilds after
 the gap is wrong. The hook replaces SQLite's auto-checkpoint: it checkpoints
@@ -21,7 +21,7 @@ position after it (salts, frame, checksum), and each copy starts from there: a W
 that restarted other than after a mark is a ``Gap``, and a new generation starts from a
 snapshot. A checkpoint of the live connection that history did not make therefore costs
 a snapshot; use ``History.checkpoint``. An open checks the same position, and the mark,
-before it continues the archive (``storage.generations``).
+before it continues the archive (``dotdo.storage.generations``).
 
 **Generations.** At a checkpoint, the hook also starts a new generation once the log
 outgrows ``max(database, MIN_LOG_BYTES)``.
@@ -39,12 +39,12 @@ from typing import TYPE_CHECKING
 
 import apsw
 
-from storage.history_log import COMMIT, CRC, FIXED, FRAMING, MARK, NO_SALTS, PGNO, READ, encode_record, fsync, history_dir
+from dotdo.storage.history_log import COMMIT, CRC, FIXED, FRAMING, MARK, NO_SALTS, PGNO, READ, encode_record, fsync, history_dir
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from storage.database import ActorDatabase
+    from dotdo.storage.database import ActorDatabase
 
 CHECKPOINT_PAGES = 1000  # SQLite's own auto-checkpoint threshold, which the hook replaces
 MIN_LOG_BYTES = 16 << 20  # a log grows to max(database, this) before a new generation
@@ -68,8 +68,8 @@ class Archive(abc.ABC):
 
     Nothing here raises from the commit path: a failure to archive is kept
     (``_broken``), and the next checkpoint, capture or open starts a new generation.
-    ``storage.generations.Generations`` adds loading at open and new generations;
-    ``storage.history.History``, the API.
+    ``dotdo.storage.generations.Generations`` adds loading at open and new generations;
+    ``dotdo.storage.history.History``, the API.
     """
 
     __slots__ = (
@@ -79,7 +79,7 @@ class Archive(abc.ABC):
     )  # fmt: skip
 
     def __init__(self, db: ActorDatabase) -> None:
-        from storage.options import Durability
+        from dotdo.storage.options import Durability
 
         options = db.options
         self._db = db

@@ -2,7 +2,7 @@
 branches and restore.
 
 An actor's connection runs on the ``unix-none`` VFS in exclusive locking mode, with its
-WAL index in its own heap (``storage.database``): no other connection may open its file
+WAL index in its own heap (``dotdo.storage.database``): no other connection may open its file
 while it is open. So every copy goes *through* that connection: ``save`` copies it
 page by page into another file, ``load`` copies a file into it. Both see only committed
 data: the caller commits its turn first (``ActorDatabase.commit``), and both refuse to
@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING
 
 import apsw
 
-from storage.errors import StorageError, TransactionError
+from dotdo.storage.errors import StorageError, TransactionError
 
 if TYPE_CHECKING:
-    from storage.database import ActorDatabase
+    from dotdo.storage.database import ActorDatabase
 
 
 def open_file(path: Path | str, *, create: bool = False) -> apsw.Connection:
@@ -127,7 +127,7 @@ def load(db: ActorDatabase, path: Path | str) -> None:
 def vacuum(conn: apsw.Connection) -> None:
     """VACUUM ``conn``'s database and truncate its WAL. VACUUM builds the new file as an
     attached database; attaching is otherwise off for actor connections
-    (``storage.opening._configure``), so it is allowed for the statement only."""
+    (``dotdo.storage.opening._configure``), so it is allowed for the statement only."""
     conn.limit(apsw.SQLITE_LIMIT_ATTACHED, 1)
     try:
         for _ in conn.execute("VACUUM"):

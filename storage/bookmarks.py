@@ -1,4 +1,4 @@
-"""Bookmarks of an actor's history (``storage.history``), and the archived states they
+"""Bookmarks of an actor's history (``dotdo.storage.history``), and the archived states they
 name: found by bookmark (``locate``) or by time (``seq_at``), rebuilt in a file
 (``build``).
 
@@ -16,11 +16,11 @@ import os
 import re
 from typing import TYPE_CHECKING
 
-from storage.errors import BookmarkError
-from storage.history_log import COMMIT, FIXED, PGNO, READ, SNAPSHOT, Gen, Header, first_commit_time, generations, read_header, records
+from dotdo.storage.errors import BookmarkError
+from dotdo.storage.history_log import COMMIT, FIXED, PGNO, READ, SNAPSHOT, Gen, Header, first_commit_time, generations, read_header, records
 
 if TYPE_CHECKING:
-    from storage.address import Address
+    from dotdo.storage.address import Address
 
 _BOOKMARK = re.compile(r"([0-9a-f]{16})-([0-9a-f]{8})")
 

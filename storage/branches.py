@@ -2,7 +2,7 @@
 
 The actor serves one branch at a time, ``main`` until a checkout. ``create`` forks the
 committed state into a new branch, ``checkout`` switches, ``merge`` brings another
-branch's changes since the fork into the current one (``storage.merge``: what takes
+branch's changes since the fork into the current one (``dotdo.storage.merge``: what takes
 part, how conflicts are found), ``diff`` counts what differs.
 
 Files, beside the actor's database ``<db>``::
@@ -55,12 +55,12 @@ from typing import TYPE_CHECKING, Any
 
 import apsw
 
-from storage import backup, merge
-from storage.backup import _fsync_dir
-from storage.errors import BranchExists, BranchNotFound, InvalidInput, StorageError, TransactionError, translate
+from dotdo.storage import backup, merge
+from dotdo.storage.backup import _fsync_dir
+from dotdo.storage.errors import BranchExists, BranchNotFound, InvalidInput, StorageError, TransactionError, translate
 
 if TYPE_CHECKING:
-    from storage.database import ActorDatabase
+    from dotdo.storage.database import ActorDatabase
 
 MAIN = "main"
 MAX_NAME_LENGTH = 64
@@ -250,7 +250,7 @@ class Branches:
 
     def merge(self, source: str, policy: str = "fail") -> MergeReport:
         """Bring the changes made on ``source`` since its merge base into the current
-        branch (see ``storage.merge`` for what takes part and what a conflict is).
+        branch (see ``dotdo.storage.merge`` for what takes part and what a conflict is).
 
         Joins the caller's transaction (outside a turn, commits on its own). On any
         error nothing is applied. A later merge of the same pair brings only what
@@ -318,7 +318,7 @@ class Branches:
 
     def diff(self, a: str, b: str) -> dict[str, dict[str, int]]:
         """Per table that differs, the rows ``inserted``, ``updated`` and ``deleted``
-        going from branch ``a`` to branch ``b`` (the tables of ``storage.merge``).
+        going from branch ``a`` to branch ``b`` (the tables of ``dotdo.storage.merge``).
 
         Raises:
             InvalidInput: A bad name; a table's columns differ.

@@ -24,7 +24,7 @@ from typing import Any
 
 import msgpack
 
-from storage.errors import InvalidValue
+from dotdo.storage.errors import InvalidValue
 
 
 def unstorable(obj: object) -> InvalidValue:

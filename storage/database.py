@@ -1,7 +1,7 @@
 """One actor's SQLite database: turns, savepoints, its stores, statistics, closing.
 
 Opening (the file's lock, the connection's settings, migrations) is in
-``storage.opening``; settings are ``storage.options.StorageOptions``.
+``dotdo.storage.opening``; settings are ``dotdo.storage.options.StorageOptions``.
 
 Turns (used by the runtime around each message)::
 
@@ -26,20 +26,20 @@ from typing import TYPE_CHECKING
 
 import apsw
 
-from storage import schema
-from storage.address import Address
-from storage.errors import StorageError, TransactionError, translate
-from storage.opening import open_read_only, open_read_write
-from storage.options import DatabaseStats, StorageOptions
+from dotdo.storage import schema
+from dotdo.storage.address import Address
+from dotdo.storage.errors import StorageError, TransactionError, translate
+from dotdo.storage.opening import open_read_only, open_read_write
+from dotdo.storage.options import DatabaseStats, StorageOptions
 
 if TYPE_CHECKING:
-    from storage.alarms import AlarmStore
-    from storage.branches import Branches
-    from storage.history import History
-    from storage.kv import KVStore
-    from storage.sql import SqlStore
-    from storage.things import ThingStore
-    from storage.workflow import WorkflowStore
+    from dotdo.storage.alarms import AlarmStore
+    from dotdo.storage.branches import Branches
+    from dotdo.storage.history import History
+    from dotdo.storage.kv import KVStore
+    from dotdo.storage.sql import SqlStore
+    from dotdo.storage.things import ThingStore
+    from dotdo.storage.workflow import WorkflowStore
 
 
 class ActorDatabase:
@@ -122,7 +122,7 @@ class ActorDatabase:
             # History archives every commit through a WAL hook, from here on; it first
             # catches up on commits a killed process left unarchived in the WAL. It
             # raises nothing (a failure is kept in history.info().error).
-            from storage.history import History
+            from dotdo.storage.history import History
 
             db._history = History(db)
             try:
@@ -190,7 +190,7 @@ class ActorDatabase:
     def kv(self) -> KVStore:
         """The key-value API over this database."""
         if self._kv is None:
-            from storage.kv import KVStore
+            from dotdo.storage.kv import KVStore
 
             self._kv = KVStore(self)
         return self._kv
@@ -199,7 +199,7 @@ class ActorDatabase:
     def sql(self) -> SqlStore:
         """The SQL API over this database."""
         if self._sql is None:
-            from storage.sql import SqlStore
+            from dotdo.storage.sql import SqlStore
 
             self._sql = SqlStore(self)
         return self._sql
@@ -208,7 +208,7 @@ class ActorDatabase:
     def alarms(self) -> AlarmStore:
         """The actor's alarm and schedules."""
         if self._alarms is None:
-            from storage.alarms import AlarmStore
+            from dotdo.storage.alarms import AlarmStore
 
             self._alarms = AlarmStore(self)
         return self._alarms
@@ -217,7 +217,7 @@ class ActorDatabase:
     def things(self) -> ThingStore:
         """The semantic stores: things, relationships, full-text and vector search."""
         if self._things is None:
-            from storage.things import ThingStore
+            from dotdo.storage.things import ThingStore
 
             self._things = ThingStore(self)
         return self._things
@@ -226,7 +226,7 @@ class ActorDatabase:
     def workflow(self) -> WorkflowStore:
         """Events, actions, the outbox, the inbox and subscriptions."""
         if self._workflow is None:
-            from storage.workflow import WorkflowStore
+            from dotdo.storage.workflow import WorkflowStore
 
             self._workflow = WorkflowStore(self)
         return self._workflow
@@ -235,16 +235,16 @@ class ActorDatabase:
     def branches(self) -> Branches:
         """Git-style branches of this actor's data: create, checkout, merge, diff."""
         if self._branches is None:
-            from storage.branches import Branches
+            from dotdo.storage.branches import Branches
 
             self._branches = Branches(self)
         return self._branches
 
     @property
     def history(self) -> History:
-        """Bookmarks and point-in-time restore (``storage.history``)."""
+        """Bookmarks and point-in-time restore (``dotdo.storage.history``)."""
         if self._history is None:
-            from storage.history import History
+            from dotdo.storage.history import History
 
             self._history = History(self)
             self._history.attach()
@@ -439,7 +439,7 @@ class ActorDatabase:
         return bool(rows)
 
     def require(self, feature: str) -> None:
-        """Make sure the tables of ``feature`` (see ``storage.schema``) exist.
+        """Make sure the tables of ``feature`` (see ``dotdo.storage.schema``) exist.
 
         The first call on a database that lacks them builds them: inside a turn, in the
         turn's transaction (so a turn that rolls back takes them away again, and the

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import apsw
 
 if TYPE_CHECKING:
-    from storage.address import Address
+    from dotdo.storage.address import Address
 
 
 class DotdoError(Exception):
@@ -81,7 +81,7 @@ class InvalidKey(InvalidInput):
 
 
 class InvalidValue(InvalidInput):
-    """A value cannot be stored: it is not msgpack-able (see ``storage.codec``)."""
+    """A value cannot be stored: it is not msgpack-able (see ``dotdo.storage.codec``)."""
 
 
 class InvalidQuery(InvalidInput):
@@ -158,7 +158,7 @@ class OutOfDescriptors(StorageError):
     system (``ENFILE``) has no file descriptor left. Nothing was opened or changed.
 
     Remedy: close something (an active actor holds three descriptors, see
-    ``storage.opening.DESCRIPTORS_PER_ACTOR``) and try again; a server that keeps
+    ``dotdo.storage.opening.DESCRIPTORS_PER_ACTOR``) and try again; a server that keeps
     running out needs a higher open-file limit (``ulimit -n``) or fewer active actors
     or connections.
     """

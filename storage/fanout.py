@@ -14,8 +14,8 @@ from typing import Any
 
 import apsw
 
-from storage.query import compile_query
-from storage.things_model import THING_COLUMNS, row_to_thing
+from dotdo.storage.query import compile_query
+from dotdo.storage.things_model import THING_COLUMNS, row_to_thing
 
 _TABLE = """
 CREATE TABLE _dotdo_things(

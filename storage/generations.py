@@ -1,4 +1,4 @@
-"""Generations of an actor's history (``storage.history``): continuing the archive at
+"""Generations of an actor's history (``dotdo.storage.history``): continuing the archive at
 open, with what a killed process left in the WAL, or starting a new generation.
 
 A generation's base is a snapshot of the database, or nothing for a database this open
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import apsw
 
-from storage import backup
-from storage.archive import FRAME_HEADER, WAL_FRAME, WAL_HEADER, Archive, file_identity, wal_valid
-from storage.errors import StorageError
-from storage.history_log import EMPTY, FILE_HEADER, MARK, NO_SALTS, READ, SNAPSHOT, Gen, create_log, generations, prune, tail
+from dotdo.storage import backup
+from dotdo.storage.archive import FRAME_HEADER, WAL_FRAME, WAL_HEADER, Archive, file_identity, wal_valid
+from dotdo.storage.errors import StorageError
+from dotdo.storage.history_log import EMPTY, FILE_HEADER, MARK, NO_SALTS, READ, SNAPSHOT, Gen, create_log, generations, prune, tail
 
 
 class Generations(Archive):

@@ -11,13 +11,13 @@ commit. ``restore`` builds that state in a temporary file, checks it
 
 The pieces, each with its part of the design:
 
-- ``storage.archive``: ``Archive``, copying commits from the WAL to the log, in batches,
+- ``dotdo.storage.archive``: ``Archive``, copying commits from the WAL to the log, in batches,
   without ever skipping one (continuity, marks).
-- ``storage.generations``: continuing the archive at open (catching up what a killed
+- ``dotdo.storage.generations``: continuing the archive at open (catching up what a killed
   process left in the WAL) or starting a new generation; pruning.
-- ``storage.history_log``: the files (generation logs and snapshots), the log's
+- ``dotdo.storage.history_log``: the files (generation logs and snapshots), the log's
   header and records, reading them back.
-- ``storage.bookmarks``: bookmarks, finding the state one names, rebuilding it.
+- ``dotdo.storage.bookmarks``: bookmarks, finding the state one names, rebuilding it.
 - here: ``History``, the API (``ActorDatabase.history``), and ``HistoryInfo``.
 
 **Costs** (``benchmarks/history_bench.py``: one core, history on against off in the
@@ -55,15 +55,15 @@ from typing import TYPE_CHECKING
 
 import apsw
 
-from storage import backup
-from storage.archive import Gap
-from storage.bookmarks import bookmark_check, build, format_bookmark, locate, parse_bookmark, seq_at
-from storage.errors import BookmarkError, StorageError, TransactionError
-from storage.generations import Generations
-from storage.history_log import SNAPSHOT, first_commit_time, generations, read_header
+from dotdo.storage import backup
+from dotdo.storage.archive import Gap
+from dotdo.storage.bookmarks import bookmark_check, build, format_bookmark, locate, parse_bookmark, seq_at
+from dotdo.storage.errors import BookmarkError, StorageError, TransactionError
+from dotdo.storage.generations import Generations
+from dotdo.storage.history_log import SNAPSHOT, first_commit_time, generations, read_header
 
 if TYPE_CHECKING:
-    from storage.database import ActorDatabase
+    from dotdo.storage.database import ActorDatabase
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +140,7 @@ class History(Generations):
 
     def capture(self) -> None:
         """Archive every commit not archived yet, including one the WAL hook does not
-        hear of at once (``storage.backup.load``); start a new generation if archiving
+        hear of at once (``dotdo.storage.backup.load``); start a new generation if archiving
         had failed. Checkpoints the WAL when it finds commits the hook missed.
 
         Raises:

@@ -1,4 +1,4 @@
-"""The files of an actor's history (``storage.history``): generations, their logs and
+"""The files of an actor's history (``dotdo.storage.history``): generations, their logs and
 snapshots, and how a log is written and read back.
 
 Files, beside the database (``<digest>.sqlite``)::
@@ -10,7 +10,7 @@ Files, beside the database (``<digest>.sqlite``)::
 
 A log record is ``length, crc32, body, length``. A crash leaves at worst a torn last
 record: readers stop before it, and the next open cuts it off. Snapshots are written by
-``storage.backup.save`` (a temporary file renamed into place); a generation exists once
+``dotdo.storage.backup.save`` (a temporary file renamed into place); a generation exists once
 its log, written the same way (``create_log``), does. Nothing archived is rewritten, so
 a crash at any point loses at most what it interrupted. Generations that end before the
 retention window are deleted (``prune``).
@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from storage.errors import StorageError
+from dotdo.storage.errors import StorageError
 
 READ = os.O_RDONLY | os.O_CLOEXEC
 NO_SALTS = bytes(8)

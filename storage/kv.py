@@ -1,7 +1,7 @@
 """The key-value API (Durable Objects' storage API, in Python) over one actor database.
 
 Keys are strings, ordered by their UTF-8 bytes (the same order as Python's ``str``
-comparison). Values are anything ``storage.codec`` can encode. Limits: a key is at most
+comparison). Values are anything ``dotdo.storage.codec`` can encode. Limits: a key is at most
 2 KiB of UTF-8, an encoded value at most 2 MiB, a batch at most 128 keys. A batch that
 breaks a limit is refused whole before anything is written.
 """
@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any, overload
 
 import apsw
 
-from storage import codec
-from storage.errors import InvalidInput, InvalidKey, StorageLimitExceeded, translate
+from dotdo.storage import codec
+from dotdo.storage.errors import InvalidInput, InvalidKey, StorageLimitExceeded, translate
 
 if TYPE_CHECKING:
-    from storage.database import ActorDatabase
-    from storage.sql import SqlStore
+    from dotdo.storage.database import ActorDatabase
+    from dotdo.storage.sql import SqlStore
 
 MAX_KEY_BYTES = 2048
 MAX_VALUE_BYTES = 2 * 1024 * 1024

@@ -1,6 +1,6 @@
 """Whole-actor operations on one database: clone and compact (promote is in
-``storage.promotion``, shard in ``storage.sharding``, branches in ``storage.branches``,
-restore in ``storage.history``).
+``dotdo.storage.promotion``, shard in ``dotdo.storage.sharding``, branches in ``dotdo.storage.branches``,
+restore in ``dotdo.storage.history``).
 
 Both run between turns of the actor (the runtime commits the turn first) and change
 nothing of the actor when they fail:
@@ -26,12 +26,12 @@ from typing import Any
 
 import apsw
 
-from storage import backup, schema
-from storage.address import Address
-from storage.database import ActorDatabase
-from storage.errors import ActorExists, InvalidInput, TransactionError, translate
-from storage.options import StorageOptions
-from storage.workflow_tables import WORKFLOW
+from dotdo.storage import backup, schema
+from dotdo.storage.address import Address
+from dotdo.storage.database import ActorDatabase
+from dotdo.storage.errors import ActorExists, InvalidInput, TransactionError, translate
+from dotdo.storage.options import StorageOptions
+from dotdo.storage.workflow_tables import WORKFLOW
 
 LIFECYCLE = schema.feature(
     "lifecycle",

@@ -1,5 +1,5 @@
 """Diffs and three-way merges between copies of one actor's database, with SQLite's
-session extension (``storage.branches`` holds the copies and calls these).
+session extension (``dotdo.storage.branches`` holds the copies and calls these).
 
 **What takes part.** User tables (any table not named ``_dotdo_...`` or ``sqlite_...``),
 the key-value table ``_dotdo_kv`` and the semantic store's ``_dotdo_things``,
@@ -40,11 +40,11 @@ from typing import TYPE_CHECKING, Any
 
 import apsw
 
-from storage.errors import InvalidInput, MergeConflict
-from storage.search import DIMENSION_KEY, SearchIndex
+from dotdo.storage.errors import InvalidInput, MergeConflict
+from dotdo.storage.search import DIMENSION_KEY, SearchIndex
 
 if TYPE_CHECKING:
-    from storage.database import ActorDatabase
+    from dotdo.storage.database import ActorDatabase
 
 THINGS = "_dotdo_things"
 RELATIONSHIPS = "_dotdo_relationships"
@@ -366,7 +366,7 @@ class _Merge:
         c = self.changes
         missing = [name for name in c.tables if name not in live]
         if any(name in THING_TABLES for name in missing):
-            from storage.things import THINGS as FEATURE
+            from dotdo.storage.things import THINGS as FEATURE
 
             self.db.require(FEATURE.name)
         if c.counts.get(VECTORS) and self.dimension(self.conn, "main") is None:

@@ -33,10 +33,10 @@ from typing import NoReturn
 
 import apsw
 
-from storage import schema
-from storage.address import Address
-from storage.errors import DatabaseLocked, OutOfDescriptors, StorageError, StorageFull, StorageReadOnly, translate
-from storage.options import Durability, StorageOptions
+from dotdo.storage import schema
+from dotdo.storage.address import Address
+from dotdo.storage.errors import DatabaseLocked, OutOfDescriptors, StorageError, StorageFull, StorageReadOnly, translate
+from dotdo.storage.options import Durability, StorageOptions
 
 DESCRIPTORS_PER_ACTOR = 3
 """File descriptors an open database holds: its flock'd file, SQLite's own descriptor of

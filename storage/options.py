@@ -35,7 +35,7 @@ class StorageOptions:
             activation that wrote anything (the checkpoint's two and the new WAL
             header's on the next write); keeping a small WAL costs its disk space and
             a read of it at the next open.
-        history: Seconds of point-in-time history kept per actor (``storage.history``:
+        history: Seconds of point-in-time history kept per actor (``dotdo.storage.history``:
             bookmarks and restore); 0, the default, turns it off (nothing is archived).
             While on, every commit is also appended to the actor's archive: measured,
             small write turns run at 0.56-0.68x the rate without it, and a busy actor

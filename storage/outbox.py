@@ -1,5 +1,5 @@
 """Sending: the event log, the outbox with its dead letters, and the inbox at the
-receiving end (part of ``WorkflowStore``, ``storage.workflow``).
+receiving end (part of ``WorkflowStore``, ``dotdo.storage.workflow``).
 
 ``record_send`` writes the event, its action and one outbox row per subscriber in the
 current transaction, so a send commits with the turn that made it, or not at all. The
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import apsw
 
-from storage.errors import translate
-from storage.workflow_tables import WorkflowTables
+from dotdo.storage.errors import translate
+from dotdo.storage.workflow_tables import WorkflowTables
 
 OUTBOX_ITEM = "\x00outbox"
 """The outbox's item in the alarm index (schedule names cannot hold NUL)."""

@@ -1,6 +1,6 @@
 """Promotion: a thing stored inside one actor becomes an actor of its own.
 
-Three commits, in this order (``runtime.promotion`` runs them):
+Three commits, in this order (``dotdo.runtime.services.promotion`` runs them):
 
 1. ``adopt``: the new actor's database gets the thing (its ``$id``, ``$type``, data,
    ``$version`` and times), its vector, and its relationships, with a *placeholder*
@@ -26,11 +26,11 @@ from typing import Any
 
 import apsw
 
-from storage.address import Address
-from storage.database import ActorDatabase
-from storage.errors import ActorExists, InvalidInput, ThingNotFound, translate
-from storage.lifecycle import LIFECYCLE, is_blank
-from storage.things import PROMOTED, THINGS
+from dotdo.storage.address import Address
+from dotdo.storage.database import ActorDatabase
+from dotdo.storage.errors import ActorExists, InvalidInput, ThingNotFound, translate
+from dotdo.storage.lifecycle import LIFECYCLE, is_blank
+from dotdo.storage.things import PROMOTED, THINGS
 
 REF = "$ref"
 

@@ -52,8 +52,8 @@ from typing import Any, TypeGuard
 
 import apsw
 
-from storage.errors import InvalidQuery, StorageLimitExceeded
-from storage.things_model import ThingIndex
+from dotdo.storage.errors import InvalidQuery, StorageLimitExceeded
+from dotdo.storage.things_model import ThingIndex
 
 COLUMNS = {
     "$id": "t.id",

@@ -46,11 +46,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import apsw
 
-from storage.errors import InvalidInput, InvalidQuery, translate
-from storage.things_model import THING_COLUMNS, Thing, check_key, check_page, row_to_thing, text_values
+from dotdo.storage.errors import InvalidInput, InvalidQuery, translate
+from dotdo.storage.things_model import THING_COLUMNS, Thing, check_key, check_page, row_to_thing, text_values
 
 if TYPE_CHECKING:
-    from storage.database import ActorDatabase
+    from dotdo.storage.database import ActorDatabase
 
 DEFAULT_DIMENSION = 128
 MAX_DIMENSION = 4096

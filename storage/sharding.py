@@ -29,15 +29,15 @@ from typing import Any
 
 import apsw
 
-from storage import backup
-from storage.address import Address
-from storage.database import ActorDatabase
-from storage.errors import ActorExists, InvalidInput, translate
-from storage.lifecycle import is_blank, make_independent
-from storage.options import StorageOptions
-from storage.query import create_index, parse_field
-from storage.things import THINGS
-from storage.workflow_tables import WORKFLOW
+from dotdo.storage import backup
+from dotdo.storage.address import Address
+from dotdo.storage.database import ActorDatabase
+from dotdo.storage.errors import ActorExists, InvalidInput, translate
+from dotdo.storage.lifecycle import is_blank, make_independent
+from dotdo.storage.options import StorageOptions
+from dotdo.storage.query import create_index, parse_field
+from dotdo.storage.things import THINGS
+from dotdo.storage.workflow_tables import WORKFLOW
 
 MAX_SHARDS = 256
 _KEY_RE = re.compile(r"\$id\Z|[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
@@ -262,7 +262,7 @@ _THING_FIELDS = "id, type, name, data, meta, visibility, version, created_at, up
 
 def _copy_things(db: ActorDatabase, sources: list[apsw.Connection]) -> int:
     conn = db.connection
-    search = db.things._search  # the text index is kept in code (storage.search)
+    search = db.things._search  # the text index is kept in code (dotdo.storage.search)
     rows = []
     for index, src in enumerate(sources):
         query = f"SELECT {_THING_FIELDS}, json(data), rid FROM _dotdo_things"

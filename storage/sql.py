@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 import apsw
 
-from storage.errors import InvalidQuery, InvalidValue, RowCountError, SqlError, translate
-from storage.schema import RESERVED_PREFIX
+from dotdo.storage.errors import InvalidQuery, InvalidValue, RowCountError, SqlError, translate
+from dotdo.storage.schema import RESERVED_PREFIX
 
 if TYPE_CHECKING:
-    from storage.database import ActorDatabase
+    from dotdo.storage.database import ActorDatabase
 
 SqlValue = None | int | float | str | bytes
 

@@ -1,7 +1,7 @@
 """The actions log and the durable steps recorded in it (part of ``WorkflowStore``,
-``storage.workflow``).
+``dotdo.storage.workflow``).
 
-Every operation has a row in ``_dotdo_actions``: a send (written by ``storage.outbox``)
+Every operation has a row in ``_dotdo_actions``: a send (written by ``dotdo.storage.outbox``)
 and each ``try`` or ``do``. A durable step is a row with a ``step`` identity: started as
 running, counted when an attempt fails, finished as completed or failed; its
 ``resume_at`` is when to resume it should its process die, and the alarm index holds
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from storage.workflow_tables import WorkflowTables
+from dotdo.storage.workflow_tables import WorkflowTables
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import apsw
 
-from storage.alarm_index import INDEX_DIR, IndexFile, open_index
-from storage.errors import translate
-from storage.options import Durability
+from dotdo.storage.alarm_index import INDEX_DIR, IndexFile, open_index
+from dotdo.storage.errors import translate
+from dotdo.storage.options import Durability
 
 INDEX_FILE = "subscriptions.sqlite"
 WILDCARD = "*"

@@ -3,10 +3,10 @@ the relationships between them, field indexes, and full-text and vector search.
 
 A *thing* is an entity: ``$id``, ``$type``, ``name``, JSON ``data`` and ``meta``, a
 ``visibility``, a ``$version`` (1 at creation, one more at every update) and its creation
-and update times, in epoch seconds. Shapes and limits are in ``storage.things_model``;
-the ``where``/``order_by`` language in ``storage.query``; search in ``storage.search``.
+and update times, in epoch seconds. Shapes and limits are in ``dotdo.storage.things_model``;
+the ``where``/``order_by`` language in ``dotdo.storage.query``; search in ``dotdo.storage.search``.
 
-The tables are the ``things`` feature (``storage.schema``), built by the first write:
+The tables are the ``things`` feature (``dotdo.storage.schema``), built by the first write:
 reads on a database that never stored a thing return nothing and build nothing.
 ``data`` and ``meta`` are stored as SQLite JSONB: ``json_extract`` reads it without
 parsing text, which makes an unindexed filter over 100,000 things about 3.5 times faster
@@ -36,11 +36,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import apsw
 
-from storage import schema
-from storage.errors import InvalidInput, ThingExists, ThingNotFound, VersionConflict, translate
-from storage.query import compile_query, create_index, drop_index, list_indexes, parse_field
-from storage.search import SearchIndex, check_dimension
-from storage.things_model import (
+from dotdo.storage import schema
+from dotdo.storage.errors import InvalidInput, ThingExists, ThingNotFound, VersionConflict, translate
+from dotdo.storage.query import compile_query, create_index, drop_index, list_indexes, parse_field
+from dotdo.storage.search import SearchIndex, check_dimension
+from dotdo.storage.things_model import (
     MANAGED_KEYS,
     TABLES_V1,
     THING_COLUMNS,
@@ -58,7 +58,7 @@ from storage.things_model import (
 )
 
 if TYPE_CHECKING:
-    from storage.database import ActorDatabase
+    from dotdo.storage.database import ActorDatabase
 
 
 THINGS = schema.feature(
@@ -69,7 +69,7 @@ THINGS = schema.feature(
 
 _UNSET: Any = object()
 PROMOTED = "$promoted"
-"""The ``meta`` key of a thing that became an actor of its own (``storage.promotion``)."""
+"""The ``meta`` key of a thing that became an actor of its own (``dotdo.storage.promotion``)."""
 Direction = Literal["out", "in", "both"]
 
 _INSERT = (
@@ -148,7 +148,7 @@ class ThingStore:
             name: Its display name (searched, weighted above ``data``).
             meta: Free JSON metadata (not searched).
             visibility: ``public``, ``unlisted`` or ``private`` (the default).
-            embedding: Its vector, for ``nearest`` (see ``storage.search``).
+            embedding: Its vector, for ``nearest`` (see ``dotdo.storage.search``).
 
         Raises:
             InvalidInput: A wrong shape; the message names the field. Nothing is written.
@@ -277,7 +277,7 @@ class ThingStore:
         offset: int = 0,
     ) -> builtins.list[Thing]:
         """Things of ``type`` (or of every type) matching ``where``, in ``order_by`` order
-        (creation order by default). See ``storage.query`` for the language.
+        (creation order by default). See ``dotdo.storage.query`` for the language.
 
         Raises:
             InvalidQuery: A bad field, operator or value; or ``limit`` not in
@@ -436,7 +436,7 @@ class ThingStore:
 
     def create_index(self, type: str, field: str) -> ThingIndex:
         """Index ``field`` of the things of ``type``, so that ``list`` and ``count`` on
-        that type filtering or ordering by it use the index (see ``storage.query``).
+        that type filtering or ordering by it use the index (see ``dotdo.storage.query``).
         Idempotent.
 
         Raises:
@@ -481,7 +481,7 @@ class ThingStore:
             self._index_cache = (version, {t: frozenset(fields) for t, fields in by_type.items()})
         return self._index_cache[1].get(type_, frozenset())
 
-    # -- search (see storage.search) -----------------------------------------------
+    # -- search (see dotdo.storage.search) -----------------------------------------------
 
     def search(
         self, text: str, type: str | None = None, limit: int = 10, *, syntax: Literal["plain", "fts5"] = "plain"

@@ -35,7 +35,7 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from storage.errors import InvalidInput, InvalidQuery, StorageLimitExceeded
+from dotdo.storage.errors import InvalidInput, InvalidQuery, StorageLimitExceeded
 
 MAX_TYPE_LENGTH = 100
 MAX_ID_LENGTH = 1024
@@ -54,10 +54,10 @@ _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 # -- errors --------------------------------------------------------------------------
 
 
-# -- the tables (the ``things`` feature, declared in ``storage.things``) --------------
+# -- the tables (the ``things`` feature, declared in ``dotdo.storage.things``) --------------
 #
 # rid is the rowid the text index and the vectors share; relationships join on it.
-# data and meta are JSONB. The FTS5 table stores no text of its own (see storage.search).
+# data and meta are JSONB. The FTS5 table stores no text of its own (see dotdo.storage.search).
 # Never edit a released migration: append one.
 
 TABLES_V1 = """

@@ -1,6 +1,6 @@
 """One actor's workflow tables, as one store: ``WorkflowStore`` (``db.workflow``).
 
-These tables are the ``workflow`` feature (``storage.workflow_tables``): built the first
+These tables are the ``workflow`` feature (``dotdo.storage.workflow_tables``): built the first
 time an actor sends, receives, subscribes or runs a step. Everything here runs inside the
 actor's turn and commits with it, which is what makes ``send`` durable: the event, its
 action and one outbox row per subscriber are written in the turn's own commit, or not
@@ -8,20 +8,20 @@ at all.
 
 The store gathers the parts, each in its module:
 
-- ``storage.outbox``: the event log, the outbox, its dead letters, and the inbox that
+- ``dotdo.storage.outbox``: the event log, the outbox, its dead letters, and the inbox that
   de-duplicates deliveries;
-- ``storage.steps``: the actions log and the durable steps recorded in it;
+- ``dotdo.storage.steps``: the actions log and the durable steps recorded in it;
 - here: the actor's subscriptions (the truth behind the shared subscription index,
-  ``storage.subscriptions``), and what is pending for the alarm index.
+  ``dotdo.storage.subscriptions``), and what is pending for the alarm index.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from storage.alarms import PendingItem
-from storage.outbox import OUTBOX_ITEM, Outbox
-from storage.steps import STEPS_ITEM, Steps
+from dotdo.storage.alarms import PendingItem
+from dotdo.storage.outbox import OUTBOX_ITEM, Outbox
+from dotdo.storage.steps import STEPS_ITEM, Steps
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,5 @@
 """The workflow tables of one actor: the ``workflow`` feature that declares them, and the
-access every part of ``WorkflowStore`` (``storage.workflow``) shares.
+access every part of ``WorkflowStore`` (``dotdo.storage.workflow``) shares.
 
 The tables are built the first time an actor sends, receives, subscribes or runs a
 step: reads on a database without them find nothing and build nothing; the first write
@@ -12,7 +12,7 @@ builds them (``ActorDatabase.require``), in the current transaction.
 - ``_dotdo_dead_letters``: deliveries given up on, kept until replayed.
 - ``_dotdo_inbox``: (sender, seq) of deliveries already handled here.
 - ``_dotdo_subscriptions``: what this actor listens to (the truth behind the shared
-  subscription index, ``storage.subscriptions``).
+  subscription index, ``dotdo.storage.subscriptions``).
 
 Never edit a released migration: append one.
 """
@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING
 
 import apsw
 
-from storage import schema
-from storage.errors import translate
+from dotdo.storage import schema
+from dotdo.storage.errors import translate
 
 if TYPE_CHECKING:
-    from storage.database import ActorDatabase
+    from dotdo.storage.database import ActorDatabase
 
 WORKFLOW = schema.feature(
     "workflow",
@@ -131,7 +131,7 @@ WORKFLOW = schema.feature(
 
 class WorkflowTables:
     """Reads and writes on the workflow tables of one ``ActorDatabase``: the base of the
-    parts that ``WorkflowStore`` gathers (``storage.outbox``, ``storage.steps``)."""
+    parts that ``WorkflowStore`` gathers (``dotdo.storage.outbox``, ``dotdo.storage.steps``)."""
 
     __slots__ = ("_db",)
 

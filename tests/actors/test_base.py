@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import trio
 
-from actors.workflow import Workflow
+from dotdo.actors.workflow import Workflow
 from dotdo import DO, ActorError, ActorNotFound, Supervisor, id_from_name, new_unique_id
 
 

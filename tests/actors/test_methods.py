@@ -10,9 +10,9 @@ import pytest
 import trio
 import trio.testing
 
-from actors.methods import LIFECYCLE, binder_for, public_methods
+from dotdo.actors.methods import LIFECYCLE, binder_for, public_methods
 from dotdo import DO, ActorId, ActorNotFound, CallTimeout, InvalidArguments, MethodNotAllowed, rpc
-from runtime.supervisor import Supervisor
+from dotdo.runtime.supervisor import Supervisor
 
 
 class Greeter:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from dotdo import DO, ActorError, InvalidQuery, ThingNotFound, VersionConflict
-from runtime.supervisor import Supervisor
+from dotdo.runtime.supervisor import Supervisor
 
 
 class Shop(DO):

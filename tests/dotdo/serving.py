@@ -20,8 +20,8 @@ import httpx
 import trio
 
 from dotdo import ServeOptions, serve
-from runtime.ids import resolve
-from storage.address import shard_of
+from dotdo.runtime.core.ids import resolve
+from dotdo.storage.address import shard_of
 
 
 @dataclass

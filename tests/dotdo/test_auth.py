@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from actors.examples import Counter
+from dotdo.actors.examples import Counter
 from dotdo import DO, DotdoError, Forbidden, ServeOptions, Unauthorized, connect, serve
 from dotdo.auth import Tokens, bearer
 from tests.dotdo.serving import Server, dotdo, dotdo_serve, serving

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import trio
 
-from actors.examples import EXAMPLES
+from dotdo.actors.examples import EXAMPLES
 from dotdo.cli import DEFAULT_URL, _json_or_text, build_parser, main
-from storage.options import Durability
+from dotdo.storage.options import Durability
 from tests.dotdo.kinds import Waker
 from tests.dotdo.serving import dotdo, dotdo_serve, serving, stop
 

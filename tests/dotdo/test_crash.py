@@ -45,9 +45,10 @@ import httpx
 import trio
 
 from dotdo import DotdoError, connect
-from runtime import values, wire
-from runtime.ids import id_from_name
-from storage.database import ActorDatabase
+from dotdo.runtime.core import values
+from dotdo.runtime.transport import wire
+from dotdo.runtime.core.ids import id_from_name
+from dotdo.storage.database import ActorDatabase
 from tests.dotdo.serving import Served, dotdo_serve_group, kill_group, rpc_url, spawn_group, stop
 
 KINDS = str(Path(__file__).with_name("crash_kinds.py"))

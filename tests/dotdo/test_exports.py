@@ -7,7 +7,7 @@ import importlib.resources
 
 import pytest
 
-import actors
+import dotdo.actors as actors
 import dotdo
 import dotdo.errors
 
@@ -96,10 +96,10 @@ def test_star_import_gives_exactly_all() -> None:
 
 
 def test_the_public_names_are_the_real_objects() -> None:
-    from actors.base import DO
-    from actors.methods import rpc
+    from dotdo.actors.base import DO
+    from dotdo.actors.methods import rpc
     from dotdo.ambient import S
-    from runtime.supervisor import Supervisor
+    from dotdo.runtime.supervisor import Supervisor
 
     assert (dotdo.DO, dotdo.rpc, dotdo.S, dotdo.Supervisor) == (DO, rpc, S, Supervisor)
 

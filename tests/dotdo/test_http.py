@@ -13,7 +13,7 @@ import pytest
 import trio
 from starlette.responses import PlainTextResponse, Response
 
-from actors.examples import Counter
+from dotdo.actors.examples import Counter
 from dotdo import DO, ActorError, DotdoError, InvalidArguments, id_from_name, new_unique_id
 from dotdo.http import _as_response, error_response
 from tests.dotdo.kinds import Waker

@@ -41,8 +41,9 @@ import pytest
 import trio
 
 from dotdo import connect
-from runtime import values, wire
-from runtime.ids import ActorId, resolve
+from dotdo.runtime.core import values
+from dotdo.runtime.transport import wire
+from dotdo.runtime.core.ids import ActorId, resolve
 from tests.dotdo.rawhttp import request as http_request
 from tests.dotdo.serving import Served, dotdo_serve_group, environment, group_members, owned_by, rpc_url
 
@@ -254,7 +255,7 @@ async def forwarded_fetches(target: Target) -> int:
 
 KILLED_CLIENT = """
 import sys, trio
-from runtime.connection import Connection  # what dotdo.connect opens, without importing all of dotdo
+from dotdo.runtime.transport.connection import Connection  # what dotdo.connect opens, without importing all of dotdo
 
 async def main(port, names, calls, seconds):
     async with await Connection.open("127.0.0.1", port) as S, trio.open_nursery() as nursery:

@@ -13,11 +13,11 @@ import httpx
 import pytest
 import trio
 
-from actors.examples import EXAMPLES
+from dotdo.actors.examples import EXAMPLES
 from dotdo import ServeOptions, serve
-from runtime.descriptors import descriptor_budget
-from storage.errors import DotdoError
-from storage.opening import DESCRIPTORS_PER_ACTOR
+from dotdo.runtime.transport.descriptors import descriptor_budget
+from dotdo.storage.errors import DotdoError
+from dotdo.storage.opening import DESCRIPTORS_PER_ACTOR
 from tests.dotdo.rawhttp import request
 from tests.dotdo.serving import dotdo_serve, serving
 

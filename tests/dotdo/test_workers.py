@@ -15,8 +15,8 @@ import trio
 
 from dotdo import ConnectionLost, MethodNotAllowed, ServeOptions, connect
 from dotdo.workers import WorkerSpec, ready
-from runtime.ids import resolve
-from storage.address import shard_of
+from dotdo.runtime.core.ids import resolve
+from dotdo.storage.address import shard_of
 from tests.dotdo.serving import STARTUP_TIMEOUT, dotdo_serve, owned_by, rpc_url, stop
 
 KINDS = str(Path(__file__).with_name("cluster_kinds.py"))

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.supervisor import Supervisor
+from dotdo.runtime.supervisor import Supervisor
 from tests.runtime.kinds import KINDS
 
 

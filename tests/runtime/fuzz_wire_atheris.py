@@ -24,10 +24,10 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports():
-    from runtime import wire, wire_errors
-    from runtime.errors import ProtocolError
-    from runtime.ids import id_from_name
-    from storage.errors import DotdoError
+    from dotdo.runtime.transport import wire, wire_errors
+    from dotdo.runtime.core.errors import ProtocolError
+    from dotdo.runtime.core.ids import id_from_name
+    from dotdo.storage.errors import DotdoError
 
 LIMITS = [0, 1, 16, 4096, wire.DEFAULT_MAX_FRAME, 2**32 - 1]
 """Frame limits the first input byte chooses from."""

@@ -16,8 +16,8 @@ from dotdo import (
     MethodNotAllowed,
     SupervisorClosed,
 )
-from runtime.activation import ActivationState
-from runtime.supervisor import Supervisor
+from dotdo.runtime.core.activation import ActivationState
+from dotdo.runtime.supervisor import Supervisor
 from tests.runtime.kinds import KINDS, Box
 
 

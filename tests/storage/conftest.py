@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from storage import ActorDatabase, Address
+from dotdo.storage import ActorDatabase, Address
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from storage import ActorDatabase, Address, InvalidId, InvalidNamespace
-from storage.address import MAX_ID_BYTES
+from dotdo.storage import ActorDatabase, Address, InvalidId, InvalidNamespace
+from dotdo.storage.address import MAX_ID_BYTES
 
 
 @pytest.mark.parametrize(

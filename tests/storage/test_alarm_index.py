@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from storage.alarm_index import AlarmIndex
-from storage.alarms import PendingItem
+from dotdo.storage.alarm_index import AlarmIndex
+from dotdo.storage.alarms import PendingItem
 
 
 @pytest.fixture

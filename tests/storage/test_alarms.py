@@ -7,8 +7,8 @@ from pathlib import Path
 import apsw
 import pytest
 
-from storage import ActorDatabase, Address, schema
-from storage.alarms import FAILURES_KEPT, AlarmRow, ScheduleRow
+from dotdo.storage import ActorDatabase, Address, schema
+from dotdo.storage.alarms import FAILURES_KEPT, AlarmRow, ScheduleRow
 
 
 def test_alarm_set_get_delete(db: ActorDatabase) -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import apsw
 
-from storage import ActorDatabase, backup
-from storage.options import Durability
+from dotdo.storage import ActorDatabase, backup
+from dotdo.storage.options import Durability
 from tests.storage import test_history as shared
 from tests.storage.test_history import Clock, dump, opened
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import apsw
 import pytest
 
-from storage import ActorDatabase, Address, BookmarkError, StorageOptions, history_log
+from dotdo.storage import ActorDatabase, Address, BookmarkError, StorageOptions, history_log
 from tests.storage import test_history as shared
 from tests.storage.test_history import HOUR, Clock, dump
 

@@ -1,5 +1,5 @@
-"""Branches of one actor's data: create, checkout, delete, merge, diff (storage.branches
-and storage.merge). Each test reopens the database after the operations it checks."""
+"""Branches of one actor's data: create, checkout, delete, merge, diff (dotdo.storage.branches
+and dotdo.storage.merge). Each test reopens the database after the operations it checks."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from storage import (
+from dotdo.storage import (
     ActorDatabase,
     Address,
     BranchExists,
@@ -18,8 +18,8 @@ from storage import (
     MergeConflict,
     TransactionError,
 )
-from storage import backup
-from storage.branches import BranchInfo, MergeReport
+from dotdo.storage import backup
+from dotdo.storage.branches import BranchInfo, MergeReport
 
 ADDRESS = Address("A", "x")
 

@@ -2,8 +2,8 @@ import datetime as dt
 
 import pytest
 
-from storage import InvalidValue
-from storage.codec import decode, encode
+from dotdo.storage import InvalidValue
+from dotdo.storage.codec import decode, encode
 
 
 @pytest.mark.parametrize(

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from storage import ActorDatabase, Address
+from dotdo.storage import ActorDatabase, Address
 
 ADDRESS = Address("Crash", "victim")
 
 _CHILD = """
 import sys
-from storage import ActorDatabase, Address
+from dotdo.storage import ActorDatabase, Address
 
 db = ActorDatabase.open(sys.argv[1], Address("Crash", "victim"))
 mode = sys.argv[2]

@@ -3,9 +3,9 @@ from pathlib import Path
 import apsw
 import pytest
 
-from storage import ActorDatabase, Address, StorageOptions, TransactionError
-from storage import schema
-from storage.errors import StorageFull
+from dotdo.storage import ActorDatabase, Address, StorageOptions, TransactionError
+from dotdo.storage import schema
+from dotdo.storage.errors import StorageFull
 
 ALICE = Address("Customer", "alice")
 

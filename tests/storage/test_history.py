@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from storage import ActorDatabase, Address, BookmarkError, StorageError, StorageOptions, TransactionError, archive, history_log
+from dotdo.storage import ActorDatabase, Address, BookmarkError, StorageError, StorageOptions, TransactionError, archive, history_log
 
 ALICE = Address("Customer", "alice")
 HOUR = 3600.0

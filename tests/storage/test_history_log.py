@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from storage import BookmarkError, StorageError, history_log
+from dotdo.storage import BookmarkError, StorageError, history_log
 from tests.storage import test_history as shared
 from tests.storage.test_history import Clock, dump, opened
 

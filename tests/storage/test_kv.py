@@ -2,8 +2,8 @@ import datetime as dt
 
 import pytest
 
-from storage import ActorDatabase, InvalidInput, InvalidKey, InvalidValue, StorageLimitExceeded
-from storage.kv import MAX_BATCH, MAX_KEY_BYTES, MAX_VALUE_BYTES
+from dotdo.storage import ActorDatabase, InvalidInput, InvalidKey, InvalidValue, StorageLimitExceeded
+from dotdo.storage.kv import MAX_BATCH, MAX_KEY_BYTES, MAX_VALUE_BYTES
 
 
 def test_get_put_delete_one(db: ActorDatabase) -> None:

@@ -1,4 +1,4 @@
-"""Opening an actor's database (``storage.opening``): creation, the file lock, settings,
+"""Opening an actor's database (``dotdo.storage.opening``): creation, the file lock, settings,
 migrations, damaged and unwritable files, read-only opening, and running out of file
 descriptors."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import apsw
 import pytest
 
-from storage import (
+from dotdo.storage import (
     ActorDatabase,
     Address,
     DatabaseLocked,
@@ -18,9 +18,9 @@ from storage import (
     StorageError,
     StorageOptions,
 )
-from storage import schema
-from storage.errors import OutOfDescriptors, StorageReadOnly
-from storage.opening import DESCRIPTORS_PER_ACTOR
+from dotdo.storage import schema
+from dotdo.storage.errors import OutOfDescriptors, StorageReadOnly
+from dotdo.storage.opening import DESCRIPTORS_PER_ACTOR
 from tests.descriptors import exhausted, free_descriptors
 
 ALICE = Address("Customer", "alice")

@@ -1,10 +1,10 @@
-"""The sending side of the workflow tables (``storage.outbox``): the order deliveries
+"""The sending side of the workflow tables (``dotdo.storage.outbox``): the order deliveries
 are taken in, retries and dead letters, sequence numbers, and the inbox."""
 
 from __future__ import annotations
 
-from storage import ActorDatabase
-from storage.outbox import OUTBOX_ITEM, RetryPolicy, Target
+from dotdo.storage import ActorDatabase
+from dotdo.storage.outbox import OUTBOX_ITEM, RetryPolicy, Target
 
 POLICY = RetryPolicy(3, 0.1, 1.0)
 _uids = iter(range(10**6))

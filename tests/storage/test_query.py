@@ -3,9 +3,9 @@ from typing import Any
 
 import pytest
 
-from storage import ActorDatabase, InvalidInput, InvalidQuery
-from storage.query import MAX_DEPTH, MAX_IN_VALUES, compile_query, parse_field, sql_string
-from storage.things import ThingStore
+from dotdo.storage import ActorDatabase, InvalidInput, InvalidQuery
+from dotdo.storage.query import MAX_DEPTH, MAX_IN_VALUES, compile_query, parse_field, sql_string
+from dotdo.storage.things import ThingStore
 
 INJECTION = "x'); DROP TABLE _dotdo_things; --"
 

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from storage import ActorDatabase, Address, InvalidQuery, InvalidValue, RowCountError, SqlError, StorageOptions
+from dotdo.storage import ActorDatabase, Address, InvalidQuery, InvalidValue, RowCountError, SqlError, StorageOptions
 
 
 @pytest.fixture

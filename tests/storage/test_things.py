@@ -4,9 +4,9 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from storage import ActorDatabase, Address, InvalidInput, InvalidQuery, StorageLimitExceeded
-from storage.errors import ThingExists, ThingNotFound, VersionConflict
-from storage.things_model import MAX_JSON_BYTES
+from dotdo.storage import ActorDatabase, Address, InvalidInput, InvalidQuery, StorageLimitExceeded
+from dotdo.storage.errors import ThingExists, ThingNotFound, VersionConflict
+from dotdo.storage.things_model import MAX_JSON_BYTES
 
 
 class Boom(Exception):

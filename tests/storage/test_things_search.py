@@ -3,9 +3,9 @@ from array import array
 
 import pytest
 
-from storage import ActorDatabase, InvalidInput, InvalidQuery
-from storage.search import DEFAULT_DIMENSION, MAX_QUERY_LENGTH, plain_query
-from storage.things import ThingStore
+from dotdo.storage import ActorDatabase, InvalidInput, InvalidQuery
+from dotdo.storage.search import DEFAULT_DIMENSION, MAX_QUERY_LENGTH, plain_query
+from dotdo.storage.things import ThingStore
 
 CORPUS = [
     ("guide", "Doc", "Solar panels", {"body": "How to fit panels on a roof."}),

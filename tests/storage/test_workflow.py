@@ -1,4 +1,4 @@
-"""The store of the workflow tables (``storage.workflow``): an actor's subscriptions; and
+"""The store of the workflow tables (``dotdo.storage.workflow``): an actor's subscriptions; and
 the shared subscription index and the steps of a turn, which the workflow builds on."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from storage import ActorDatabase
-from storage.subscriptions import Subscription, SubscriptionIndex
-from storage.workflow import SubscriptionRow
+from dotdo.storage import ActorDatabase
+from dotdo.storage.subscriptions import Subscription, SubscriptionIndex
+from dotdo.storage.workflow import SubscriptionRow
 
 
 def test_subscriptions_of_an_actor(db: ActorDatabase) -> None:
@@ -66,7 +66,7 @@ def test_a_step_rolls_back_alone_and_an_output_point_inside_commits_what_came_be
 
 
 def test_steps_are_only_for_turns_and_do_not_nest(db: ActorDatabase) -> None:
-    from storage import TransactionError
+    from dotdo.storage import TransactionError
 
     with pytest.raises(TransactionError):
         with db.step():

@@ -1,4 +1,4 @@
-"""The workflow tables (``storage.workflow_tables``) and the feature mechanism that builds
+"""The workflow tables (``dotdo.storage.workflow_tables``) and the feature mechanism that builds
 them on first use."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from storage import ActorDatabase, Address
+from dotdo.storage import ActorDatabase, Address
 from tests.storage.test_outbox import A, send
 
 

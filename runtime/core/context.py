@@ -1,0 +1,78 @@
+"""What a running turn knows about itself, and what an actor instance is given.
+
+The current turn is kept in a ``ContextVar``: turns run in the caller's task, so nested
+calls (A calls B in the same task) see B's turn while B runs and A's again after. Child
+tasks started inside a turn inherit it, which is what makes their calls part of the
+same call chain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from dotdo.storage.database import ActorDatabase
+
+from dotdo.runtime.core.ids import ActorId
+
+if TYPE_CHECKING:
+    from dotdo.runtime.core.activation import Activation
+    from dotdo.runtime.supervisor import Supervisor
+
+
+@dataclass(frozen=True, slots=True)
+class ActorContext:
+    """Given to an actor kind's ``create`` when an address is activated.
+
+    Attributes:
+        id: The actor's id.
+        db: Its database (open for the activation's lifetime).
+        env: The server's configuration values (read-only).
+        supervisor: The supervisor hosting it (for stubs and alarms).
+    """
+
+    id: ActorId
+    db: ActorDatabase
+    env: Mapping[str, str]
+    supervisor: Supervisor
+
+
+class Turn:
+    """The turn running in this task: which actor, which call chain, which deadline.
+
+    Attributes:
+        activation: The actor whose turn this is.
+        chain: The call chain id (shared by every call this turn causes).
+        path: Addresses from the chain's first actor to this one, for messages.
+        deadline: When the call that started this turn must be done (trio clock).
+    """
+
+    __slots__ = ("activation", "chain", "path", "deadline")
+
+    def __init__(self, activation: Activation, chain: str, path: tuple[str, ...], deadline: float) -> None:
+        self.activation = activation
+        self.chain = chain
+        self.path = path
+        self.deadline = deadline
+
+    @property
+    def supervisor(self) -> Supervisor:
+        return self.activation.supervisor
+
+
+current_turn: ContextVar[Turn | None] = ContextVar("dotdo_current_turn", default=None)
+
+# The supervisor most recently entered in this trio run (for the ambient ``dotdo.S``).
+current_supervisor: trio.lowlevel.RunVar[Supervisor] = trio.lowlevel.RunVar("dotdo_supervisor")
+
+
+def turn_of(supervisor: Any) -> Turn | None:
+    """The current turn, if it runs on ``supervisor``."""
+    turn = current_turn.get()
+    if turn is not None and turn.activation.supervisor is supervisor:
+        return turn
+    return None

@@ -1,0 +1,1 @@
+"""Where an address runs: the locator, and calls relayed to the owner."""
