@@ -26,7 +26,7 @@ import inspect
 from typing import Any
 
 from dotdo.runtime.services.workflow import check_priority, check_timeout, parse_path
-from dotdo.runtime.stubs import _Method
+from dotdo.runtime.stubs import MethodStub, method_parts
 from dotdo.storage.errors import InvalidInput
 
 SUBSCRIPTIONS_ATTR = "__dotdo_on__"
@@ -82,13 +82,12 @@ class Pattern:
         )
 
     def __call__(self, handler: Any) -> Any:
-        if isinstance(handler, _Method):
-            subscriptions = getattr(handler._caller, "subscriptions", None)
+        if isinstance(handler, MethodStub):
+            caller, target, name = method_parts(handler)
+            subscriptions = getattr(caller, "subscriptions", None)
             if subscriptions is None:
                 raise InvalidInput("subscribing another actor works through an in-process supervisor, not a connection")
-            return subscriptions.subscribe_remote(
-                handler._target, self.pattern, handler._name, priority=self.priority, timeout=self.timeout
-            )
+            return subscriptions.subscribe_remote(target, self.pattern, name, priority=self.priority, timeout=self.timeout)
         owner = getattr(handler, "__self__", None)
         ctx = getattr(owner, "_dotdo_ctx", None)
         if inspect.ismethod(handler) and ctx is not None:

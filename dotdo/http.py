@@ -48,7 +48,9 @@ from dotdo.auth import Tokens, bearer
 from dotdo.bodies import parse_json, read_body
 from dotdo.errors import BodyTooLarge, DotdoError, InvalidId, InvalidInput, Unauthorized, http_status
 from dotdo.runtime.transport import wire
+from dotdo.runtime.core.errors import Moved
 from dotdo.runtime.core.ids import ActorId, resolve
+from dotdo.runtime.placement.locator import MOVING
 from dotdo.runtime.stubs import ActorStub
 from dotdo.runtime.supervisor import Supervisor
 from dotdo.runtime.transport.server import FetchHandler
@@ -244,9 +246,7 @@ def create_app(
         body: dict[str, Any] = {"status": "ok", "active_actors": stats.active, "calls_in_flight": stats.calls_in_flight}
         if supervisor.config.storage.read_only:
             body["read_only"] = True
-        if supervisor.peers is not None:
-            body["worker"] = supervisor.peers.index
-            body["workers"] = supervisor.peers.count
+        body.update(supervisor.locator.describe())  # which worker of how many, with several
         return JSON(body)
 
     async def kinds(request: Request) -> Response:
@@ -292,14 +292,17 @@ def create_app(
         # The body is read before the turn (fetch gets it from the request's cache): a
         # slow client holds its own connection, never the actor.
         await read_body(request, supervisor.config.call_timeout)
-        owner = supervisor.owner_of(target)
-        if owner is not None:  # another worker owns the actor: the request goes there whole
-            status, headers, body = await supervisor.fetch_remote(owner, target, await wire_request(request))
-            forwarded = Response(body, status_code=status)
-            forwarded.raw_headers = headers
-            return forwarded
-        response = await supervisor.fetch(target, request)
-        return _as_response(response)
+        owner = supervisor.locate(target)
+        if owner is None:
+            try:
+                return _as_response(await supervisor.fetch(target, request, located=True))
+            except Moved:  # placed elsewhere while it waited: it goes to the new owner
+                owner = MOVING
+        # Another process owns the actor: the request goes there whole.
+        status, headers, body = await supervisor.relay.fetch(owner, target, await wire_request(request))
+        forwarded = Response(body, status_code=status)
+        forwarded.raw_headers = headers
+        return forwarded
 
     async def alarms(request: Request) -> Response:
         query = request.query_params
@@ -391,9 +394,9 @@ def fetch_handler(supervisor: Supervisor) -> FetchHandler:
     actor's ``fetch`` with the request rebuilt, its response captured whole."""
 
     async def handle(target: ActorId, http: wire.HttpRequest, timeout: float | None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        owner = supervisor.owner_of(target)
+        owner = supervisor.locate(target)
         if owner is not None:
-            return await supervisor.fetch_remote(owner, target, http, timeout)
+            return await supervisor.relay.fetch(owner, target, http, timeout)
         path = unquote(http.path)
         parts = path.split("/", 3)
         scope: dict[str, Any] = {
@@ -421,7 +424,7 @@ def fetch_handler(supervisor: Supervisor) -> FetchHandler:
             await trio.sleep_forever()
             raise AssertionError("unreachable")
 
-        value = await supervisor.fetch(target, Request(scope, receive), timeout=timeout)
+        value = await supervisor.fetch(target, Request(scope, receive), timeout=timeout, located=True)
         return await _capture(_as_response(value), scope)
 
     return handle

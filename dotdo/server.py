@@ -180,6 +180,7 @@ async def serve(
     trigger = shutdown_trigger or (wait_for_signal if worker is None else _worker_stop)
     rpc_port = options.transport_port()
     fetch = fetch_handler(supervisor)
+    supervisor.wire_fetch = fetch  # a request relayed here after its actor moved runs through it
     async with supervisor, trio.open_nursery() as nursery:
         rpc_urls: list[str] = []
         transport_scopes: list[trio.CancelScope] = []  # the transports stop when HTTP does

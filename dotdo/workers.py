@@ -3,8 +3,9 @@
 The parent opens every listening socket and keeps it for the whole run; workers inherit
 theirs. Each worker has its own HTTP and transport sockets, bound to the shared ports
 with ``SO_REUSEPORT`` (the kernel spreads new connections over them), and a unix socket
-its peers reach it on. Each worker owns the actors ``shard_of(id, N)`` picks and passes
-requests for the others to their owner (``dotdo.runtime.transport.peers``).
+its peers reach it on. Each worker owns the actors the locator gives it
+(``worker_of(id, N)``, ``dotdo.runtime.placement.locator``) and passes requests for the
+others to their owner.
 
 A worker that dies is started again with the same sockets: connections that arrive
 meanwhile wait in its sockets' backlog (the parent holds them open), calls that were

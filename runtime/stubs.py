@@ -130,11 +130,11 @@ class ActorStub:
         self._caller = caller
         self.id = actor_id
 
-    def __getattr__(self, method: str) -> _Method:
+    def __getattr__(self, method: str) -> MethodStub:
         if method.startswith("_"):
             raise AttributeError(method)
         self._caller.check_method(self.id.namespace, method)
-        return _Method(self._caller, self.id, method, ())
+        return MethodStub(self._caller, self.id, method, ())
 
     def __dotdo_ref__(self) -> ActorId:
         return self.id
@@ -149,7 +149,9 @@ class ActorStub:
         return f"<ActorStub {self.id}>"
 
 
-class _Method:
+class MethodStub:
+    """A method of an actor, seen from a caller: call it for a ``PendingCall``."""
+
     __slots__ = ("_caller", "_target", "_name", "_steps")
 
     def __init__(self, caller: Caller, target: ActorId, name: str, steps: tuple[tuple[str, bytes], ...]) -> None:
@@ -208,11 +210,22 @@ class PendingCall(Coroutine[Any, Any, Any]):
         if self._running is not None:
             self._running.close()
 
-    def __getattr__(self, method: str) -> _Method:
+    def __getattr__(self, method: str) -> MethodStub:
         if method.startswith("_"):
             raise AttributeError(method)
-        return _Method(self._caller, self._target, method, self._steps)
+        return MethodStub(self._caller, self._target, method, self._steps)
 
     def __repr__(self) -> str:
         chain = ".".join(f"{m}()" for m, _ in self._steps)
         return f"<PendingCall {self._target}.{chain}>"
+
+
+def caller_of(stub: ActorStub) -> Caller:
+    """What ``stub``'s calls go through (a supervisor, or a connection). A function, not
+    an attribute: every attribute of a stub names one of its actor's methods."""
+    return stub._caller
+
+
+def method_parts(method: MethodStub) -> tuple[Caller, ActorId, str]:
+    """What a method stub calls: through which caller, on which actor, which method."""
+    return method._caller, method._target, method._name

@@ -7,13 +7,17 @@ nursery its background tasks (the idle sweep, the alarm scheduler) run in, which
 can drain them (up to ``shutdown_grace``), then cancel what is left and close every
 database. Several supervisors may live in one process.
 
-Its parts live in modules of their own, as functions of the supervisor that read its
-state (so that the split costs a call no extra layer)::
+It is the thin face over parts that each own their state and are wired through their
+constructors::
 
-    dotdo.runtime.core.turns       the call path: a call runs as one turn, in the caller's task
-    dotdo.runtime.core.catalog     the activation table: activating, eviction, passivation
-    dotdo.runtime.placement.forwarding  calls that cross a process (other workers, the transport)
-    dotdo.runtime.config      its settings (``SupervisorConfig``) and figures
+    core.table          the activation table: activating, eviction, passivation
+    core.turns          the call path: a call runs as one turn, in the caller's task
+    core.calls          the call record, and the calls in flight (drained at close)
+    core.hooks          where the services plug into the core
+    placement.locator   where an address runs: asked once by every entry point below
+    placement.forwarding  calls relayed to the owner of their address
+    services.*          alarms, subscriptions, events, steps, lifecycle, sharding, promotion
+    config              its settings (``SupervisorConfig``) and figures
 
 Invariants kept by them: one activation per address (the table, and the exclusive lock
 on the database file behind it); nothing leaves a turn before its writes are committed;
@@ -24,10 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import itertools
-import secrets
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -37,80 +38,107 @@ import trio
 
 from dotdo.storage.errors import DotdoError
 
-from dotdo.runtime.core import catalog, turns, values
-from dotdo.runtime.placement import forwarding
-from dotdo.runtime.core.activation import Activation, ActivationState, ActivationStats, PassivationReason
-from dotdo.runtime.services.alarms import AlarmService
 from dotdo.runtime.config import SupervisorConfig, SupervisorStats
+from dotdo.runtime.core import values
+from dotdo.runtime.core.activation import Activation, ActivationState, ActivationStats, AfterTurn, PassivationReason
+from dotdo.runtime.core.calls import CallsInFlight, Convert
 from dotdo.runtime.core.context import current_supervisor
-from dotdo.runtime.core.errors import SupervisorClosed
-from dotdo.runtime.services.events import EventService
-from dotdo.runtime.core.gate import WaitGraph
+from dotdo.runtime.core.errors import Moved, SupervisorClosed, Unavailable
+from dotdo.runtime.core.hooks import Hooks
 from dotdo.runtime.core.ids import ActorId
 from dotdo.runtime.core.kinds import KindSpec, MethodSpec, Registry, method_error
+from dotdo.runtime.core.table import ActivationTable
+from dotdo.runtime.core.turns import Turns
+from dotdo.runtime.placement.forwarding import HttpReply, Here, Relay
+from dotdo.runtime.placement.locator import MOVING, Locator, Owner, WorkerLocator
+from dotdo.runtime.services.alarms import AlarmService
+from dotdo.runtime.services.events import EventService
 from dotdo.runtime.services.lifecycle import LifecycleService
-from dotdo.runtime.transport.peers import Peers
 from dotdo.runtime.services.promotion import PromotionService
 from dotdo.runtime.services.sharding import ShardService
 from dotdo.runtime.services.steps import StepService
-from dotdo.runtime.stubs import ActorStub, Namespaces
 from dotdo.runtime.services.subscriptions import SubscriptionService
+from dotdo.runtime.stubs import ActorStub, Namespaces, caller_of
+from dotdo.runtime.transport import wire
+from dotdo.runtime.transport.peers import Peers
 
 T = TypeVar("T")
 
-Convert = Callable[[Any], Any] | None
-"""What a turn does to its result before it ends (``values.copy`` for an in-process
-caller, ``values.pack`` for the transport; None: nothing)."""
+__all__ = ["Convert", "Supervisor"]
 
 _NO_ARGS = values.pack([(), {}])
+
+WireFetch = Callable[[ActorId, wire.HttpRequest, float | None], Awaitable[HttpReply]]
 
 
 class Supervisor:
     """Hosts actor kinds; ``async with Supervisor(...) as sup:`` to run one.
 
     Several supervisors may run in one process (each on its own data directory).
+
+    Args:
+        kinds: Actor classes (or their ``KindSpec``).
+        data_dir: Where their databases live.
+        peers: The other workers of a server (``dotdo serve --workers N``): addresses are
+            split between them (a ``WorkerLocator``).
+        locator: Where addresses run, when it is neither this process alone nor a
+            split between workers (the default: everything here).
+        settings: ``SupervisorConfig`` fields.
     """
 
     def __init__(
-        self, kinds: Iterable[type | KindSpec], data_dir: Path | str, *, peers: Peers | None = None, **settings: Any
+        self,
+        kinds: Iterable[type | KindSpec],
+        data_dir: Path | str,
+        *,
+        peers: Peers | None = None,
+        locator: Locator | None = None,
+        **settings: Any,
     ) -> None:
+        if peers is not None and locator is not None:
+            raise DotdoError("give a Supervisor peers or a locator, not both")
         self.registry = Registry(kinds)
-        self.peers = peers
         config = SupervisorConfig(data_dir=Path(data_dir), **settings)
         if config.storage.clock is time.time and config.clock is not time.time:
             # One clock for alarms and history (tests drive both with a MockClock).
             config = dataclasses.replace(config, storage=dataclasses.replace(config.storage, clock=config.clock))
         self.config = config
         self.env: Mapping[str, str] = MappingProxyType(dict(self.config.env))
+        self.locator = locator if locator is not None else Locator() if peers is None else WorkerLocator(peers)
+        self.calls = CallsInFlight()
+        self.hooks = Hooks()
+        self.table = ActivationTable(
+            self.registry,
+            data_dir=config.data_dir,
+            storage=config.storage,
+            max_active=config.max_active,
+            idle_timeout=config.idle_timeout,
+            env=self.env,
+            owner=self,
+            calls=self.calls,
+            hooks=self.hooks,
+        )
+        self.turns = Turns(self.table, self.calls, self.hooks, call_timeout=config.call_timeout, max_mailbox=config.max_mailbox)
+        self.relay = Relay(self.locator, Here(self), self.calls, config.call_timeout, self.turns.current)
+        self.wire_fetch: WireFetch | None = None  # runs a fetch frame here (set by the server)
         self.S = Namespaces(self)
+        # The services, in the order their hooks run: sharding decides whether an actor
+        # routes to shards before subscriptions declare its handlers.
         self.alarms = AlarmService(self)
-        self.subscriptions = SubscriptionService(self)
-        self.events = EventService(self)
-        self.steps = StepService(self)
         self.lifecycle = LifecycleService(self)
         self.sharding = ShardService(self)
         self.promotion = PromotionService(self)
-        # The activation table, least recently used first (dotdo.runtime.core.catalog).
-        self._active: OrderedDict[tuple[str, str], Activation] = OrderedDict()
-        self._graph = WaitGraph()
-        # The calls that entered from outside (dotdo.runtime.core.turns.entry), for close to drain.
-        self._entries: set[trio.CancelScope] = set()
-        self._drained = trio.Event()
+        self.subscriptions = SubscriptionService(self)
+        self.events = EventService(self)
+        self.steps = StepService(self)
         self._nursery: trio.Nursery | None = None
-        self._closing = False
         self._previous: Supervisor | None = None
-        self._activations = 0
-        self._passivations = 0
-        # Call chain ids: a random prefix per supervisor and a sequence number, cheaper
-        # than fresh random bytes per call and as unique.
-        self._chain_prefix = secrets.token_hex(8) + "-"
-        self._chain_seq = itertools.count(1)
         self._copy = functools.partial(values.copy, make_ref=self.ref)
 
     # -- lifetime --------------------------------------------------------------------
 
     async def __aenter__(self) -> Supervisor:
-        if self._nursery is not None or self._closing:
+        if self._nursery is not None or self.calls.closing:
             raise DotdoError("a Supervisor can be entered once")
         if not self.config.storage.read_only:
             self.config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -122,7 +150,7 @@ class Supervisor:
             raise
         self._nursery_cm = trio.open_nursery()
         self._nursery = await self._nursery_cm.__aenter__()
-        await self._nursery.start(catalog.sweep_idle, self)
+        await self._nursery.start(self.table.sweep_idle)
         await self._nursery.start(self.alarms.run)
         self._previous = current_supervisor.get(None)
         current_supervisor.set(self)
@@ -152,35 +180,23 @@ class Supervisor:
     async def close(self) -> None:
         """Stop taking calls, let running ones finish (up to the grace period), cancel
         the rest, and close every database. Idempotent."""
-        if self._closing:
+        if self.calls.closing:
             return
-        self._closing = True
         try:
-            if self._entries:
-                with trio.move_on_after(self.config.shutdown_grace):
-                    await self._drained.wait()
+            await self.calls.drain(self.config.shutdown_grace)
         finally:
-            # Even when close itself is cancelled: cancel what still runs, give it a
-            # moment to roll back, and close every database.
-            for scope in list(self._entries):
-                scope.cancel()
-            if self._entries:
-                with trio.CancelScope(shield=True) as shielded:
-                    shielded.deadline = trio.current_time() + 5
-                    await self._drained.wait()
-            for activation in list(self._active.values()):
-                catalog.passivate(self, activation, PassivationReason.SHUTDOWN)
+            # Even when close itself is cancelled: every database is closed.
+            self.table.close_all()
             self.alarms.close()
             self.subscriptions.close()
-            if self.peers is not None:
-                await self.peers.aclose()
+            await self.locator.aclose()
 
     @property
     def closing(self) -> bool:
         """Whether ``close`` has begun (no new calls are taken)."""
-        return self._closing
+        return self.calls.closing
 
-    # -- calls -----------------------------------------------------------------------
+    # -- calls: each entry point asks the locator once --------------------------------
 
     async def call(
         self,
@@ -199,60 +215,168 @@ class Supervisor:
         Raises:
             ActorNotFound, MethodNotAllowed, InvalidArguments: Refused before running.
             ActorError: The method raised; its turn was rolled back.
-            CallTimeout, DeadlockError, Overloaded, Unavailable: See ``dotdo.runtime.core.errors``.
+            CallTimeout, DeadlockError, Overloaded, Unavailable: See ``runtime.core.errors``.
         """
         spec = self.registry.method(target.namespace, method)
         bound_args, bound_kwargs = spec.bind(tuple(args), dict(kwargs or {}))
-        owner = self._owner(target)
-        if owner is not None:
-            payload = values.pack([list(args), dict(kwargs or {})])
-            return await forwarding.forward(self, owner, target, [(method, payload)], timeout or spec.timeout)
-        return await turns.route(self, target, spec.function, bound_args, bound_kwargs, self._copy, timeout or spec.timeout)
+        timeout = timeout or spec.timeout
+        owner = self.locator.locate(target)
+        if owner is None:
+            try:
+                return await self.turns.route(target, spec.function, bound_args, bound_kwargs, self._copy, timeout)
+            except Moved:
+                owner = MOVING
+        payload = values.pack([list(args), dict(kwargs or {})])
+        return await self._relayed(owner, target, [(method, payload)], timeout)
 
     async def call_packed(self, target: ActorId, method: str, payload: bytes, timeout: float | None = None) -> Any:
         """``call`` with arguments encoded by ``values.pack([args, kwargs])`` (stubs)."""
         spec = self.registry.method(target.namespace, method)
-        owner = self._owner(target)
-        if owner is not None:
-            return await forwarding.forward(self, owner, target, [(method, payload)], timeout or spec.timeout)
-        args, kwargs = self._unpack_args(payload)
-        bound_args, bound_kwargs = spec.bind(args, kwargs)
-        return await turns.route(self, target, spec.function, bound_args, bound_kwargs, self._copy, timeout or spec.timeout)
+        timeout = timeout or spec.timeout
+        owner = self.locator.locate(target)
+        if owner is None:
+            args, kwargs = self.unpack_args(payload)
+            bound_args, bound_kwargs = spec.bind(args, kwargs)
+            try:
+                return await self.turns.route(target, spec.function, bound_args, bound_kwargs, self._copy, timeout)
+            except Moved:
+                owner = MOVING
+        return await self._relayed(owner, target, [(method, payload)], timeout)
 
     async def call_pipeline(self, target: ActorId, steps: list[tuple[str, bytes]], timeout: float | None = None) -> Any:
         """Evaluate a pipelined chain of calls: each step runs on the actor the previous
         step returned (a reference), the last step's result is returned."""
-        owner = self._owner(target)
+        owner = self.locator.locate(target)
         if owner is not None:
-            return await forwarding.forward(self, owner, target, steps, timeout)
+            return await self._relayed(owner, target, steps, timeout)
         method, payload = steps[0]
         result = await self.call_packed(target, method, payload, timeout)
-        return await forwarding.continue_pipeline(self, result, steps, 1, timeout)
+        return await self.continue_pipeline(result, steps, 1, timeout)
 
-    # A call that arrived over the transport (beside what else crosses a process).
-    call_from_peer = forwarding.call_from_peer
+    async def continue_pipeline(self, result: Any, steps: list[tuple[str, bytes]], start: int, timeout: float | None) -> Any:
+        """Run ``steps[start:]``, the first on the actor ``result`` refers to. A reference
+        bound to another caller (a connection to another process) takes the rest of
+        the chain in one message, as does one whose actor runs elsewhere."""
+        for index in range(start, len(steps)):
+            method, payload = steps[index]
+            if not isinstance(result, ActorStub):
+                raise DotdoError(
+                    f"pipeline step {index} ({steps[index - 1][0]}) returned a "
+                    f"{type(result).__name__}, not an actor reference: cannot call .{method}() on it"
+                )
+            caller = caller_of(result)
+            if caller is not self:
+                return await caller.call_pipeline(result.id, steps[index:], timeout)
+            owner = self.locator.locate(result.id)
+            if owner is not None:  # the rest of the chain goes to the owner in one message
+                return await self._relayed(owner, result.id, steps[index:], timeout)
+            result = await self.call_packed(result.id, method, payload, timeout)
+        return result
 
-    async def fetch(self, target: ActorId, request: Any, *, timeout: float | None = None) -> Any:
-        """Hand an HTTP request to the actor's ``fetch`` and return its response.
+    async def call_from_peer(
+        self,
+        target: ActorId,
+        steps: list[tuple[str, bytes]],
+        *,
+        timeout: float | None,
+        chain: str | None = None,
+        path: tuple[str, ...] = (),
+        scope: trio.CancelScope | None = None,
+        trusted: bool = False,
+    ) -> bytes:
+        """A call that arrived over the transport, its result packed for the reply:
+        ``steps`` as in ``call_pipeline``, the first one joining the caller's ``chain``
+        (so that a call coming back along it is admitted, not deadlocked) under the
+        caller's remaining ``timeout``. Cancelling ``scope`` cancels the call.
+        ``trusted`` connections (other workers) may also make system calls."""
+        if self.calls.closing:
+            raise SupervisorClosed("the supervisor is shutting down")
+        method, payload = steps[0]
+        system = method[:1] == "$" and trusted and len(steps) == 1
+        if system:
+            self.registry.kind(target.namespace)
+            seconds = timeout
+        else:
+            spec = self.registry.method(target.namespace, method)
+            seconds = timeout or spec.timeout
+        owner = self.locator.locate(target)
+        if owner is None:
+            try:
+                if system:
+                    call = self.turns.call(self.events.run_system, (method, payload), {}, None, seconds, chain or self.calls.new_chain(), path)
+                    return await self.turns.entry(target, call, scope)  # type: ignore[no-any-return]
+                args, kwargs = self.unpack_args(payload)
+                bound_args, bound_kwargs = spec.bind(args, kwargs)
+                last = len(steps) == 1
+                convert = values.pack if last else self._copy
+                call = self.turns.call(spec.function, bound_args, bound_kwargs, convert, seconds, chain or self.calls.new_chain(), path)
+                result = await self.turns.entry(target, call, scope)
+            except Moved:
+                owner = MOVING
+            else:
+                if last:
+                    return result  # type: ignore[no-any-return]
+                return values.pack(await self.continue_pipeline(result, steps, 1, timeout))
+        # A client reached the wrong worker, or the address moved: pass it on, chain and all.
+        return await self.relay.call(owner, target, steps, seconds, chain, path)
+
+    async def system_call(self, target: ActorId, method: str, payload: bytes, *, timeout: float | None = None) -> bytes:
+        """Run one of the runtime's own operations on ``target`` (an event delivery, a
+        subscription, a lifecycle operation: ``runtime.services.events``) as a turn, on
+        whichever process owns it; its result packed."""
+        owner = self.locator.locate(target)
+        if owner is None:
+            self.registry.kind(target.namespace)
+            try:
+                return await self.turns.route(target, self.events.run_system, (method, payload), {}, None, timeout)  # type: ignore[no-any-return]
+            except Moved:
+                owner = MOVING
+        return await self.relay.call(owner, target, [(method, payload)], timeout)
+
+    async def fetch(self, target: ActorId, request: Any, *, timeout: float | None = None, located: bool = False) -> Any:
+        """Hand an HTTP request to the actor's ``fetch`` here and return its response.
+        The HTTP side asks ``locate`` first (and says so with ``located``): an actor that
+        runs elsewhere gets the request through ``relay.fetch``, as it is.
 
         Raises:
             MethodNotAllowed: The kind has no ``fetch``.
+            Unavailable: ``target`` runs elsewhere (``Moved``: it was placed elsewhere
+                while the request waited).
         """
         kind = self.registry.kind(target.namespace)
         if kind.fetch is None:
             raise method_error(kind, "fetch")
-        forwarding.check_owned(self, target)
-        return await turns.route(self, target, kind.fetch, (request,), {}, None, timeout)
+        if not located:
+            owner = self.locator.locate(target)
+            if owner is not None:
+                raise Unavailable(f"{target} is served by {owner.label}, not this process")
+        return await self.turns.route(target, kind.fetch, (request,), {}, None, timeout)
 
     async def run_turn(
         self, target: ActorId, fn: Callable[[Any], Awaitable[T]], *, timeout: float | None = None
     ) -> T:
         """Run ``fn(instance)`` as a turn of its own on ``target`` (a new call chain), for
-        the runtime's own work on an actor (alarms, administration)."""
-        if self._closing:
+        the runtime's own work on an actor (alarms, administration), which runs only
+        where the actor does.
+
+        Raises:
+            Unavailable: ``target`` runs elsewhere.
+        """
+        if self.calls.closing:
             raise SupervisorClosed("the supervisor is shutting down")
-        forwarding.check_owned(self, target)
-        return await turns.entry(self, target, self._new_chain(), (), timeout, fn, (), {}, None)
+        owner = self.locator.locate(target)
+        if owner is not None:
+            raise Unavailable(f"{target} is served by {owner.label}, not this process")
+        return await self.turns.entry(target, self.turns.call(fn, (), {}, None, timeout, self.calls.new_chain()))  # type: ignore[no-any-return]
+
+    async def _relayed(self, owner: Owner, target: ActorId, steps: list[tuple[str, bytes]], timeout: float | None) -> Any:
+        """A call relayed to ``owner``, its result decoded (references bound here). The
+        link commits the calling turn first and joins its chain."""
+        return values.unpack(await self.relay.call(owner, target, steps, timeout), self.ref)
+
+    def locate(self, target: ActorId) -> Owner | None:
+        """Where ``target`` runs: None here, else the owner to relay to (``relay``)."""
+        return self.locator.locate(target)
 
     def check_namespace(self, namespace: str) -> KindSpec:
         """Resolve a namespace for a stub (``ActorNotFound`` lists the known ones)."""
@@ -262,7 +386,13 @@ class Supervisor:
         """Resolve a method for a stub, so a wrong name fails where it is written."""
         return self.registry.method(namespace, method)
 
-    def _unpack_args(self, payload: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    def unpack_args(self, payload: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Call arguments encoded by ``values.pack([args, kwargs])``, references bound
+        here.
+
+        Raises:
+            InvalidValue: The payload is not ``[args, kwargs]`` with text keyword names.
+        """
         if payload == _NO_ARGS:  # the most common payload, decoded without msgpack
             return (), {}
         decoded = values.unpack(payload, self.ref)
@@ -276,75 +406,69 @@ class Supervisor:
             raise values.InvalidValue("call arguments must be encoded as [args, kwargs], keyword names as text")
         return tuple(decoded[0]), decoded[1]
 
+    def copy(self, value: Any) -> Any:
+        """``value`` as a call to another actor here receives it (a deep copy,
+        references bound here)."""
+        return self._copy(value)
+
     def ref(self, actor_id: ActorId) -> ActorStub:
         """A stub of ``actor_id`` through this supervisor."""
         return ActorStub(self, actor_id)
-
-    async def system_call(self, target: ActorId, method: str, payload: bytes, *, timeout: float | None = None) -> bytes:
-        """Run one of the runtime's own operations on ``target`` (an event delivery, a
-        subscription: ``dotdo.runtime.services.events``) as a turn, on whichever worker owns it."""
-        owner = self._owner(target)
-        if owner is not None:
-            return await forwarding.forward(self, owner, target, [(method, payload)], timeout, raw=True)  # type: ignore[no-any-return]
-        self.registry.kind(target.namespace)
-        return await turns.route(self, target, self.events.run_system, (method, payload), {}, None, timeout)  # type: ignore[no-any-return]
-
-    def _new_chain(self) -> str:
-        return self._chain_prefix + str(next(self._chain_seq))
-
-    # -- other workers ---------------------------------------------------------------
-
-    def owner_of(self, target: ActorId) -> int | None:
-        """The worker that owns ``target`` when it is another one (None: this one, or
-        no other workers)."""
-        return self._owner(target)
-
-    def _owner(self, target: ActorId) -> int | None:
-        peers = self.peers
-        return None if peers is None else peers.owner(target)
-
-    fetch_remote = forwarding.fetch_remote
 
     # -- activations -----------------------------------------------------------------
 
     def passivate(self, target: ActorId) -> bool:
         """Passivate one actor now if it is active and idle; returns whether it was."""
-        activation = self._active.get((target.namespace, target.hex))
+        activation = self.table.get(target)
         if activation is None:
             return False
-        return catalog.passivate(self, activation, PassivationReason.REQUESTED)
+        return self.table.passivate(activation, PassivationReason.REQUESTED)
 
     def release(self, activation: Activation) -> None:
-        """Close an activation at the end of its turn (a lifecycle operation needs its
-        file); calls waiting for it are told to retry."""
-        catalog.close_activation(self, activation, PassivationReason.REQUESTED, ActivationState.CLOSED)
+        """Close an activation, now if it is idle, else once its current turn ends (a
+        lifecycle operation needs its file); calls waiting for it are told to retry."""
+        if activation.gate.idle:
+            self.table.close(activation, PassivationReason.REQUESTED, ActivationState.CLOSED)
+        else:
+            activation.after = AfterTurn.RELEASE
+
+    def moved(self, target: ActorId) -> None:
+        """``target`` is no longer placed here (the locator moved it): its activation is
+        closed now if idle, else once its turn ends; calls waiting for it go to its new
+        owner."""
+        activation = self.table.get(target)
+        if activation is None:
+            return
+        if activation.gate.idle:
+            self.table.close(activation, PassivationReason.MOVED, ActivationState.MOVED)
+        else:
+            activation.after = AfterTurn.MOVED
 
     def activation_of(self, target: ActorId) -> Activation | None:
         """The activation of ``target``, if it has one now."""
-        return self._active.get((target.namespace, target.hex))
+        return self.table.get(target)
 
     def is_active(self, target: ActorId) -> bool:
         """Whether ``target`` has an activation now."""
-        return (target.namespace, target.hex) in self._active
+        return target in self.table
 
     # -- introspection ---------------------------------------------------------------
 
     def activations(self) -> list[ActivationStats]:
         """A snapshot of every active actor, least recently used first."""
-        return [a.stats() for a in self._active.values()]
+        return [a.stats() for a in self.table]
 
     def statistics(self) -> SupervisorStats:
         """Counters for metrics."""
-        acts = self._active.values()
+        acts = list(self.table)
         return SupervisorStats(
-            active=len(self._active),
+            active=len(acts),
             busy=sum(1 for a in acts if a.gate.owner is not None),
             waiting_calls=sum(a.gate.waiting for a in acts),
-            calls_in_flight=len(self._entries),
-            activations=self._activations,
-            passivations=self._passivations,
+            calls_in_flight=len(self.calls),
+            activations=self.table.activations,
+            passivations=self.table.passivations,
         )
 
     def __repr__(self) -> str:
-        return f"<Supervisor {self.config.data_dir} kinds={list(self.registry.namespaces)} active={len(self._active)}>"
-
+        return f"<Supervisor {self.config.data_dir} kinds={list(self.registry.namespaces)} active={len(self.table)}>"

@@ -84,9 +84,3 @@ class Address:
     def __str__(self) -> str:
         shown = self.id if len(self.id) <= 80 else self.id[:77] + "..."
         return f"{self.namespace}/{shown}"
-
-
-def shard_of(hex_id: str, shards: int) -> int:
-    """Which of ``shards`` workers owns the actor with this 64-hex id (its first 32
-    bits, which are uniform: the id is a hash). The same in every process and run."""
-    return int(hex_id[:8], 16) % shards

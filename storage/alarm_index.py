@@ -20,13 +20,12 @@ Times are epoch seconds. Synchronous, like the rest of ``storage``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import apsw
 
-from dotdo.storage.address import shard_of
 from dotdo.storage.alarms import PendingItem
 from dotdo.storage.errors import StorageError, translate
 from dotdo.storage.opening import connect_read_only
@@ -129,26 +128,26 @@ class IndexEntry:
 class AlarmIndex(IndexFile):
     """The pending-alarm index of one data directory. Open with ``AlarmIndex.open``."""
 
-    def __init__(self, conn: apsw.Connection, path: Path, shard: tuple[int, int] | None) -> None:
+    def __init__(self, conn: apsw.Connection, path: Path, serves: Callable[[str], bool] | None) -> None:
         super().__init__(conn, path)
         self._mine = ""  # the condition that picks this process's rows (all: none)
-        if shard is not None:
-            index, shards = shard
-            conn.create_scalar_function("dotdo_shard", lambda hex_id: shard_of(hex_id, shards), 1, deterministic=True)
-            self._mine = f" AND dotdo_shard(hex) = {int(index)}"
+        if serves is not None:
+            # Not deterministic: what a process serves may change while it runs.
+            conn.create_scalar_function("dotdo_serves", lambda hex_id: int(serves(hex_id)), 1)
+            self._mine = " AND dotdo_serves(hex)"
 
     @classmethod
     def open(
         cls,
         data_dir: Path | str,
         durability: Durability = Durability.NORMAL,
-        shard: tuple[int, int] | None = None,
+        serves: Callable[[str], bool] | None = None,
         read_only: bool = False,
     ) -> AlarmIndex:
         """Open (creating if needed) the index of ``data_dir``.
 
-        With ``shard=(i, n)`` the process is worker ``i`` of ``n`` sharing the file:
-        ``due`` and ``next_after`` see only the actors it owns (``shard_of``). Several
+        With ``serves`` (a test of an actor's hex id: whether this process runs it, as
+        the locator says) ``due`` and ``next_after`` see only those actors. Several
         processes may write the file at once (SQLite's WAL; a writer waits for another
         up to 5 s).
 
@@ -157,7 +156,7 @@ class AlarmIndex(IndexFile):
         """
         path = Path(data_dir) / INDEX_DIR / INDEX_FILE
         conn = open_index(path, durability, _SCHEMA, "alarm index", read_only)
-        return cls(conn, path, shard)
+        return cls(conn, path, serves)
 
     # -- writes ----------------------------------------------------------------------
 

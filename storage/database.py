@@ -479,6 +479,12 @@ class ActorDatabase:
         rows = self.meta()
         return Address(str(rows["namespace"]), str(rows["id"]))
 
+    def forget_features(self) -> None:
+        """Forget which engine features are known to be in place (``require``): call it
+        after the data under this open connection was replaced (a checkout, a restore,
+        a promotion settled), so that they are checked again."""
+        self._features.clear()
+
     def meta(self) -> dict[str, object]:
         """What the engine recorded about this database (address, name, creation time)."""
         return dict(self._conn.execute("SELECT key, value FROM _dotdo_meta").fetchall())

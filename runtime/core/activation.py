@@ -4,19 +4,18 @@ caller of a failed turn is told."""
 from __future__ import annotations
 
 import enum
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 from dotdo.storage.database import ActorDatabase
 from dotdo.storage.errors import DotdoError
 
 from dotdo.runtime.core.errors import ActorError
 from dotdo.runtime.core.gate import TurnGate, WaitGraph
+from dotdo.runtime.core.hooks import Diverter
 from dotdo.runtime.core.ids import ActorId
 from dotdo.runtime.core.kinds import KindSpec
-
-if TYPE_CHECKING:
-    from dotdo.runtime.supervisor import Supervisor
 
 
 class ActivationState(enum.Enum):
@@ -25,7 +24,16 @@ class ActivationState(enum.Enum):
     STARTING = "starting"  # built; on_start has not finished
     ACTIVE = "active"
     CLOSED = "closed"  # passivated or shut down; its database is closed
+    MOVED = "moved"  # closed because the address is placed elsewhere now
     FAILED = "failed"  # on_start raised; the next call builds a new activation
+
+
+class AfterTurn(enum.Enum):
+    """What is done with an activation once its outermost turn ends."""
+
+    RELOAD = "reload"  # its data was replaced: a new instance, on_start again
+    RELEASE = "release"  # an operation needs its file: closed
+    MOVED = "moved"  # the address is placed elsewhere now: closed, waiting calls go there
 
 
 class PassivationReason(enum.Enum):
@@ -36,6 +44,7 @@ class PassivationReason(enum.Enum):
     SHUTDOWN = "shutdown"  # the supervisor is closing
     START_FAILED = "start_failed"  # on_start raised
     REQUESTED = "requested"  # an administrator or the actor asked
+    MOVED = "moved"  # the address is placed elsewhere now
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +60,9 @@ class ActivationStats:
 
 
 class Activation:
-    """An actor instance with its database and gate. Owned by one ``Supervisor``."""
+    """An actor instance with its database and gate. Owned by one supervisor's
+    ``ActivationTable``; services keep what they know of it themselves (see
+    ``dotdo.runtime.core.hooks``)."""
 
     __slots__ = (
         "id",
@@ -66,20 +77,13 @@ class Activation:
         "failure",
         "supervisor",
         "started",
-        "wake_dirty",
-        "alarm_running",
-        "alarm_deleted",
-        "indexed",
-        "delivering",
-        "subscribed",
-        "subscriptions_dirty",
-        "live_steps",
-        "reload",
-        "router",
-        "promotion_pending",
+        "marked",
+        "after",
+        "before_start",
+        "divert",
     )
 
-    def __init__(self, actor_id: ActorId, kind: KindSpec, db: ActorDatabase, supervisor: Supervisor, graph: WaitGraph, now: float) -> None:
+    def __init__(self, actor_id: ActorId, kind: KindSpec, db: ActorDatabase, supervisor: Any, graph: WaitGraph, now: float) -> None:
         self.id = actor_id
         self.label = str(actor_id)
         self.kind = kind
@@ -90,24 +94,20 @@ class Activation:
         self.turns = 0
         self.last_used = now
         self.failure: BaseException | None = None
-        self.supervisor = supervisor
+        self.supervisor = supervisor  # what stubs made inside its turns call through
         self.started = kind.on_start is None
-        self.wake_dirty = False  # a turn changed the alarm or schedules: sync the index
-        self.alarm_running: int | None = None  # seq of the alarm whose handler runs
-        self.alarm_deleted = False  # delete_alarm() was called by the running handler
-        # What the alarm index holds for this actor, item -> (due, retries), as far as
-        # this activation knows (None: unknown). A due here is never earlier than the
-        # index's, so "already early enough" checks against it are safe.
-        self.indexed: dict[str, tuple[float, int]] | None = None
-        self.delivering = False  # an alarm delivery runs turn after turn: sync at its end
-        self.subscribed: set[tuple[str, str, str]] | None = None  # (noun, verb, method), once read
-        self.subscriptions_dirty = False  # a turn changed subscriptions: sync the shared index
-        self.live_steps: set[int] = set()  # actions of the durable steps running now
-        # A turn replaced the data (checkout, restore: "reload") or asked to let go of
-        # the database ("release"): done when the turn ends (dotdo.runtime.services.lifecycle).
-        self.reload: str | None = None
-        self.router: Any = None  # a sharded actor's configuration (dotdo.runtime.services.sharding)
-        self.promotion_pending = False  # a promotion's copy, settled before the first call
+        self.marked = False  # a service has work for the end of the outermost turn
+        # What happens to the activation once its outermost turn ends: RELOAD (a new
+        # instance over replaced data), RELEASE (closed: an operation needs the file),
+        # MOVED (closed: the address is placed elsewhere now). None: nothing.
+        self.after: AfterTurn | None = None
+        # What must run, in order, before on_start (a promotion to settle); empty: nothing.
+        self.before_start: list[Callable[[Activation], Awaitable[None]]] = []
+        self.divert: Diverter | None = None  # takes over its calls (a sharded actor's router)
+
+    def mark(self) -> None:
+        """Ask for the ``turn_ended`` hooks once the outermost turn ends."""
+        self.marked = True
 
     def stats(self) -> ActivationStats:
         """A snapshot of this activation."""

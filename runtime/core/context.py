@@ -21,7 +21,6 @@ from dotdo.runtime.core.ids import ActorId
 
 if TYPE_CHECKING:
     from dotdo.runtime.core.activation import Activation
-    from dotdo.runtime.supervisor import Supervisor
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +37,7 @@ class ActorContext:
     id: ActorId
     db: ActorDatabase
     env: Mapping[str, str]
-    supervisor: Supervisor
+    supervisor: Any
 
 
 class Turn:
@@ -60,14 +59,14 @@ class Turn:
         self.deadline = deadline
 
     @property
-    def supervisor(self) -> Supervisor:
+    def supervisor(self) -> Any:
         return self.activation.supervisor
 
 
 current_turn: ContextVar[Turn | None] = ContextVar("dotdo_current_turn", default=None)
 
 # The supervisor most recently entered in this trio run (for the ambient ``dotdo.S``).
-current_supervisor: trio.lowlevel.RunVar[Supervisor] = trio.lowlevel.RunVar("dotdo_supervisor")
+current_supervisor: trio.lowlevel.RunVar[Any] = trio.lowlevel.RunVar("dotdo_supervisor")
 
 
 def turn_of(supervisor: Any) -> Turn | None:

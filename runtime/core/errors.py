@@ -113,6 +113,12 @@ class Unavailable(DotdoError):
     """The actor cannot be reached right now (restarting, moving). Safe to retry."""
 
 
+class Moved(Unavailable):
+    """The address was placed elsewhere while the call waited for its turn (the locator
+    moved it). The supervisor sends such a call on to the new owner; a caller sees it
+    only where no one could (then it is safe to retry)."""
+
+
 class SupervisorClosed(Unavailable):
     """The supervisor is shutting down or has shut down."""
 

@@ -7,7 +7,7 @@ actor and no queue hop, so an in-process call costs a few microseconds::
     route   the output gate (a calling turn commits first); joins the calling turn's
             chain and deadline, or starts a new chain
     entry   a call from outside: its own deadline and cancel scope, tracked so that
-            ``Supervisor.close`` can drain it
+            closing can drain it
     run     the turn itself: activation, gate, ``on_start`` if not run yet (``ready``),
             handler, commit or rollback (``abort``), the end of the turn (``end_turn``)
 
@@ -15,154 +15,237 @@ Invariants kept here: nothing leaves a turn before its writes are committed (``c
 before a reply, and before any call the turn makes); a turn that raises rolls back to
 its last output point and the actor keeps serving.
 
-These are functions of the supervisor (they read its state: ``_entries``, ``_closing``)
-rather than methods, so that its parts live in modules of their own at no cost per call.
+The core knows no service. What services add happens through ``dotdo.runtime.core.hooks``:
+an activation's ``divert`` takes over its calls (a sharded router), its ``before_start``
+runs before ``on_start`` (a promotion to settle), and once its outermost turn ends the
+``turn_ended`` hooks run if it was marked, and its ``after`` is carried out.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
 from dotdo.storage.errors import DotdoError, StorageError
 
-from dotdo.runtime.core import catalog
-from dotdo.runtime.core.activation import Activation, ActivationState, PassivationReason, public_error, raise_public
-from dotdo.runtime.core.context import Turn, current_turn, turn_of
-from dotdo.runtime.core.errors import ActorError, CallTimeout, SupervisorClosed, Unavailable
+from dotdo.runtime.core.activation import (
+    Activation,
+    ActivationState,
+    AfterTurn,
+    PassivationReason,
+    public_error,
+    raise_public,
+)
+from dotdo.runtime.core.calls import Call, CallsInFlight, Convert
+from dotdo.runtime.core.context import Turn, current_turn
+from dotdo.runtime.core.errors import ActorError, CallTimeout, Moved, SupervisorClosed, Unavailable
+from dotdo.runtime.core.hooks import Hooks
 from dotdo.runtime.core.ids import ActorId
-
-if TYPE_CHECKING:
-    from dotdo.runtime.supervisor import Convert, Supervisor
+from dotdo.runtime.core.table import ActivationTable
 
 log = logging.getLogger("dotdo.runtime")
 
 
-def route(
-    sup: Supervisor,
-    target: ActorId,
-    fn: Callable[..., Awaitable[Any]],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    convert: Convert,
-    timeout: float | None,
-) -> Awaitable[Any]:
-    """The call to await: checks and the output gate run now, the turn when awaited.
-    (A plain function, not a coroutine: one frame less on every call's path.)"""
-    turn = turn_of(sup)
-    if turn is not None:
-        # The output gate: the calling turn's writes are durable before we leave it.
-        turn.activation.db.commit()
-        if timeout is None or trio.current_time() + timeout >= turn.deadline:
-            return run(sup, target, turn.chain, turn.path, turn.deadline, fn, args, kwargs, convert)
-        return entry(sup, target, turn.chain, turn.path, timeout, fn, args, kwargs, convert)
-    if sup._closing:
-        raise SupervisorClosed("the supervisor is shutting down")
-    return entry(sup, target, sup._new_chain(), (), timeout, fn, args, kwargs, convert)
+class Turns:
+    """Runs calls as turns on the activations of ``table``.
 
+    Args:
+        table: The activation table.
+        calls: The calls in flight (``entry`` adds to them).
+        hooks: Run as turns end.
+        call_timeout: The deadline of a call from outside that names none, in seconds.
+        max_mailbox: Calls that may wait for one actor's turn.
+    """
 
-async def entry(
-    sup: Supervisor,
-    target: ActorId,
-    chain: str,
-    path: tuple[str, ...],
-    timeout: float | None,
-    fn: Callable[..., Awaitable[Any]],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    convert: Convert,
-    scope: trio.CancelScope | None = None,
-) -> Any:
-    """Run a call under its own deadline (in ``scope`` when given: the transport's,
-    which a cancel frame cancels), tracked so ``close`` can drain it."""
-    seconds = sup.config.call_timeout if timeout is None else timeout
-    deadline = trio.current_time() + seconds
-    if scope is None:
-        scope = trio.CancelScope(deadline=deadline)
-    else:
-        scope.deadline = deadline
-    sup._entries.add(scope)
-    try:
-        with scope:
-            return await run(sup, target, chain, path, deadline, fn, args, kwargs, convert)
-    finally:
-        sup._entries.discard(scope)
-        if sup._closing and not sup._entries:
-            sup._drained.set()
-    if sup._closing:
-        raise SupervisorClosed("the call was cancelled because the supervisor is shutting down")
-    raise CallTimeout(f"call to {target} did not finish within {seconds:g} s; its turn was rolled back")
+    def __init__(self, table: ActivationTable, calls: CallsInFlight, hooks: Hooks, *, call_timeout: float, max_mailbox: int) -> None:
+        self.table = table
+        self.calls = calls
+        self.hooks = hooks
+        self.call_timeout = call_timeout
+        self.max_mailbox = max_mailbox
 
+    def current(self) -> Turn | None:
+        """The turn running in this task, if it runs on this table's actors."""
+        turn = current_turn.get()
+        if turn is not None and turn.activation.supervisor is self.table.owner:
+            return turn
+        return None
 
-async def run(
-    sup: Supervisor,
-    target: ActorId,
-    chain: str,
-    path: tuple[str, ...],
-    deadline: float,
-    fn: Callable[..., Awaitable[Any]],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    convert: Convert,
-) -> Any:
-    """Run one turn of ``fn`` on the actor ``target``."""
-    activation = catalog.activate(sup, target)
-    if activation.router is not None and sup.sharding.routes(activation, fn):
-        return await sup.sharding.call(activation, chain, path, deadline, fn, args, kwargs, convert)
-    gate = activation.gate
-    # Every call yields once, so that a loop of calls cannot starve the rest of the
-    # server. It yields before taking the gate, not while holding it: otherwise every
-    # call arriving meanwhile would queue (and pay for the wait) even when turns never
-    # block. While it yields, the call counts as arriving: the activation is not idle,
-    # so it is not passivated under the call, which sees how its start went.
-    gate.arriving += 1
-    try:
-        await trio.lowlevel.cancel_shielded_checkpoint()
-    finally:
-        gate.arriving -= 1
-    if not gate.try_enter(chain):
-        await gate.enter(chain, deadline, sup.config.max_mailbox)
-    if activation.router is not None and sup.sharding.routes(activation, fn):
-        gate.exit()  # it was sharded while this call waited
-        return await sup.sharding.call(activation, chain, path, deadline, fn, args, kwargs, convert)
-    try:
-        if activation.state is not ActivationState.ACTIVE:
-            await ready(sup, activation, chain, path, deadline)
-        db = activation.db
-        db.begin_turn()
-        token = current_turn.set(Turn(activation, chain, (*path, activation.label), deadline))
+    def route(
+        self,
+        target: ActorId,
+        fn: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        convert: Convert,
+        timeout: float | None,
+    ) -> Awaitable[Any]:
+        """The call to await: checks and the output gate run now, the turn when awaited.
+        (A plain function, not a coroutine: one frame less on every call's path.)"""
+        turn = self.current()
+        if turn is not None:
+            # The output gate: the calling turn's writes are durable before we leave it.
+            turn.activation.db.commit()
+            if timeout is None or trio.current_time() + timeout >= turn.deadline:
+                return self.run(target, Call(fn, args, kwargs, convert, turn.chain, turn.path, turn.deadline))
+            return self.entry(target, self.call(fn, args, kwargs, convert, timeout, turn.chain, turn.path))
+        if self.calls.closing:
+            raise SupervisorClosed("the supervisor is shutting down")
+        return self.entry(target, self.call(fn, args, kwargs, convert, timeout, self.calls.new_chain()))
+
+    def call(
+        self,
+        fn: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        convert: Convert,
+        timeout: float | None,
+        chain: str,
+        path: tuple[str, ...] = (),
+    ) -> Call:
+        """A call from outside, due ``timeout`` seconds from now (None: the default)."""
+        seconds = self.call_timeout if timeout is None else timeout
+        return Call(fn, args, kwargs, convert, chain, path, trio.current_time() + seconds)
+
+    async def entry(self, target: ActorId, call: Call, scope: trio.CancelScope | None = None) -> Any:
+        """Run a call from outside under its own deadline (in ``scope`` when given: the
+        transport's, which a cancel frame cancels), tracked so that closing can drain it."""
+        start = trio.current_time()
+        if scope is None:
+            scope = trio.CancelScope(deadline=call.deadline)
+        else:
+            scope.deadline = call.deadline
+        calls = self.calls
+        calls.begin(scope)
         try:
-            result = await fn(activation.instance, *args, **kwargs)
-            if convert is not None:
-                result = convert(result)
-            db.commit()
-        except BaseException as exc:
-            abort(activation, exc)
-            raise_public(exc, activation)
+            with scope:
+                return await self.run(target, call)
         finally:
-            end_turn(sup, activation, token)
-        return result
-    finally:
-        gate.exit()
-        activation.turns += 1
-        activation.last_used = trio.current_time()
+            calls.end(scope)
+        if calls.closing:
+            raise SupervisorClosed("the call was cancelled because the supervisor is shutting down")
+        seconds = round(call.deadline - start, 3)
+        raise CallTimeout(f"call to {target} did not finish within {seconds:g} s; its turn was rolled back")
 
+    async def run(self, target: ActorId, call: Call) -> Any:
+        """Run one turn of ``call`` on the actor ``target``."""
+        activation = self.table.activate(target)
+        divert = activation.divert
+        if divert is not None and divert.takes(activation, call.fn):
+            return await divert.call(activation, call)
+        gate = activation.gate
+        # Every call yields once, so that a loop of calls cannot starve the rest of the
+        # server. It yields before taking the gate, not while holding it: otherwise every
+        # call arriving meanwhile would queue (and pay for the wait) even when turns never
+        # block. While it yields, the call counts as arriving: the activation is not idle,
+        # so it is not passivated under the call, which sees how its start went.
+        gate.arriving += 1
+        try:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        finally:
+            gate.arriving -= 1
+        chain = call.chain
+        if not gate.try_enter(chain):
+            await gate.enter(chain, call.deadline, self.max_mailbox)
+        divert = activation.divert
+        if divert is not None and divert.takes(activation, call.fn):
+            gate.exit()  # it was diverted while this call waited
+            return await divert.call(activation, call)
+        try:
+            if activation.state is not ActivationState.ACTIVE:
+                await self.ready(activation, call)
+            db = activation.db
+            db.begin_turn()
+            token = current_turn.set(Turn(activation, chain, (*call.path, activation.label), call.deadline))
+            try:
+                result = await call.fn(activation.instance, *call.args, **call.kwargs)
+                convert = call.convert
+                if convert is not None:
+                    result = convert(result)
+                db.commit()
+            except BaseException as exc:
+                abort(activation, exc)
+                raise_public(exc, activation)
+            finally:
+                self.end_turn(activation, token)
+            return result
+        finally:
+            gate.exit()
+            activation.turns += 1
+            activation.last_used = trio.current_time()
 
-def end_turn(sup: Supervisor, activation: Activation, token: Any) -> None:
-    """Leave a turn (after its commit or rollback); once the outermost turn of the
-    actor ends, bring the alarm index in step if the turn changed alarms."""
-    current_turn.reset(token)
-    db = activation.db
-    db.end_turn()
-    if activation.wake_dirty and not db.in_turn:
-        sup.alarms.sync(activation)
-    if activation.subscriptions_dirty and not db.in_turn:
-        sup.subscriptions.sync(activation)
-    if activation.reload and not db.in_turn:
-        sup.lifecycle.reload(activation)
+    def end_turn(self, activation: Activation, token: Any) -> None:
+        """Leave a turn (after its commit or rollback); once the outermost turn of the
+        actor ends, run the ``turn_ended`` hooks if it was marked, then carry out its
+        ``after``."""
+        current_turn.reset(token)
+        db = activation.db
+        db.end_turn()
+        if db.in_turn:
+            return
+        if activation.marked:
+            activation.marked = False
+            Hooks.run(self.hooks.turn_ended, activation)
+        after = activation.after
+        if after is not None:
+            activation.after = None
+            if after is AfterTurn.RELOAD:
+                self.table.reload(activation)
+            elif after is AfterTurn.RELEASE:
+                self.table.close(activation, PassivationReason.REQUESTED, ActivationState.CLOSED)
+            else:
+                self.table.close(activation, PassivationReason.MOVED, ActivationState.MOVED)
+
+    async def ready(self, activation: Activation, call: Call) -> None:
+        """Finish starting an activation (what must run before ``on_start``, then
+        ``on_start``), or report why it cannot serve."""
+        state = activation.state
+        if state is ActivationState.STARTING:
+            if activation.started:  # a reentrant call while on_start runs
+                return
+            activation.started = True
+            pending = activation.before_start
+            while pending:
+                try:
+                    await pending[0](activation)
+                except BaseException:
+                    activation.started = False  # the next call tries again
+                    raise
+                del pending[0]
+            on_start = activation.kind.on_start
+            if on_start is None:
+                activation.state = ActivationState.ACTIVE
+                return
+            db = activation.db
+            db.begin_turn()
+            token = current_turn.set(Turn(activation, call.chain, (*call.path, activation.label), call.deadline))
+            failure: BaseException | None = None
+            try:
+                await on_start(activation.instance)
+                db.commit()
+            except BaseException as exc:
+                abort(activation, exc)
+                failure = exc
+            finally:
+                self.end_turn(activation, token)
+            if failure is None:
+                activation.state = ActivationState.ACTIVE
+                return
+            activation.failure = public_error(failure, activation)
+            self.table.close(activation, PassivationReason.START_FAILED, ActivationState.FAILED)
+            raise_public(failure, activation)
+        elif state is ActivationState.FAILED:
+            failure = activation.failure
+            if isinstance(failure, ActorError):
+                raise ActorError(failure.remote_type, f"on_start failed: {failure.message}", address=failure.address)
+            raise Unavailable(f"{activation.label} failed to start: {failure}")
+        elif state is ActivationState.MOVED:
+            raise Moved(f"{activation.label} was placed elsewhere while the call waited; retry", address=(activation.id.namespace, activation.id.hex))
+        elif state is ActivationState.CLOSED:
+            raise Unavailable(f"{activation.label} was closed while the call waited; retry")
 
 
 def abort(activation: Activation, exc: BaseException) -> None:
@@ -173,48 +256,3 @@ def abort(activation: Activation, exc: BaseException) -> None:
         log.exception("rollback failed for %s", activation.label)
     if isinstance(exc, Exception) and not isinstance(exc, DotdoError):
         log.warning("%s raised %s: %s", activation.label, type(exc).__name__, exc, exc_info=exc)
-
-
-async def ready(sup: Supervisor, activation: Activation, chain: str, path: tuple[str, ...], deadline: float) -> None:
-    """Finish starting an activation (run ``on_start``), or report why it cannot serve."""
-    state = activation.state
-    if state is ActivationState.STARTING:
-        if activation.started:  # a reentrant call while on_start runs
-            return
-        activation.started = True
-        if activation.promotion_pending:
-            try:
-                await sup.promotion.settle(activation)
-            except BaseException:
-                activation.started = False  # the next call tries again
-                raise
-            activation.promotion_pending = False
-        on_start = activation.kind.on_start
-        if on_start is None:
-            activation.state = ActivationState.ACTIVE
-            return
-        db = activation.db
-        db.begin_turn()
-        token = current_turn.set(Turn(activation, chain, (*path, activation.label), deadline))
-        failure: BaseException | None = None
-        try:
-            await on_start(activation.instance)
-            db.commit()
-        except BaseException as exc:
-            abort(activation, exc)
-            failure = exc
-        finally:
-            end_turn(sup, activation, token)
-        if failure is None:
-            activation.state = ActivationState.ACTIVE
-            return
-        activation.failure = public_error(failure, activation)
-        catalog.close_activation(sup, activation, PassivationReason.START_FAILED, ActivationState.FAILED)
-        raise_public(failure, activation)
-    elif state is ActivationState.FAILED:
-        failure = activation.failure
-        if isinstance(failure, ActorError):
-            raise ActorError(failure.remote_type, f"on_start failed: {failure.message}", address=failure.address)
-        raise Unavailable(f"{activation.label} failed to start: {failure}")
-    elif state is ActivationState.CLOSED:
-        raise Unavailable(f"{activation.label} was closed while the call waited; retry")

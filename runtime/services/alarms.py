@@ -38,6 +38,7 @@ from dotdo.storage.errors import DotdoError, InvalidInput, StorageError
 
 from dotdo.runtime.services import schedules
 from dotdo.runtime.services.alarm_info import AlarmInfo, ScheduleInfo, ScheduleRun, schedule_info, to_epoch, utc
+from dotdo.runtime.core.activation import Activation
 from dotdo.runtime.core.errors import CallTimeout, SupervisorClosed
 from dotdo.runtime.core.ids import ActorId
 from dotdo.runtime.services.workflow import activation_of_turn, method_of, own_turn
@@ -45,7 +46,6 @@ from dotdo.runtime.services.workflow import activation_of_turn, method_of, own_t
 if TYPE_CHECKING:
     from dotdo.storage.database import ActorDatabase
 
-    from dotdo.runtime.core.activation import Activation
     from dotdo.runtime.core.context import ActorContext
     from dotdo.runtime.supervisor import Supervisor
 
@@ -73,6 +73,22 @@ def _takes_argument(fn: Callable[..., Any]) -> bool:
     return any(p.kind in positional or p.kind is inspect.Parameter.VAR_POSITIONAL for p in params)
 
 
+class AlarmState:
+    """What the alarm service knows of one activation."""
+
+    __slots__ = ("dirty", "running", "deleted", "indexed", "delivering")
+
+    def __init__(self) -> None:
+        self.dirty = False  # a turn changed the alarm or schedules: sync the index
+        self.running: int | None = None  # seq of the alarm whose handler runs
+        self.deleted = False  # delete_alarm() was called by the running handler
+        # What the alarm index holds for this actor, item -> (due, retries), as far as
+        # this activation knows (None: unknown). A due here is never earlier than the
+        # index's, so "already early enough" checks against it are safe.
+        self.indexed: dict[str, tuple[float, int]] | None = None
+        self.delivering = False  # an alarm delivery runs turn after turn: sync at its end
+
+
 class AlarmService:
     """The alarms of one supervisor. Created by it; ``run`` is its task."""
 
@@ -88,20 +104,52 @@ class AlarmService:
         self._stop = tenacity.stop_after_attempt(config.alarm_max_retries + 1)
         self._concurrency = config.alarm_concurrency
         self._inflight: set[tuple[str, str]] = set()
+        self._states: dict[Activation, AlarmState] = {}
+        hooks = supervisor.hooks
+        hooks.turn_ended.append(self._turn_ended)
+        hooks.reloaded.append(self._reloaded)
+        hooks.closed.append(self._closed)
         self._wake = trio.Event()
         self._planned = math.inf
         self._arity: dict[Callable[..., Any], bool] = {}
         self.abandoned = 0
+
+    # -- what it knows of each activation ----------------------------------------------
+
+    def _state(self, activation: Activation) -> AlarmState:
+        state = self._states.get(activation)
+        if state is None:
+            state = self._states[activation] = AlarmState()
+        return state
+
+    def _dirty(self, activation: Activation) -> AlarmState:
+        """A turn changed the actor's alarm or schedules: sync the index when it ends."""
+        state = self._state(activation)
+        state.dirty = True
+        activation.mark()
+        return state
+
+    def _turn_ended(self, activation: Activation) -> None:
+        state = self._states.get(activation)
+        if state is not None and state.dirty:
+            self.sync(activation)
+
+    def _reloaded(self, activation: Activation) -> None:
+        self._state(activation).indexed = None
+        self.sync(activation)
+
+    def _closed(self, activation: Activation) -> None:
+        self._states.pop(activation, None)
 
     # -- lifetime --------------------------------------------------------------------
 
     def open(self) -> None:
         """Open the index (before the supervisor takes calls)."""
         config = self._sup.config
-        peers = self._sup.peers  # with other workers: this one wakes only the actors it owns
-        shard = None if peers is None else (peers.index, peers.count)
+        locator = self._sup.locator  # with other workers: this one wakes only the actors it owns
+        serves = locator.serves if locator.partial else None
         read_only = config.storage.read_only
-        self._index = AlarmIndex.open(config.data_dir, config.storage.durability, shard, read_only)
+        self._index = AlarmIndex.open(config.data_dir, config.storage.durability, serves, read_only)
         # No step can still be running in a process that is only starting: wake every
         # actor with unfinished steps now rather than at the end of their lease.
         self._sup.steps.started = started = self.now()
@@ -200,7 +248,7 @@ class AlarmService:
             log.warning("cannot deliver the alarm of %s: %s; trying again in %g s", target, exc, ACTIVATION_RETRY)
             activation = sup.activation_of(target)
             if activation is not None:
-                activation.indexed = None  # postponing moves its entries later
+                self._state(activation).indexed = None  # postponing moves its entries later
             try:
                 self.index.postpone(entry.namespace, entry.hex, self.now() + ACTIVATION_RETRY)
             except StorageError:
@@ -208,7 +256,7 @@ class AlarmService:
         finally:
             activation = sup.activation_of(target)
             if activation is not None:
-                activation.delivering = False  # the actor's next turn syncs the index
+                self._state(activation).delivering = False  # the actor's next turn syncs the index
 
     # -- inside the delivery turn ----------------------------------------------------
 
@@ -217,14 +265,14 @@ class AlarmService:
         another is due after it (then the delivery runs another turn), or ``WORKFLOW``
         when what is due is the outbox or a step to resume (run outside this turn)."""
         activation = activation_of_turn()
-        activation.wake_dirty = True
+        state = self._dirty(activation)
         alarms = activation.db.alarms
         now = self.now()
         item = alarms.next_due(now)
         if item is not None:
             # While this delivery runs, the entry that started it (due now or earlier)
             # stays in the index, so no write of this turn needs to lower it (lower).
-            activation.delivering = True
+            state.delivering = True
             running.append(item)
             if isinstance(item, AlarmRow):
                 await self._run_alarm(activation, instance, item, now)
@@ -234,18 +282,18 @@ class AlarmService:
             if alarms.due_at(later) or activation.db.workflow.due_at(later, self._sup.steps.started):
                 return True
         elif activation.db.workflow.due_at(now, self._sup.steps.started):
-            activation.delivering = True
+            state.delivering = True
             return WORKFLOW
         # The delivery ends with this turn: rewrite the actor's entries at its end,
         # whatever this activation believes they are (the index said something was due).
-        activation.delivering = False
-        activation.indexed = None
+        state.delivering = False
+        state.indexed = None
         return False
 
     async def _timed_out(self, item: AlarmRow | ScheduleRow, instance: Any) -> bool:
         """Record that the run of ``item`` hit its deadline (its turn was rolled back)."""
         activation = activation_of_turn()
-        activation.wake_dirty = True
+        self._dirty(activation)
         message = "the run did not finish within the call timeout"
         if isinstance(item, AlarmRow):
             self._alarm_failed(activation, item, "CallTimeout", message, self.now())
@@ -256,8 +304,9 @@ class AlarmService:
     async def _run_alarm(self, activation: Activation, instance: Any, row: AlarmRow, now: float) -> None:
         db = activation.db
         handler = activation.kind.alarm
-        activation.alarm_running = row.seq
-        activation.alarm_deleted = False
+        state = self._state(activation)
+        state.running = row.seq
+        state.deleted = False
         try:
             if handler is None:
                 raise DotdoError(f"{activation.kind.namespace} has no alarm() handler")
@@ -270,14 +319,14 @@ class AlarmService:
         else:
             db.alarms.delete(row.seq)
         finally:
-            activation.alarm_running = None
+            state.running = None
 
     def _alarm_failed(self, activation: Activation, row: AlarmRow, error_type: str, message: str, now: float) -> None:
         alarms = activation.db.alarms
         current = alarms.get()
         if current is None or current.seq != row.seq:
             return  # deleted or replaced (and committed) by the handler before it failed
-        if activation.alarm_deleted:
+        if self._state(activation).deleted:
             alarms.delete(row.seq)
             return
         attempts = row.retry_count + 1
@@ -343,16 +392,16 @@ class AlarmService:
         """When the alarm will next run (UTC), or None: unset, or its handler is running."""
         activation = self._own(ctx)
         row = activation.db.alarms.get()
-        if row is None or row.seq == activation.alarm_running:
+        if row is None or row.seq == self._state(activation).running:
             return None
         return utc(row.due)
 
     def delete_alarm(self, ctx: ActorContext) -> bool:
         """Delete the alarm (and stop its retries); whether one was set."""
         activation = self._own(ctx)
-        activation.wake_dirty = True
-        if activation.alarm_running is not None:
-            activation.alarm_deleted = True
+        state = self._dirty(activation)
+        if state.running is not None:
+            state.deleted = True
         return activation.db.alarms.delete()
 
     def add_schedule(
@@ -383,7 +432,7 @@ class AlarmService:
     def remove_schedule(self, ctx: ActorContext, name: str) -> bool:
         """Remove a schedule; whether it existed."""
         activation = self._own(ctx)
-        activation.wake_dirty = True
+        self._dirty(activation)
         return activation.db.alarms.delete_schedule(name)
 
     def schedules(self, ctx: ActorContext) -> list[ScheduleInfo]:
@@ -394,10 +443,10 @@ class AlarmService:
     def lower(self, activation: Activation, item: PendingItem) -> None:
         # The index first, committed before the turn's own commit (see dotdo.storage.alarm_index),
         # unless it already wakes the actor at least as early.
-        activation.wake_dirty = True
-        if activation.delivering:
+        state = self._dirty(activation)
+        if state.delivering:
             return  # the index wakes the actor now already; the delivery's end rewrites it
-        known = activation.indexed
+        known = state.indexed
         if known is not None:
             entry = known.get(item.item)
             if entry is not None and entry[0] <= item.due:
@@ -409,9 +458,11 @@ class AlarmService:
 
     def sync(self, activation: Activation) -> None:
         """After the actor's turn ended: make its index entries match its database."""
-        if activation.delivering:
+        state = self._state(activation)
+        if state.delivering:
+            activation.mark()  # the delivery's end rewrites the entries; until then, stay dirty
             return
-        activation.wake_dirty = False
+        state.dirty = False
         db = activation.db
         if db.closed or self._index is None:
             return
@@ -421,17 +472,17 @@ class AlarmService:
             if extra:
                 items = sorted(items + extra, key=lambda item: item.due)
             exact = {item.item: (item.due, item.retries) for item in items}
-            if exact == activation.indexed:
+            if exact == state.indexed:
                 return
             name = activation.id.name
             if name is None:
                 stored = db.meta().get("name")
                 name = stored if isinstance(stored, str) else None
             self._index.replace(activation.id.namespace, activation.id.hex, name, items)
-            activation.indexed = exact
+            state.indexed = exact
         except StorageError:
             # Safe to skip: the index is never later than the truth (see lower).
-            activation.indexed = None
+            state.indexed = None
             log.exception("cannot update the alarm index for %s", activation.label)
             return
         if items:

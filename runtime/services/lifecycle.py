@@ -34,8 +34,7 @@ from dotdo.storage.database import ActorDatabase
 from dotdo.storage.errors import InvalidInput
 
 from dotdo.runtime.core import values
-from dotdo.runtime.core.activation import Activation, ActivationState
-from dotdo.runtime.core.context import ActorContext
+from dotdo.runtime.core.activation import Activation, AfterTurn
 from dotdo.runtime.core.errors import ProtocolError
 from dotdo.runtime.core.ids import ActorId, resolve
 from dotdo.runtime.services.workflow import activation_of_turn, fields
@@ -93,13 +92,13 @@ class LifecycleService:
             InvalidInput: It is in the middle of a turn here.
         """
         sup = self._sup
-        if sup.owner_of(target) is not None:
+        if sup.locate(target) is not None:
             await self.admin(target, "release")
         elif sup.activation_of(target) is not None and not sup.passivate(target):
             raise InvalidInput(f"{target} is busy; try again")
 
     async def _release(self, activation: Activation) -> dict[str, Any]:
-        activation.reload = "release"  # closed when this turn ends
+        activation.after = AfterTurn.RELEASE  # closed when this turn ends
         return {"released": activation.label}
 
     # -- administration: a turn on the actor, wherever it lives -----------------------
@@ -147,33 +146,11 @@ class LifecycleService:
             raise InvalidInput(f"unknown lifecycle operation {operation!r}; known: {', '.join(self.operations)}")
         return function
 
-    # -- reloading an actor whose data was replaced ------------------------------------
-
-    def reload(self, activation: Activation) -> None:
-        """After the turn that replaced the actor's data: a fresh instance over the new
-        data, ``on_start`` before its next call, and the indexes brought in line."""
-        sup = self._sup
-        reason, activation.reload = activation.reload, None
-        if reason == "release":
-            sup.release(activation)
-            return
-        db = activation.db
-        db._features.clear()
-        activation.instance = activation.kind.create(ActorContext(activation.id, db, sup.env, sup))
-        activation.started = activation.kind.on_start is None
-        activation.state = ActivationState.ACTIVE if activation.started else ActivationState.STARTING
-        activation.indexed = None
-        activation.subscribed = None
-        if activation.kind.subscriptions:
-            sup.subscriptions.declare(activation)
-        sup.subscriptions.sync(activation)
-        sup.alarms.sync(activation)
-
     # -- clone -------------------------------------------------------------------------
 
     async def _clone(self, activation: Activation, new_id: str, alarms: bool = True) -> dict[str, Any]:
         sup = self._sup
-        if activation.router is not None:
+        if activation.divert is not None:
             raise InvalidInput(f"{activation.label} is sharded: its data is in its shards; unshard it to clone it")
         target = self._peer_id(activation, new_id, "clone")
         await self.release(target)
@@ -220,13 +197,13 @@ class LifecycleService:
     async def _checkout(self, activation: Activation, name: str) -> dict[str, Any]:
         db = activation.db
         db.branches.checkout(name)
-        activation.reload = "reload"
+        activation.after = AfterTurn.RELOAD
         return {"branch": db.branches.current()}
 
     async def _merge(self, activation: Activation, source: str, policy: str = "fail") -> dict[str, Any]:
         report = activation.db.branches.merge(source, policy=policy)
         activation.db.commit()
-        activation.reload = "reload"  # rows changed under the instance
+        activation.after = AfterTurn.RELOAD  # rows changed under the instance
         return _plain(report)
 
     async def _branches(self, activation: Activation) -> list[dict[str, Any]]:
@@ -251,7 +228,7 @@ class LifecycleService:
         if not isinstance(bookmark, str):
             raise InvalidInput(f"restore takes a bookmark (text), got {type(bookmark).__name__}")
         undo = activation.db.history.restore(bookmark)
-        activation.reload = "reload"
+        activation.after = AfterTurn.RELOAD
         return {"restored": bookmark, "undo": undo}
 
     async def _history(self, activation: Activation) -> dict[str, Any]:

@@ -30,6 +30,12 @@ class PromotionService:
         self._sup = supervisor
         supervisor.lifecycle.register("promote", self._promote)
         supervisor.lifecycle.register("promotion_status", self._status)
+        supervisor.hooks.activated.append(self._activated)
+
+    def _activated(self, activation: Activation) -> None:
+        """A new activation of a promotion's copy settles it before its first call."""
+        if store.pending(activation.db.meta()) is not None:
+            activation.before_start.append(self.settle)
 
     async def _promote(self, activation: Activation, thing_id: str) -> dict[str, Any]:
         if not isinstance(thing_id, str):
@@ -80,4 +86,4 @@ class PromotionService:
             store.finish(db)
         else:
             store.abandon(db)
-        db._features.clear()
+        db.forget_features()

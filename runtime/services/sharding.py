@@ -43,13 +43,13 @@ from dotdo.storage.errors import InvalidInput
 from dotdo.storage.fanout import merge_list, merge_scored
 from dotdo.storage.things_model import check_page
 
-from dotdo.runtime.core import turns, values
-from dotdo.runtime.placement import forwarding
+from dotdo.runtime.core import values
 from dotdo.runtime.core.activation import Activation
+from dotdo.runtime.core.calls import Call
 from dotdo.runtime.core.ids import ActorId, id_from_name
 
 if TYPE_CHECKING:
-    from dotdo.runtime.supervisor import Convert, Supervisor
+    from dotdo.runtime.supervisor import Supervisor
 
 _MISSING = object()
 QUERIES = ("list", "count", "find_one", "get", "search", "nearest")
@@ -106,13 +106,38 @@ class ShardService:
         self._signatures: dict[Callable[..., Any], inspect.Signature] = {}
         self._traffic: dict[tuple[str, str], Traffic] = {}
         self._routed: dict[str, frozenset[Callable[..., Any]]] = {}  # by namespace
+        self._routers: dict[Activation, Router] = {}  # the activations that are routers
         supervisor.lifecycle.register("shard", self._shard)
         supervisor.lifecycle.register("query", self._query)
+        supervisor.hooks.activated.append(self._activated)
+        supervisor.hooks.closed.append(self._closed)
+
+    def _activated(self, activation: Activation) -> None:
+        router = router_of(activation.db.meta())
+        if router is not None:
+            self._set(activation, router)
+
+    def _closed(self, activation: Activation) -> None:
+        self._routers.pop(activation, None)
+
+    def _set(self, activation: Activation, router: Router | None) -> None:
+        """Make ``activation`` a router of ``router`` (None: an actor of its own again)."""
+        if router is None:
+            self._routers.pop(activation, None)
+            activation.divert = None
+        else:
+            self._routers[activation] = router
+            activation.divert = self
+
+    def router(self, activation: Activation) -> Router | None:
+        """The configuration of ``activation`` if it is a router."""
+        return self._routers.get(activation)
 
     # -- routing -----------------------------------------------------------------------
 
-    def routes(self, activation: Activation, fn: Callable[..., Any]) -> bool:
-        """Whether a call of ``fn`` on ``activation`` goes to its shards."""
+    def takes(self, activation: Activation, fn: Callable[..., Any]) -> bool:
+        """Whether a call of ``fn`` on the router ``activation`` goes to its shards (the
+        turn core asks: this service is the router's ``divert``)."""
         kind = activation.kind
         routed = self._routed.get(kind.namespace)
         if routed is None:
@@ -122,26 +147,17 @@ class ShardService:
             routed = self._routed[kind.namespace] = frozenset(functions)
         return fn in routed
 
-    async def call(
-        self,
-        activation: Activation,
-        chain: str,
-        path: tuple[str, ...],
-        deadline: float,
-        fn: Callable[..., Awaitable[Any]],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        convert: Convert,
-    ) -> Any:
+    async def call(self, activation: Activation, call: Call) -> Any:
         """Run a call made to a router on the shard its key names, or on every shard."""
         traffic = self._traffic_of(activation)
         while traffic.moving is not None:
             await traffic.moving.wait()
-        if activation.router is None:  # unsharded meanwhile: the actor serves itself
-            return await turns.run(self._sup, activation.id, chain, path, deadline, fn, args, kwargs, convert)
+        router = self._routers.get(activation)
+        if router is None:  # unsharded meanwhile: the actor serves itself
+            return await self._sup.turns.run(activation.id, call)
         traffic.inflight += 1
         try:
-            return await self._to_shards(activation, chain, path, deadline, fn, args, kwargs, convert)
+            return await self._to_shards(activation, router, call)
         finally:
             traffic.inflight -= 1
             if not traffic.inflight and traffic.drained is not None:
@@ -168,37 +184,24 @@ class ShardService:
             traffic.moving = traffic.drained = None
             moving.set()
 
-    async def _to_shards(
-        self,
-        activation: Activation,
-        chain: str,
-        path: tuple[str, ...],
-        deadline: float,
-        fn: Callable[..., Awaitable[Any]],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        convert: Convert,
-    ) -> Any:
-        router = activation.router
-        assert router is not None
+    async def _to_shards(self, activation: Activation, router: Router, call: Call) -> Any:
         namespace = activation.id.namespace
+        fn, args, kwargs = call.fn, call.args, call.kwargs
         if fn is activation.kind.fetch:
             value = args[0].query_params.get(router.column)
             if value is None:
                 raise InvalidInput(f"{activation.label} is sharded by {router.key!r}: add ?{router.column}=... to the URL")
             shard = router.shard(namespace, store.shard_of_value(value, router.n))
-            if self._sup.owner_of(shard) is not None:
+            if self._sup.locate(shard) is not None:
                 raise InvalidInput(f"HTTP to a sharded actor reaches shards of this worker only; call {shard} directly")
-            return await turns.run(self._sup, shard, chain, path, deadline, fn, args, kwargs, convert)
+            return await self._sup.turns.run(shard, call)
         value = self._key_value(fn, args, kwargs, router.column)
         if value is not _MISSING:
             shard = router.shard(namespace, store.shard_of_value(value, router.n))
-            return await self._one(shard, chain, path, deadline, fn, args, kwargs, convert)
-        each = None if convert is None else self._sup._copy
-        results = [
-            await self._one(router.shard(namespace, i), chain, path, deadline, fn, args, kwargs, each) for i in range(router.n)
-        ]
-        return values.pack(results) if convert is values.pack else results
+            return await self._one(shard, call)
+        each = call if call.convert is None else call._replace(convert=self._sup.copy)
+        results = [await self._one(router.shard(namespace, i), each) for i in range(router.n)]
+        return values.pack(results) if call.convert is values.pack else results
 
     def _key_value(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], column: str) -> Any:
         signature = self._signatures.get(fn)
@@ -208,25 +211,15 @@ class ShardService:
             return _MISSING
         return signature.bind_partial(None, *args, **kwargs).arguments.get(column, _MISSING)
 
-    async def _one(
-        self,
-        shard: ActorId,
-        chain: str,
-        path: tuple[str, ...],
-        deadline: float,
-        fn: Callable[..., Awaitable[Any]],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        convert: Convert,
-    ) -> Any:
+    async def _one(self, shard: ActorId, call: Call) -> Any:
         sup = self._sup
-        owner = sup.owner_of(shard)
+        owner = sup.locate(shard)
         if owner is None:
-            return await turns.run(sup, shard, chain, path, deadline, fn, args, kwargs, convert)
-        payload = values.pack([list(args), kwargs])
-        timeout = max(deadline - trio.current_time(), 0.001)
-        packed = await forwarding.forward(sup, owner, shard, [(fn.__name__, payload)], timeout, chain, path, raw=True)
-        return packed if convert is values.pack else values.unpack(packed, sup.ref)
+            return await sup.turns.run(shard, call)
+        payload = values.pack([list(call.args), call.kwargs])
+        timeout = max(call.deadline - trio.current_time(), 0.001)
+        packed = await sup.relay.call(owner, shard, [(call.fn.__name__, payload)], timeout, call.chain, call.path)
+        return packed if call.convert is values.pack else values.unpack(packed, sup.ref)
 
     # -- shard, unshard, reshard -------------------------------------------------------
 
@@ -239,7 +232,7 @@ class ShardService:
     async def _reshard(self, activation: Activation, n: int, key: str) -> dict[str, Any]:
         db = activation.db
         await self._retire(activation)
-        router = activation.router
+        router = self._routers.get(activation)
         moved = 0
         if router is not None:
             if router.n == n and router.key == key:
@@ -271,9 +264,8 @@ class ShardService:
         router = Router(n, key, generation, tuple(s.hex for s in shards), names)
         store.become_router(db, json.dumps(router.as_dict()), generation)
         db.commit()  # the decision
-        activation.router = router
-        activation.subscribed = None
-        activation.subscriptions_dirty = True
+        self._set(activation, router)
+        sup.subscriptions.changed(activation)
         sup.lifecycle.step("shard.decided")
         return {"sharded": router.as_dict(), "moved": moved, "bytes": sizes}
 
@@ -294,7 +286,7 @@ class ShardService:
         sup.lifecycle.step("unshard.gathered")
         store.set_meta(db, {"shards": None, "shards.retired": json.dumps([[s.hex, s.name] for s in shards])})
         db.commit()  # the decision
-        activation.router = None
+        self._set(activation, None)
         sup.lifecycle.step("unshard.decided")
         await self._retire(activation)
         return moved
@@ -320,7 +312,7 @@ class ShardService:
     async def _query(self, activation: Activation, op: str, **arguments: Any) -> Any:
         if op not in QUERIES:
             raise InvalidInput(f"query op is one of {', '.join(QUERIES)}, got {op!r}")
-        router = activation.router
+        router = self._routers.get(activation)
         if router is None:
             return _local(activation.db, op, arguments)
         namespace = activation.id.namespace

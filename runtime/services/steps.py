@@ -55,6 +55,7 @@ class StepService:
         self.lease = config.step_lease
         self.started = 0.0  # when the supervisor started: steps recorded before are orphans
         self.default_retry = Retry(config.step_max_attempts, config.step_retry_initial, config.step_retry_max)
+        self._live: dict[Activation, set[int]] = {}  # the actions of the durable steps running now
 
     async def do(
         self,
@@ -126,7 +127,8 @@ class StepService:
         method = getattr(type(instance), name)
         ref = self._sup.ref
         clock = self._sup.alarms.now
-        activation.live_steps.add(action)
+        live = self._live.setdefault(activation, set())
+        live.add(action)
         try:
             while True:
                 try:
@@ -156,7 +158,9 @@ class StepService:
                 db.commit()  # the step's writes and its completion, together
                 return values.unpack(output, ref)
         finally:
-            activation.live_steps.discard(action)
+            live.discard(action)
+            if not live:
+                self._live.pop(activation, None)
 
     # -- resuming (driven by the alarm service) --------------------------------------
 
@@ -178,7 +182,7 @@ class StepService:
         now = self._sup.alarms.now()
         rows = []
         for row in workflow.resumable(now, self.started):
-            if row.id in activation.live_steps:
+            if row.id in self._live.get(activation, ()):
                 workflow.extend(row.id, now + self.lease)  # still running: look again later
             else:
                 rows.append(row)
@@ -188,7 +192,7 @@ class StepService:
         activation = activation_of_turn()
         workflow = activation.db.workflow
         current = workflow.step(row.step) if row.step is not None else None
-        if current is None or current.status not in ("running", "retrying") or current.id in activation.live_steps:
+        if current is None or current.status not in ("running", "retrying") or current.id in self._live.get(activation, ()):
             return None
         attempts, initial, max_wait, timeout = msgpack.unpackb(current.policy) if current.policy else (1, 0.0, 0.0, None)
         now = self._sup.alarms.now()

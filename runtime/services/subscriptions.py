@@ -58,6 +58,40 @@ class SubscriptionService:
     def __init__(self, supervisor: Supervisor) -> None:
         self._sup = supervisor
         self._index: SubscriptionIndex | None = None
+        # What each activation's table says it listens to, (noun, verb, method), once
+        # read; and the activations whose turn changed it (sync the index at its end).
+        self._subscribed: dict[Activation, set[tuple[str, str, str]]] = {}
+        self._dirty: set[Activation] = set()
+        hooks = supervisor.hooks
+        hooks.activated.append(self._activated)
+        hooks.turn_ended.append(self._turn_ended)
+        hooks.reloaded.append(self._reloaded)
+        hooks.closed.append(self._closed)
+
+    def _activated(self, activation: Activation) -> None:
+        if activation.kind.subscriptions and activation.divert is None and not self._sup.config.storage.read_only:
+            self.declare(activation)
+
+    def _turn_ended(self, activation: Activation) -> None:
+        if activation in self._dirty:
+            self.sync(activation)
+
+    def _reloaded(self, activation: Activation) -> None:
+        self._subscribed.pop(activation, None)
+        if activation.kind.subscriptions:
+            self.declare(activation)
+        self.sync(activation)
+
+    def _closed(self, activation: Activation) -> None:
+        self._subscribed.pop(activation, None)
+        self._dirty.discard(activation)
+
+    def changed(self, activation: Activation) -> None:
+        """The actor's subscriptions changed in this turn (or its data moved): read them
+        again, and bring the shared index in step when the turn ends."""
+        self._subscribed.pop(activation, None)
+        self._dirty.add(activation)
+        activation.mark()
 
     def open(self) -> None:
         config = self._sup.config
@@ -90,8 +124,7 @@ class SubscriptionService:
             # The shared index first, like the alarm index: an event sent from now on
             # finds the subscriber; the turn's end makes the index match the truth.
             self.index.add(_entry(activation.id, row))
-            activation.subscribed = None
-            activation.subscriptions_dirty = True
+            self.changed(activation)
 
     def unsubscribe(self, actor: ActorId, pattern: str, handler: object = None) -> int:
         """Remove ``actor``'s subscriptions to ``pattern`` (of ``handler``, or all)."""
@@ -100,8 +133,7 @@ class SubscriptionService:
         method = None if handler is None else method_of(activation, handler, "a subscription")
         removed = activation.db.workflow.unsubscribe(noun, verb, method)
         if removed:
-            activation.subscribed = None
-            activation.subscriptions_dirty = True
+            self.changed(activation)
         return removed
 
     def subscriptions(self, actor: ActorId) -> list[Subscribed]:
@@ -145,7 +177,7 @@ class SubscriptionService:
     def sync(self, activation: Activation) -> None:
         """After a turn that changed subscriptions: the index says what the actor's
         table says."""
-        activation.subscriptions_dirty = False
+        self._dirty.discard(activation)
         db = activation.db
         if db.closed:
             return
@@ -164,9 +196,9 @@ class SubscriptionService:
         self.index.replace(actor.namespace, actor.hex, [])
 
     def listens(self, activation: Activation, noun: str, verb: str, method: str) -> bool:
-        subscribed = activation.subscribed
+        subscribed = self._subscribed.get(activation)
         if subscribed is None:
-            subscribed = activation.subscribed = {(r.noun, r.verb, r.method) for r in activation.db.workflow.subscriptions()}
+            subscribed = self._subscribed[activation] = {(r.noun, r.verb, r.method) for r in activation.db.workflow.subscriptions()}
         return any(
             (n, v, method) in subscribed for n in (noun, WILDCARD) for v in (verb, WILDCARD)
         )

@@ -22,7 +22,7 @@ and its log only for the moment it copies frames, so its share is in the reserve
 
 Should the reserve still run short (the system's table full, or a limit lowered under a
 running server), an activation that finds no descriptor passivates idle actors and
-tries once more, then answers ``Overloaded`` (``dotdo.runtime.core.catalog``).
+tries once more, then answers ``Overloaded`` (``dotdo.runtime.core.table``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""The other workers of a server: who owns an actor, and the connections to reach them.
+"""The other workers of a server: the connections to reach them.
 
-A server with N workers (``dotdo serve --workers N``) gives each actor one owner:
-worker ``shard_of(id, N)``. Each worker listens on a unix socket of its own for its
+A server with N workers (``dotdo serve --workers N``) gives each actor one owner (the
+locator decides which: ``dotdo.runtime.placement.locator``). Each worker listens on a unix socket of its own for its
 peers' calls (the transport's protocol, with a secret the parent made); ``Peers`` opens
 one connection to each peer when it is first needed and opens it again after it broke.
 A peer that is being restarted keeps its socket (the parent holds it), so a new
@@ -14,8 +14,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import trio
-
-from dotdo.storage.address import shard_of
 
 from dotdo.runtime.transport import wire
 from dotdo.runtime.transport.connection import Connection
@@ -45,11 +43,6 @@ class Peers:
         self._connect_timeout = connect_timeout
         self._links: dict[int, Connection] = {}
         self._locks = [trio.Lock() for _ in paths]
-
-    def owner(self, target: ActorId) -> int | None:
-        """The worker that owns ``target``, or None when it is this one."""
-        owner = shard_of(target.hex, self.count)
-        return None if owner == self.index else owner
 
     async def link(self, worker: int) -> Connection:
         """The connection to ``worker``, opened (again) if there is none that works."""

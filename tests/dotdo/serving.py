@@ -21,7 +21,7 @@ import trio
 
 from dotdo import ServeOptions, serve
 from dotdo.runtime.core.ids import resolve
-from dotdo.storage.address import shard_of
+from dotdo.runtime.placement.locator import worker_of
 
 
 @dataclass
@@ -107,7 +107,7 @@ def owned_by(namespace: str, worker: int, count: int, workers: int = 2, prefix: 
     i = 0
     while len(names) < count:
         name = f"{prefix}{i}"
-        if shard_of(resolve(namespace, name).hex, workers) == worker:
+        if worker_of(resolve(namespace, name).hex, workers) == worker:
             names.append(name)
         i += 1
     return names

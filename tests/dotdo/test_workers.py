@@ -16,7 +16,7 @@ import trio
 from dotdo import ConnectionLost, MethodNotAllowed, ServeOptions, connect
 from dotdo.workers import WorkerSpec, ready
 from dotdo.runtime.core.ids import resolve
-from dotdo.storage.address import shard_of
+from dotdo.runtime.placement.locator import worker_of
 from tests.dotdo.serving import STARTUP_TIMEOUT, dotdo_serve, owned_by, rpc_url, stop
 
 KINDS = str(Path(__file__).with_name("cluster_kinds.py"))
@@ -83,7 +83,7 @@ async def test_two_workers_share_the_actors_without_ever_both_activating_one(tmp
             assert {a["pid"] for a in seen} == {seen[0]["pid"]}, f"{name} ran in two processes"
             assert {a["starts"] for a in seen} == {1}, f"{name} was activated more than once"
             assert sorted(a["hits"] for a in seen) == list(range(1, 31))  # no call lost or doubled
-            pids_of_worker[shard_of(resolve("Probe", name).hex, 2)].add(seen[0]["pid"])
+            pids_of_worker[worker_of(resolve("Probe", name).hex, 2)].add(seen[0]["pid"])
         assert all(len(pids) == 1 for pids in pids_of_worker.values())
         pid0, pid1 = pids_of_worker[0].pop(), pids_of_worker[1].pop()
         assert pid0 != pid1 and os.getpid() not in (pid0, pid1)

@@ -72,7 +72,7 @@ class Prober(DO):
 
     async def uncommitted_of(self, name: str) -> bool:
         sup = self.S._ctx.supervisor  # type: ignore[attr-defined]
-        activation = sup._active[("Box", sup.S.Box(name).id.hex)]
+        activation = sup.activation_of(sup.S.Box(name).id)
         return activation.db.has_uncommitted
 
 

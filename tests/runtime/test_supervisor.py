@@ -1,6 +1,6 @@
 """The supervisor as a whole: what is refused before a call runs, values that travel,
 pipelines, ids, shutdown and introspection (the call path is tested in ``test_turns.py``,
-the activation table in ``test_catalog.py``)."""
+the activation table in ``core/test_table.py``)."""
 
 from pathlib import Path
 
@@ -164,7 +164,7 @@ async def test_statistics_and_repr(sup: Supervisor) -> None:
     assert stats.active == 1 and stats.busy == 0 and stats.calls_in_flight == 0
     [activation] = sup.activations()
     assert activation.state is ActivationState.ACTIVE and activation.turns == 1
-    assert "Box/a" in repr(sup._active[("Box", sup.S.Box("a").id.hex)])
+    assert "Box/a" in repr(sup.activation_of(sup.S.Box("a").id))
     assert "kinds=['Box', 'Flaky', 'Prober']" in repr(sup)
 
 

@@ -287,7 +287,7 @@ async def test_an_alarm_is_abandoned_after_the_last_retry_and_recorded(autojump_
     assert len(await counted.memory()) == 4  # the first run and 3 retries (alarm_max_retries=3)
     assert await counted.alarm_time() is None
     assert sup.alarms.abandoned == 1
-    activation = sup._active[("Counted", counted.id.hex)]
+    activation = sup.activation_of(counted.id)
     failures = list(activation.db.alarms.failures())
     assert len(failures) == 1 and failures[0].attempts == 4
     assert failures[0].error_type == "RuntimeError" and failures[0].message == "failure 4"
@@ -319,7 +319,7 @@ async def test_alarms_fire_for_passivated_actors(autojump_clock: MockClock, sup:
     assert sup.passivate(clock.id)
     assert not sup.is_active(clock.id)
     await trio.sleep(0.4)
-    activation = sup._active.get(("Clock", clock.id.hex))
+    activation = sup.activation_of(clock.id)
     assert activation is not None  # activated by the alarm, not by a call
     assert len(await clock.runs()) == 1
 
@@ -372,7 +372,7 @@ async def test_alarm_api_errors(autojump_clock: MockClock, sup: Supervisor) -> N
         await sup.S.NoHandler("a").arm()
     clock = sup.S.Clock("a")
     await clock.runs()
-    instance = sup._active[("Clock", clock.id.hex)].instance
+    instance = sup.activation_of(clock.id).instance
     with pytest.raises(DotdoError, match="inside one of its own turns"):
         instance.set_alarm(mock_wall_clock())
 

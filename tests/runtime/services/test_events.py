@@ -463,7 +463,7 @@ async def test_data_that_cannot_travel_is_refused(autojump_clock: MockClock, tmp
 async def test_send_outside_a_turn_and_bad_subscriptions(autojump_clock: MockClock, tmp_path: Path) -> None:
     async with Supervisor(KINDS, tmp_path, **FAST) as sup:
         await sup.S.Customer("r").logs()
-        instance = sup._active[("Customer", id_from_name("Customer", "r").hex)].instance
+        instance = sup.activation_of(id_from_name("Customer", "r")).instance
         with pytest.raises(DotdoError, match="inside one of its own turns"):
             instance.S.send("Customer.created")
         with pytest.raises(InvalidInput):

@@ -1,4 +1,4 @@
-"""The activation table (dotdo.runtime.core.catalog): activation, eviction, passivation, and
+"""The activation table (dotdo.runtime.core.table): activation, eviction, passivation, and
 activation when the process is out of file descriptors."""
 
 from pathlib import Path
@@ -7,7 +7,7 @@ import pytest
 import trio
 import trio.testing
 
-from dotdo.runtime.core.catalog import descriptor_batch
+from dotdo.runtime.core.table import descriptor_batch
 from dotdo.runtime.core.errors import Overloaded
 from dotdo.runtime.supervisor import Supervisor
 from dotdo.storage.opening import DESCRIPTORS_PER_ACTOR
@@ -20,9 +20,9 @@ async def test_first_call_activates_and_later_calls_reuse_the_instance(sup: Supe
     assert not sup.is_active(box.id)
     await box.put("k", 1)
     assert sup.is_active(box.id)
-    instance = sup._active[("Box", box.id.hex)].instance
+    instance = sup.activation_of(box.id).instance
     await box.get("k")
-    assert sup._active[("Box", box.id.hex)].instance is instance
+    assert sup.activation_of(box.id).instance is instance
     assert sup.statistics().activations == 1
 
 
