@@ -235,23 +235,22 @@ class Supervisor:
         timeout = timeout or spec.timeout
         owner = self.locator.locate(target)
         if owner is None:
-            args, kwargs = self.unpack_args(payload)
-            bound_args, bound_kwargs = spec.bind(args, kwargs)
             try:
-                return await self.turns.route(target, spec.function, bound_args, bound_kwargs, self._copy, timeout)
+                return await self._route_packed(target, spec, payload, timeout)
             except Moved:
                 owner = MOVING
         return await self._relayed(owner, target, [(method, payload)], timeout)
 
+    def _route_packed(self, target: ActorId, spec: MethodSpec, payload: bytes, timeout: float | None) -> Awaitable[Any]:
+        """The turn of a packed call here (a plain function: no frame of its own)."""
+        args, kwargs = self.unpack_args(payload)
+        bound_args, bound_kwargs = spec.bind(args, kwargs)
+        return self.turns.route(target, spec.function, bound_args, bound_kwargs, self._copy, timeout)
+
     async def call_pipeline(self, target: ActorId, steps: list[tuple[str, bytes]], timeout: float | None = None) -> Any:
         """Evaluate a pipelined chain of calls: each step runs on the actor the previous
         step returned (a reference), the last step's result is returned."""
-        owner = self.locator.locate(target)
-        if owner is not None:
-            return await self._relayed(owner, target, steps, timeout)
-        method, payload = steps[0]
-        result = await self.call_packed(target, method, payload, timeout)
-        return await self.continue_pipeline(result, steps, 1, timeout)
+        return await self.continue_pipeline(self.ref(target), steps, 0, timeout)
 
     async def continue_pipeline(self, result: Any, steps: list[tuple[str, bytes]], start: int, timeout: float | None) -> Any:
         """Run ``steps[start:]``, the first on the actor ``result`` refers to. A reference
@@ -267,10 +266,17 @@ class Supervisor:
             caller = caller_of(result)
             if caller is not self:
                 return await caller.call_pipeline(result.id, steps[index:], timeout)
-            owner = self.locator.locate(result.id)
-            if owner is not None:  # the rest of the chain goes to the owner in one message
-                return await self._relayed(owner, result.id, steps[index:], timeout)
-            result = await self.call_packed(result.id, method, payload, timeout)
+            target = result.id
+            owner = self.locator.locate(target)
+            if owner is None:
+                spec = self.registry.method(target.namespace, method)
+                try:
+                    result = await self._route_packed(target, spec, payload, timeout or spec.timeout)
+                    continue
+                except Moved:
+                    owner = MOVING
+            # The rest of the chain goes to the owner in one message.
+            return await self._relayed(owner, target, steps[index:], timeout)
         return result
 
     async def call_from_peer(

@@ -92,8 +92,9 @@ class LifecycleService:
             InvalidInput: It is in the middle of a turn here.
         """
         sup = self._sup
-        if sup.locate(target) is not None:
-            await self.admin(target, "release")
+        owner = sup.locate(target)
+        if owner is not None:
+            await sup.relay.call(owner, target, [(ADMIN_METHOD, values.pack(["release", {}]))], None)
         elif sup.activation_of(target) is not None and not sup.passivate(target):
             raise InvalidInput(f"{target} is busy; try again")
 
