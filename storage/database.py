@@ -425,6 +425,18 @@ class ActorDatabase:
 
     # -- features --------------------------------------------------------------------
 
+    def forget_features(self) -> None:
+        """Forget which features' tables are known to be in place: the next ``has`` or
+        ``require`` of each looks in the file again.
+
+        Call it when the tables under the open connection may have changed behind this
+        object's back: after the data under the connection was replaced (a checkout, a
+        restore, a promotion's copy written or settled, a reload after any of these),
+        or after a transaction of the caller's own that may have built tables rolled
+        back (the ones this object opens forget by themselves).
+        """
+        self._features.clear()
+
     def has(self, feature: str) -> bool:
         """Whether the tables of ``feature`` exist (without building them)."""
         if feature in self._features:

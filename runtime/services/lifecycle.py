@@ -158,7 +158,7 @@ class LifecycleService:
             sup.release(activation)
             return
         db = activation.db
-        db._features.clear()
+        db.forget_features()
         activation.instance = activation.kind.create(ActorContext(activation.id, db, sup.env, sup))
         activation.started = activation.kind.on_start is None
         activation.state = ActivationState.ACTIVE if activation.started else ActivationState.STARTING

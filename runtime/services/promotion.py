@@ -80,4 +80,4 @@ class PromotionService:
             store.finish(db)
         else:
             store.abandon(db)
-        db._features.clear()
+        db.forget_features()
