@@ -27,7 +27,8 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "dotdo.ambient": ("S",),
     "dotdo.errors": ("ActorExists", "BookmarkError", "BranchExists", "BranchNotFound", "ActorError", "ActorNotFound", "BodyTooLarge", "CallTimeout", "ConnectionLost", "DatabaseLocked", "DeadlockError", "DotdoError", "Forbidden", "InvalidArguments", "InvalidId", "InvalidInput", "InvalidKey", "InvalidNamespace", "InvalidQuery", "InvalidSchedule", "InvalidValue", "MergeConflict", "MethodNotAllowed", "NotSent", "OutOfDescriptors", "Overloaded", "ProtocolError", "RequestTimeout", "RowCountError", "SqlError", "StorageError", "StorageFull", "StorageLimitExceeded", "StorageReadOnly", "SupervisorClosed", "ThingExists", "ThingNotFound", "TransactionError", "Unauthorized", "Unavailable", "VersionConflict"),
     "dotdo.client": ("connect",),
-    "dotdo.server": ("ServeOptions", "serve"),
+    "dotdo.options": ("ServeOptions",),
+    "dotdo.server": ("serve",),
     "dotdo.actors.subscribe": ("on",),
     "dotdo.runtime.services.alarm_info": ("AlarmInfo", "ScheduleInfo", "ScheduleRun"),
     "dotdo.runtime.services.events": ("Event", "Sent"),
@@ -88,7 +89,8 @@ if TYPE_CHECKING:
         VersionConflict,
     )
     from dotdo.client import connect
-    from dotdo.server import ServeOptions, serve
+    from dotdo.options import ServeOptions
+    from dotdo.server import serve
     from dotdo.actors.subscribe import on
     from dotdo.runtime.services.alarm_info import AlarmInfo, ScheduleInfo, ScheduleRun
     from dotdo.runtime.services.events import Event, Sent

@@ -313,7 +313,8 @@ def _json_or_text(text: str) -> Any:
 def cmd_serve(args: argparse.Namespace) -> int:
     from dotdo.actors.examples import EXAMPLES
     from dotdo.loader import load_kinds
-    from dotdo.server import ServeOptions, run
+    from dotdo.options import ServeOptions
+    from dotdo.server import run
     from dotdo.workers import default_workers
     from dotdo.storage.errors import DotdoError
 

@@ -10,8 +10,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
@@ -21,8 +20,9 @@ from hypercorn.config import Config as HypercornConfig
 
 from dotdo.auth import Tokens
 from dotdo.banner import print_banner, url
-from dotdo.connections import DEFAULT_MAX_CONNECTIONS, serve_http
-from dotdo.http import DEFAULT_MAX_BODY, create_app, fetch_handler
+from dotdo.connections import serve_http
+from dotdo.http import create_app, fetch_handler
+from dotdo.options import ServeOptions
 from dotdo.workers import WorkerSpec, serve_workers
 from dotdo.runtime.transport.descriptors import descriptor_budget, peer_connections
 from dotdo.runtime.core.kinds import KindSpec
@@ -30,47 +30,9 @@ from dotdo.runtime.transport.peers import PEER_INFLIGHT, PEER_INFLIGHT_BYTES, Pe
 from dotdo.runtime.supervisor import Supervisor
 from dotdo.runtime.transport.server import TransportOptions, TransportServer
 from dotdo.storage.errors import DotdoError
-from dotdo.storage.options import Durability, StorageOptions
+from dotdo.storage.options import StorageOptions
 
 log = logging.getLogger("dotdo.server")
-
-
-@dataclass(frozen=True, slots=True)
-class ServeOptions:
-    """Everything ``dotdo serve`` can be told (see ``dotdo serve --help``).
-
-    ``max_active`` None: every active actor the open-file limit leaves room for
-    (``dotdo.runtime.transport.descriptors``); a number that does not fit is refused at start-up.
-    """
-
-    host: str = "127.0.0.1"
-    port: int = 8787
-    data_dir: Path = Path("dotdo-data")
-    durability: Durability = Durability.NORMAL
-    history: float = 0.0
-    read_only: bool = False
-    max_body: int = DEFAULT_MAX_BODY
-    idle_timeout: float = 120.0
-    max_active: int | None = None
-    call_timeout: float = 30.0
-    max_mailbox: int = 1000
-    shutdown_grace: float = 10.0
-    keep_alive_timeout: float = 5.0
-    read_timeout: float = 30.0
-    max_connections: int = DEFAULT_MAX_CONNECTIONS
-    debug: bool = False
-    env: Mapping[str, str] = field(default_factory=dict)
-    rpc_port: int | None = None
-    token: str | None = None
-    admin_token: str | None = None
-    workers: int = 1
-
-    def transport_port(self) -> int | None:
-        """The transport's port: ``rpc_port`` if given (0: no transport), else the HTTP
-        port + 1 (a free port when the HTTP port is picked freely)."""
-        if self.rpc_port is not None:
-            return self.rpc_port or None
-        return self.port + 1 if self.port else 0
 
 
 def writable(data_dir: Path) -> bool:

@@ -35,18 +35,16 @@ import tempfile
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 import trio
 
 from dotdo.auth import Tokens
 from dotdo.banner import print_banner, url
+from dotdo.options import ServeOptions
 from dotdo.runtime.transport.connection import Connection
 from dotdo.runtime.core.kinds import KindSpec, Registry
 from dotdo.storage.errors import DotdoError
-
-if TYPE_CHECKING:
-    from dotdo.server import ServeOptions
 
 log = logging.getLogger("dotdo.workers")
 

@@ -97,7 +97,7 @@ def save(conn: apsw.Connection, path: Path | str) -> int:
         _remove_sidecars(temporary)
         _fsync(temporary)
         os.replace(temporary, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
@@ -179,7 +179,9 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Flush the directory ``path`` to disk, so that a file created, renamed or removed
+    in it stays so after a crash."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

@@ -56,7 +56,6 @@ from typing import TYPE_CHECKING, Any
 import apsw
 
 from dotdo.storage import backup, merge
-from dotdo.storage.backup import _fsync_dir
 from dotdo.storage.errors import BranchExists, BranchNotFound, InvalidInput, StorageError, TransactionError, translate
 
 if TYPE_CHECKING:
@@ -194,7 +193,7 @@ class Branches:
                     side.executemany("INSERT INTO _dotdo_meta(key, value) VALUES (?, ?)", rows)
                 side.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)  # syncs the file
             os.replace(staging, self._side(name))
-            _fsync_dir(self._dir)
+            backup.fsync_dir(self._dir)
         except apsw.Error as exc:
             raise StorageError(f"creating the branch {name!r} failed: {exc}") from None
         finally:
@@ -226,9 +225,9 @@ class Branches:
         except BaseException:
             backup.remove(kept)  # the live file is still `here`: its copy is stale
             raise
-        self._db._features.clear()  # the other branch may have other tables
+        self._db.forget_features()  # the other branch may have other tables
         backup.remove(side)
-        _fsync_dir(self._dir)
+        backup.fsync_dir(self._dir)
 
     def delete(self, name: str) -> None:
         """Delete the branch ``name`` and its merge base.
@@ -246,7 +245,7 @@ class Branches:
             raise BranchNotFound(name)
         backup.remove(side)
         backup.remove(self._base(name))
-        _fsync_dir(self._dir)
+        backup.fsync_dir(self._dir)
 
     def merge(self, source: str, policy: str = "fail") -> MergeReport:
         """Bring the changes made on ``source`` since its merge base into the current
@@ -418,7 +417,7 @@ class Branches:
                 base.parent.mkdir(exist_ok=True)
                 os.replace(pending, base)
         if rows:
-            _fsync_dir(self._dir / "base")
+            backup.fsync_dir(self._dir / "base")
             with conn:
                 conn.execute("DELETE FROM _dotdo_meta WHERE key GLOB 'branch.pending.*'")
         with contextlib.suppress(FileNotFoundError):

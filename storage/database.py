@@ -425,6 +425,18 @@ class ActorDatabase:
 
     # -- features --------------------------------------------------------------------
 
+    def forget_features(self) -> None:
+        """Forget which features' tables are known to be in place: the next ``has`` or
+        ``require`` of each looks in the file again.
+
+        Call it when the tables under the open connection may have changed behind this
+        object's back: after the data under the connection was replaced (a checkout, a
+        restore, a promotion's copy written or settled, a reload after any of these),
+        or after a transaction of the caller's own that may have built tables rolled
+        back (the ones this object opens forget by themselves).
+        """
+        self._features.clear()
+
     def has(self, feature: str) -> bool:
         """Whether the tables of ``feature`` exist (without building them)."""
         if feature in self._features:
@@ -478,12 +490,6 @@ class ActorDatabase:
         """The address recorded inside the database when it was created."""
         rows = self.meta()
         return Address(str(rows["namespace"]), str(rows["id"]))
-
-    def forget_features(self) -> None:
-        """Forget which engine features are known to be in place (``require``): call it
-        after the data under this open connection was replaced (a checkout, a restore,
-        a promotion settled), so that they are checked again."""
-        self._features.clear()
 
     def meta(self) -> dict[str, object]:
         """What the engine recorded about this database (address, name, creation time)."""

@@ -253,7 +253,7 @@ class History(Generations):
                 raise StorageError(f"the archived state of {bookmark} is damaged ({result[0]}); nothing was restored")
             undo = format_bookmark(self._seq, self._check)
             backup.load(self._db, temporary)
-            self._db._features.clear()  # feature tables may differ in the restored state
+            self._db.forget_features()  # feature tables may differ in the restored state
         except apsw.Error as exc:
             raise StorageError(f"the archived state of {bookmark} cannot be read: {exc}") from None
         finally:

@@ -237,7 +237,7 @@ def compact(db: ActorDatabase, *, before: float) -> CompactReport:
                 events, actions = _fold(conn, before)
         backup.vacuum(conn)
     except apsw.Error as exc:
-        db._features.clear()
+        db.forget_features()
         raise translate(exc, db.address) from None
     return CompactReport(bytes_before, backup.file_size(db.path), events, actions, time.perf_counter() - started)
 

@@ -80,7 +80,7 @@ def adopt(target: ActorDatabase, bundle: dict[str, Any], parent: Address) -> Non
         with conn:
             _wipe(target)
             target.require(THINGS.name)
-            search = target.things._search
+            search = target.things.search_index
             rid = _insert(conn, bundle["thing"])
             search.index_text(rid, bundle["thing"][2], json.loads(bundle["thing"][3]), new=True)
             if bundle["vector"] is not None:
@@ -99,7 +99,7 @@ def adopt(target: ActorDatabase, bundle: dict[str, Any], parent: Address) -> Non
                 )
             _mark(conn, {"parent": [parent.namespace, parent.id], "thing": thing_id, "state": "pending"})
     except apsw.Error as exc:
-        target._features.clear()
+        target.forget_features()
         raise translate(exc, target.address) from None
 
 
@@ -138,7 +138,7 @@ def decide(db: ActorDatabase, thing_id: str, target: Address) -> None:
     conn.execute("UPDATE _dotdo_things SET data = jsonb('{}'), meta = jsonb(?) WHERE rid = ?", (json.dumps(where), rid))
     conn.execute("DELETE FROM _dotdo_vectors WHERE rid = ?", (rid,))
     name = conn.execute("SELECT name FROM _dotdo_things WHERE rid = ?", (rid,)).fetchall()[0][0]
-    db.things._search.index_text(rid, name, {}, new=False)
+    db.things.search_index.index_text(rid, name, {}, new=False)
     conn.execute(
         "INSERT OR REPLACE INTO _dotdo_promoted(thing_id, type, namespace, hex, promoted_at) "
         "SELECT id, type, ?, ?, ? FROM _dotdo_things WHERE rid = ?",

@@ -262,7 +262,7 @@ _THING_FIELDS = "id, type, name, data, meta, visibility, version, created_at, up
 
 def _copy_things(db: ActorDatabase, sources: list[apsw.Connection]) -> int:
     conn = db.connection
-    search = db.things._search  # the text index is kept in code (dotdo.storage.search)
+    search = db.things.search_index  # the text index is kept in code (dotdo.storage.search)
     rows = []
     for index, src in enumerate(sources):
         query = f"SELECT {_THING_FIELDS}, json(data), rid FROM _dotdo_things"

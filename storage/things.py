@@ -483,6 +483,14 @@ class ThingStore:
 
     # -- search (see dotdo.storage.search) -----------------------------------------------
 
+    @property
+    def search_index(self) -> SearchIndex:
+        """The store's full-text and vector index (``dotdo.storage.search``), for the
+        lifecycle operations that write things with statements of their own (promotion,
+        sharding) and keep the index in step themselves: it is kept in code, not by
+        triggers."""
+        return self._search
+
     def search(
         self, text: str, type: str | None = None, limit: int = 10, *, syntax: Literal["plain", "fts5"] = "plain"
     ) -> builtins.list[tuple[Thing, float]]:

@@ -15,7 +15,7 @@ from starlette.responses import PlainTextResponse, Response
 
 from dotdo.actors.examples import Counter
 from dotdo import DO, ActorError, DotdoError, InvalidArguments, id_from_name, new_unique_id
-from dotdo.http import _as_response, error_response
+from dotdo.http import as_response, error_response
 from tests.dotdo.kinds import Waker
 from tests.dotdo.serving import Server, open_files_under, serving
 
@@ -470,7 +470,7 @@ def test_error_response_for_dotdo_errors() -> None:
 
 def test_fetch_results_that_are_not_responses() -> None:
     made = Response("x")
-    assert _as_response(made) is made
-    assert json.loads(_as_response([1, "a"]).body) == [1, "a"]
+    assert as_response(made) is made
+    assert json.loads(as_response([1, "a"]).body) == [1, "a"]
     with pytest.raises(DotdoError, match="fetch returned set; return a starlette Response"):
-        _as_response({1})
+        as_response({1})
