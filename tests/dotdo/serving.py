@@ -275,3 +275,29 @@ async def kill_group(process: trio.Process) -> None:
         await process.wait()
         while group_alive(process.pid):
             await trio.sleep(0.01)
+
+
+class Body(httpx.AsyncByteStream):
+    """A request body in one chunk, without an async generator: httpx's own is left
+    unfinished when the connection breaks while it is sent, and trio warns
+    (ResourceWarning, an error in this suite) when such a generator is collected."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data: bytes | None = data
+
+    def __aiter__(self) -> Body:
+        return self
+
+    async def __anext__(self) -> bytes:
+        data, self._data = self._data, None
+        if data is None:
+            raise StopAsyncIteration
+        return data
+
+
+async def post_whole(client: httpx.AsyncClient, path: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+    """POST ``body`` as one chunk (``Body``): a request cancelled or cut off while it is
+    sent leaves no async generator behind to warn when it is collected."""
+    request = client.build_request("POST", path, content=body, headers=headers)
+    request.stream = Body(body)
+    return await client.send(request)

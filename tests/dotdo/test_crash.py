@@ -49,7 +49,7 @@ from dotdo.runtime.core import values
 from dotdo.runtime.transport import wire
 from dotdo.runtime.core.ids import id_from_name
 from dotdo.storage.database import ActorDatabase
-from tests.dotdo.serving import Served, dotdo_serve_group, kill_group, rpc_url, spawn_group, stop
+from tests.dotdo.serving import Served, dotdo_serve_group, kill_group, post_whole, rpc_url, spawn_group, stop
 
 KINDS = str(Path(__file__).with_name("crash_kinds.py"))
 
@@ -217,30 +217,10 @@ async def writer(send: Send, books: Books, stats: Stats, rng: random.Random, run
         stats.acked += 1
 
 
-class Body(httpx.AsyncByteStream):
-    """A request body in one chunk, without an async generator: httpx's own is left
-    unfinished when the connection breaks while it is sent, and trio warns
-    (ResourceWarning, an error in this suite) when such a generator is collected."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data: bytes | None = data
-
-    def __aiter__(self) -> Body:
-        return self
-
-    async def __anext__(self) -> bytes:
-        data, self._data = self._data, None
-        if data is None:
-            raise StopAsyncIteration
-        return data
-
-
 def over_http(client: httpx.AsyncClient) -> Send:
     async def send(name: str, write: Write) -> None:
         body = json.dumps({"args": write.args()}).encode()
-        request = client.build_request("POST", f"/_rpc/Ledger/{name}/write", content=body, headers=JSON)
-        request.stream = Body(body)
-        response = await client.send(request)
+        response = await post_whole(client, f"/_rpc/Ledger/{name}/write", body, JSON)
         assert response.status_code == 200, f"{name} {write}: {response.status_code} {response.text}"
 
     return send

@@ -45,7 +45,7 @@ from dotdo.runtime.core import values
 from dotdo.runtime.transport import wire
 from dotdo.runtime.core.ids import ActorId, resolve
 from tests.dotdo.rawhttp import request as http_request
-from tests.dotdo.serving import Served, dotdo_serve_group, environment, group_members, owned_by, rpc_url
+from tests.dotdo.serving import Served, dotdo_serve_group, environment, group_members, owned_by, post_whole, rpc_url
 
 KINDS = str(Path(__file__).with_name("reset_kinds.py"))
 
@@ -364,7 +364,8 @@ async def keep_hitting(label: str, hit: Callable[[], Awaitable[Any]], steady: St
 
 
 async def http_hit(client: httpx.AsyncClient, name: str) -> Any:
-    response = await client.post(f"/_rpc/Sleeper/{name}/hit", json={})
+    # One chunk, no generator: the suite cancels these mid-request when it ends.
+    response = await post_whole(client, f"/_rpc/Sleeper/{name}/hit", b"{}", {"content-type": "application/json"})
     assert response.status_code == 200, f"{response.status_code} {response.text}"
     return response.json()["result"]
 
