@@ -41,11 +41,7 @@ from hypercorn.typing import ConnectionState, LifespanState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
 from dotdo.runtime.transport.listening import accept_loop
-
-DEFAULT_MAX_CONNECTIONS = 256
-"""Open HTTP connections per process at most (``--max-connections``); the descriptor
-budget (``dotdo.runtime.transport.descriptors``) counts them, and the default ``--max-active`` leaves
-room for them."""
+from dotdo.runtime.transport.server import DEFAULT_MAX_CONNECTIONS  # the same cap for HTTP
 
 
 async def serve_http(

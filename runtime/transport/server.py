@@ -52,6 +52,9 @@ DEFAULT_MAX_INFLIGHT_BYTES = wire.DEFAULT_MAX_FRAME
 """Bytes of frames one connection may have in flight: one largest frame, or many
 smaller ones."""
 DEFAULT_MAX_CONNECTIONS = 256
+"""Open connections per process at most (``--max-connections``), for the transport and
+for HTTP each; the descriptor budget (``descriptors``) counts them, and the default
+``--max-active`` leaves room for them."""
 DEFAULT_MAX_HANDSHAKES = 64
 DEFAULT_WRITE_TIMEOUT = 30.0
 
