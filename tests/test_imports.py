@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+from tests.sources import modules
 
 _LOADED = """
 import importlib, json, sys
@@ -22,15 +22,6 @@ for name in sys.argv[1:]:
     importlib.import_module(name)
 print(json.dumps(sorted(sys.modules)))
 """
-
-
-def modules_of(package: str, folder: str) -> list[str]:
-    """Every module of the installed ``package`` whose sources are in ``folder``."""
-    names = []
-    for path in sorted((ROOT / folder).rglob("*.py")):
-        parts = path.relative_to(ROOT / folder).with_suffix("").parts
-        names.append(".".join((package, *parts[:-1]) if parts[-1] == "__init__" else (package, *parts)))
-    return names
 
 
 def loaded_by(tmp_path: pathlib.Path, *names: str) -> set[str]:
@@ -59,12 +50,12 @@ def test_storage_options_needs_no_database(tmp_path: pathlib.Path) -> None:
 
 
 def test_storage_loads_no_layer_above_and_no_io_framework(tmp_path: pathlib.Path) -> None:
-    loaded = loaded_by(tmp_path, *modules_of("dotdo.storage", "storage"))
+    loaded = loaded_by(tmp_path, *(name for name, _ in modules("dotdo.storage")))
     banned = ("trio", "starlette", "hypercorn", "httpx", "dotdo.runtime", "dotdo.actors", "dotdo.http", "dotdo.server")
     assert within(loaded, banned) == []
 
 
 def test_runtime_loads_no_server(tmp_path: pathlib.Path) -> None:
-    loaded = loaded_by(tmp_path, *modules_of("dotdo.runtime", "runtime"))
+    loaded = loaded_by(tmp_path, *(name for name, _ in modules("dotdo.runtime")))
     banned = ("starlette", "hypercorn", "httpx", "dotdo.actors", "dotdo.http", "dotdo.server", "dotdo.cli")
     assert within(loaded, banned) == []
