@@ -1,8 +1,6 @@
-"""The actor programming model: the ``DO`` base class and the example kinds."""
+"""The actor programming model: the ``DO`` base class (``base``), its method rules
+(``methods``) and the example kinds (``examples``).
 
-from dotdo.actors.base import DO
-from dotdo.actors.examples import EXAMPLES, Counter, Customer, Order
-from dotdo.actors.methods import LIFECYCLE, rpc
-from dotdo.actors.workflow import Workflow
-
-__all__ = ["DO", "EXAMPLES", "LIFECYCLE", "Counter", "Customer", "Order", "Workflow", "rpc"]
+This package re-exports nothing, so that importing one of its modules costs that module
+alone; the public names (``DO``, ``rpc``...) are exported by ``dotdo``.
+"""

@@ -41,7 +41,8 @@ from dotdo import DO  # noqa: E402
 from dotdo.server import tune_gc  # noqa: E402
 from dotdo.runtime.core.ids import id_from_name  # noqa: E402
 from dotdo.runtime.supervisor import Supervisor  # noqa: E402
-from dotdo.storage import ActorDatabase, Address  # noqa: E402
+from dotdo.storage.address import Address  # noqa: E402
+from dotdo.storage.database import ActorDatabase  # noqa: E402
 from dotdo.storage.alarm_index import AlarmIndex  # noqa: E402
 from dotdo.storage.alarms import PendingItem  # noqa: E402
 

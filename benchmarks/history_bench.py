@@ -41,7 +41,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dotdo.storage import ActorDatabase, Address, StorageOptions  # noqa: E402
+from dotdo.storage.address import Address  # noqa: E402
+from dotdo.storage.database import ActorDatabase  # noqa: E402
+from dotdo.storage.options import StorageOptions  # noqa: E402
 from dotdo.storage import history, history_log  # noqa: E402
 
 PAYLOAD = {"name": "alice", "visits": 12, "tags": ["a", "b"]}

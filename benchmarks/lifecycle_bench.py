@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dotdo import DO  # noqa: E402
 from dotdo.runtime.core.ids import id_from_name  # noqa: E402
 from dotdo.runtime.supervisor import Supervisor  # noqa: E402
-from dotdo.storage import ActorDatabase  # noqa: E402
+from dotdo.storage.database import ActorDatabase  # noqa: E402
 
 ROW = 1024
 CUSTOMERS = 1000

@@ -58,7 +58,7 @@ from dotdo.actors.examples import Counter  # noqa: E402
 from dotdo.client import connect  # noqa: E402
 from dotdo.runtime.transport.wire import HEADER, FrameDecoder  # noqa: E402
 from dotdo.runtime.supervisor import Supervisor  # noqa: E402
-from dotdo.storage import Durability, StorageOptions  # noqa: E402
+from dotdo.storage.options import Durability, StorageOptions  # noqa: E402
 
 _GET = "SELECT v FROM kv WHERE k = ?"
 _PUT = "INSERT OR REPLACE INTO kv(k, v) VALUES (?, ?)"

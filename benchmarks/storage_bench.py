@@ -22,7 +22,9 @@ import apsw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dotdo.storage import ActorDatabase, Address, Durability, StorageOptions  # noqa: E402
+from dotdo.storage.address import Address  # noqa: E402
+from dotdo.storage.database import ActorDatabase  # noqa: E402
+from dotdo.storage.options import Durability, StorageOptions  # noqa: E402
 
 
 def _bare(path: Path, sync: str) -> apsw.Connection:

@@ -42,7 +42,8 @@ import apsw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dotdo.storage import ActorDatabase, Address  # noqa: E402
+from dotdo.storage.address import Address  # noqa: E402
+from dotdo.storage.database import ActorDatabase  # noqa: E402
 from dotdo.storage.search import document  # noqa: E402
 
 ADDRESS = Address("Bench", "stores")

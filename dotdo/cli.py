@@ -6,20 +6,21 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
+import functools
 import json
-import logging
 import os
 import re
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
-from dotdo.storage.options import Durability
+if TYPE_CHECKING:
+    import urllib.error
+
+# A client command imports only what it uses (argparse, json, urllib): what serving
+# needs is imported by cmd_serve and by the serve command's arguments, built only when
+# that command is the one run. benchmarks/startup_bench.py measures the start-up.
 
 DEFAULT_URL = "http://127.0.0.1:8787"
 
@@ -61,17 +62,58 @@ def _env_pair(text: str) -> tuple[str, str]:
     return key, value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of the ``dotdo`` command.
+
+    Every command is listed, but only the one that ``argv`` names gets its arguments
+    (every command does when ``argv`` is None): a client command then neither builds
+    serve's two dozen arguments nor imports what they need.
+    """
     parser = argparse.ArgumentParser(prog="dotdo", description="Durable Objects for Python.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
+    named = None if argv is None else next((arg for arg in argv if not arg.startswith("-")), "")
+    for command, (summary, description, add_arguments) in _commands().items():
+        sub = commands.add_parser(command, help=summary, description=description)
+        if named is None or named == command:
+            add_arguments(sub)
+    return parser
 
-    serve = commands.add_parser(
-        "serve",
-        help="serve actor kinds over HTTP",
-        description="Serve every DO subclass found in the given modules (default: the built-in "
-        "examples Counter, Customer and Order). Stops cleanly on Ctrl-C or SIGTERM.",
-    )
+
+def _commands() -> dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]]:
+    """Each command: its summary, its description, and what adds its arguments."""
+    commands: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]] = {
+        "serve": (
+            "serve actor kinds over HTTP",
+            "Serve every DO subclass found in the given modules (default: the built-in "
+            "examples Counter, Customer and Order). Stops cleanly on Ctrl-C or SIGTERM.",
+            _serve_arguments,
+        ),
+        "call": (
+            "call an actor's method on a running server",
+            "Call NAMESPACE/ID.METHOD on a running server and print the JSON result. "
+            "Each ARG is parsed as JSON, or taken as a string when it is not JSON "
+            '(dotdo call Customer alice notify \'"hi"\' and ... notify hi are the same).',
+            _call_arguments,
+        ),
+        "alarms": (
+            "list pending alarms and schedules of a running server",
+            "List every pending alarm and schedule of a running server, by actor, "
+            "with the time it runs next (UTC).",
+            _alarms_arguments,
+        ),
+    }
+    for command, (summary, _) in LIFECYCLE.items():
+        description = f"{summary[0].upper()}{summary[1:]}, on a running server."
+        commands[command] = (summary, description, functools.partial(_lifecycle_arguments, command=command))
+    return commands
+
+
+def _serve_arguments(serve: argparse.ArgumentParser) -> None:
+    from pathlib import Path
+
+    from dotdo.storage.options import Durability
+
     serve.add_argument("modules", nargs="*", metavar="MODULE", help="dotted module name or path to a .py file")
     serve.add_argument("--data", type=Path, default=Path("dotdo-data"), help="data directory (default: ./dotdo-data)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
@@ -148,34 +190,28 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--debug", action="store_true", help="include tracebacks in error responses")
     serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"], help="(default: warning)")
 
-    call = commands.add_parser(
-        "call",
-        help="call an actor's method on a running server",
-        description="Call NAMESPACE/ID.METHOD on a running server and print the JSON result. "
-        "Each ARG is parsed as JSON, or taken as a string when it is not JSON "
-        '(dotdo call Customer alice notify \'"hi"\' and ... notify hi are the same).',
-    )
+
+
+def _call_arguments(call: argparse.ArgumentParser) -> None:
     call.add_argument("namespace")
     call.add_argument("id", help="a name, or a 64-hex id")
     call.add_argument("method")
     call.add_argument("args", nargs="*", metavar="ARG")
     call.add_argument("--kw", type=_env_pair, action="append", default=[], metavar="NAME=JSON", help="a keyword argument; repeatable")
-    call.add_argument("--url", default=os.environ.get("DOTDO_URL", DEFAULT_URL), help=f"server URL (default: $DOTDO_URL or {DEFAULT_URL})")
-    call.add_argument("--timeout", type=_positive(float), default=60.0, metavar="SECONDS", help="give up after this long (default: 60)")
+    _server_arguments(call, timeout=60.0)
 
-    alarms = commands.add_parser(
-        "alarms",
-        help="list pending alarms and schedules of a running server",
-        description="List every pending alarm and schedule of a running server, by actor, "
-        "with the time it runs next (UTC).",
-    )
+
+def _alarms_arguments(alarms: argparse.ArgumentParser) -> None:
     alarms.add_argument("--namespace", help="only actors of this namespace")
     alarms.add_argument("--limit", type=_positive(int), default=1000, metavar="N", help="list at most N (default: 1000)")
     alarms.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
-    alarms.add_argument("--url", default=os.environ.get("DOTDO_URL", DEFAULT_URL), help=f"server URL (default: $DOTDO_URL or {DEFAULT_URL})")
-    alarms.add_argument("--timeout", type=_positive(float), default=30.0, metavar="SECONDS", help="give up after this long (default: 30)")
-    _lifecycle_commands(commands)
-    return parser
+    _server_arguments(alarms, timeout=30.0)
+
+
+def _server_arguments(sub: argparse.ArgumentParser, timeout: float) -> None:
+    """The arguments of a command that talks to a running server."""
+    sub.add_argument("--url", default=os.environ.get("DOTDO_URL", DEFAULT_URL), help=f"server URL (default: $DOTDO_URL or {DEFAULT_URL})")
+    sub.add_argument("--timeout", type=_positive(float), default=timeout, metavar="SECONDS", help=f"give up after this long (default: {timeout:g})")
 
 
 # command: (help, [(positional argument, help)]); the operation is named like the
@@ -200,32 +236,29 @@ LIFECYCLE: dict[str, tuple[str, list[tuple[str, str]]]] = {
 LIFECYCLE_OPERATION = {"unshard": "shard"}
 
 
-def _lifecycle_commands(commands: Any) -> None:
-    for command, (summary, positionals) in LIFECYCLE.items():
-        sub = commands.add_parser(command, help=summary, description=f"{summary[0].upper()}{summary[1:]}, on a running server.")
-        sub.add_argument("namespace")
-        sub.add_argument("id", help="a name, or a 64-hex id")
-        for name, text in positionals:
-            sub.add_argument(name, type=int if name == "n" else str, help=text)
-        if command == "clone":
-            sub.add_argument("--no-alarms", action="store_true", help="the copy gets no alarm and no schedules")
-        if command == "compact":
-            sub.add_argument("--retention", type=float, default=None, metavar="SECONDS", help="keep events this recent (default: the server's, 7 days)")
-        if command == "merge":
-            sub.add_argument("--policy", choices=["fail", "source", "current"], default="fail", help="on rows changed on both sides: fail and change nothing (default), or let one side win")
-        if command == "diff":
-            sub.add_argument("b", nargs="?", default=None, help="to this branch (default: the current one)")
-        if command == "bookmark":
-            sub.add_argument("--at", default=None, metavar="TIME", help="a past time: ISO 8601, epoch seconds, or -1h / -30m / -2d ago")
-        if command == "shard":
-            sub.add_argument("--key", default="$id", help="the field (and method parameter) to split by (default: $id)")
-        if command == "query":
-            sub.add_argument("--arg", type=_env_pair, action="append", default=[], metavar="NAME=JSON", help="an argument of the query, e.g. type=Order, limit=10; repeatable")
-        sub.add_argument("--url", default=os.environ.get("DOTDO_URL", DEFAULT_URL), help=f"server URL (default: $DOTDO_URL or {DEFAULT_URL})")
-        sub.add_argument("--timeout", type=_positive(float), default=300.0, metavar="SECONDS", help="give up after this long (default: 300)")
+def _lifecycle_arguments(sub: argparse.ArgumentParser, command: str) -> None:
+    sub.add_argument("namespace")
+    sub.add_argument("id", help="a name, or a 64-hex id")
+    for name, text in LIFECYCLE[command][1]:
+        sub.add_argument(name, type=int if name == "n" else str, help=text)
+    if command == "clone":
+        sub.add_argument("--no-alarms", action="store_true", help="the copy gets no alarm and no schedules")
+    if command == "compact":
+        sub.add_argument("--retention", type=float, default=None, metavar="SECONDS", help="keep events this recent (default: the server's, 7 days)")
+    if command == "merge":
+        sub.add_argument("--policy", choices=["fail", "source", "current"], default="fail", help="on rows changed on both sides: fail and change nothing (default), or let one side win")
+    if command == "diff":
+        sub.add_argument("b", nargs="?", default=None, help="to this branch (default: the current one)")
+    if command == "bookmark":
+        sub.add_argument("--at", default=None, metavar="TIME", help="a past time: ISO 8601, epoch seconds, or -1h / -30m / -2d ago")
+    if command == "shard":
+        sub.add_argument("--key", default="$id", help="the field (and method parameter) to split by (default: $id)")
+    if command == "query":
+        sub.add_argument("--arg", type=_env_pair, action="append", default=[], metavar="NAME=JSON", help="an argument of the query, e.g. type=Order, limit=10; repeatable")
+    _server_arguments(sub, timeout=300.0)
 
 
-def _lifecycle_arguments(args: argparse.Namespace) -> dict[str, Any]:
+def _operation_body(args: argparse.Namespace) -> dict[str, Any]:
     command = args.command
     arguments: dict[str, Any] = {}
     for name, _ in LIFECYCLE[command][1]:
@@ -258,6 +291,8 @@ def _when(text: str) -> float:
         return float(text)
     except ValueError:
         pass
+    import datetime as dt
+
     try:
         moment = dt.datetime.fromisoformat(text)
     except ValueError:
@@ -269,29 +304,48 @@ def _when(text: str) -> float:
 
 def cmd_lifecycle(args: argparse.Namespace) -> int:
     operation = LIFECYCLE_OPERATION.get(args.command, args.command.replace("-", "_"))
-    return _post_and_print(args, ("_admin", "actors", args.namespace, args.id, operation), _lifecycle_arguments(args))
+    return _post_and_print(args, ("_admin", "actors", args.namespace, args.id, operation), _operation_body(args))
 
 
 def _post_and_print(args: argparse.Namespace, parts: tuple[str, ...], body: Any) -> int:
     """POST ``body`` as JSON to the path of ``parts`` (each quoted) on ``args.url`` and
     print the ``result`` of the answer; the exit status."""
-    path = "/" + "/".join(urllib.parse.quote(p, safe="") for p in parts)
-    request = urllib.request.Request(
-        args.url.rstrip("/") + path,
-        data=json.dumps(body).encode(),
-        headers={"content-type": "application/json", **_authorization(admin=parts[0] == "_admin")},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=args.timeout) as response:
-            payload = json.loads(response.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return _http_error(exc)
-    except (urllib.error.URLError, OSError) as exc:
-        print(f"dotdo {args.command}: cannot reach {args.url}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
-        return 2
+    payload = _request(args, parts, body=body)
     print(json.dumps(payload.get("result"), indent=2, ensure_ascii=False))
     return 0
+
+
+def _request(args: argparse.Namespace, parts: tuple[str, ...], body: Any = None, query: dict[str, str] | None = None) -> Any:
+    """Send a request to the path of ``parts`` (each quoted) and ``query`` on the server
+    at ``args.url`` (a POST of ``body`` as JSON, a GET when it is None) and return its
+    JSON answer. An /_admin path carries the admin token, others the client token.
+
+    Raises:
+        SystemExit: 1 when the server answered with an error, 2 when it could not be
+            reached; the reason is printed to stderr first.
+    """
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    url = args.url.rstrip("/") + "/" + "/".join(urllib.parse.quote(part, safe="") for part in parts)
+    if query:
+        url += "?" + urllib.parse.urlencode(query)
+    headers = _authorization(admin=parts[0] == "_admin")
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["content-type"] = "application/json"
+    request = urllib.request.Request(url, data=data, headers=headers, method="GET" if data is None else "POST")
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout) as response:
+            return json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        _print_http_error(exc)
+        raise SystemExit(1) from None
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"dotdo {args.command}: cannot reach {args.url}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _authorization(admin: bool) -> dict[str, str]:
@@ -311,12 +365,15 @@ def _json_or_text(text: str) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
     from dotdo.actors.examples import EXAMPLES
     from dotdo.loader import load_kinds
     from dotdo.options import ServeOptions
     from dotdo.server import run
-    from dotdo.workers import default_workers
     from dotdo.storage.errors import DotdoError
+    from dotdo.storage.options import Durability
+    from dotdo.workers import default_workers
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -369,16 +426,7 @@ def cmd_alarms(args: argparse.Namespace) -> int:
             query["namespace"] = args.namespace
         if after:
             query["after"] = after
-        url = f"{args.url.rstrip('/')}/_admin/alarms?{urllib.parse.urlencode(query)}"
-        try:
-            request = urllib.request.Request(url, headers=_authorization(admin=True))
-            with urllib.request.urlopen(request, timeout=args.timeout) as response:
-                page = json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            return _http_error(exc)
-        except (urllib.error.URLError, OSError) as exc:
-            print(f"dotdo alarms: cannot reach {args.url}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
-            return 2
+        page = _request(args, ("_admin", "alarms"), query=query)
         rows.extend(page["alarms"])
         after = page.get("after")
         if not after:
@@ -401,17 +449,17 @@ def cmd_alarms(args: argparse.Namespace) -> int:
     return 0
 
 
-def _http_error(exc: urllib.error.HTTPError) -> int:
+def _print_http_error(exc: urllib.error.HTTPError) -> None:
     try:
         error = json.loads(exc.read())
         print(f"error {exc.code} {error.get('error')}: {error.get('message')}", file=sys.stderr)
     except ValueError:
         print(f"error {exc.code}: {exc.reason}", file=sys.stderr)
-    return 1
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     handlers = {"serve": cmd_serve, "call": cmd_call, "alarms": cmd_alarms}
     sys.exit(handlers.get(args.command, cmd_lifecycle)(args))
 

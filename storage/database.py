@@ -29,15 +29,15 @@ import apsw
 from dotdo.storage import schema
 from dotdo.storage.address import Address
 from dotdo.storage.errors import StorageError, TransactionError, translate
+from dotdo.storage.kv import KVStore
 from dotdo.storage.opening import open_read_only, open_read_write
 from dotdo.storage.options import DatabaseStats, StorageOptions
+from dotdo.storage.sql import SqlStore
 
 if TYPE_CHECKING:
     from dotdo.storage.alarms import AlarmStore
     from dotdo.storage.branches import Branches
     from dotdo.storage.history import History
-    from dotdo.storage.kv import KVStore
-    from dotdo.storage.sql import SqlStore
     from dotdo.storage.things import ThingStore
     from dotdo.storage.workflow import WorkflowStore
 
@@ -190,8 +190,6 @@ class ActorDatabase:
     def kv(self) -> KVStore:
         """The key-value API over this database."""
         if self._kv is None:
-            from dotdo.storage.kv import KVStore
-
             self._kv = KVStore(self)
         return self._kv
 
@@ -199,8 +197,6 @@ class ActorDatabase:
     def sql(self) -> SqlStore:
         """The SQL API over this database."""
         if self._sql is None:
-            from dotdo.storage.sql import SqlStore
-
             self._sql = SqlStore(self)
         return self._sql
 

@@ -11,7 +11,7 @@ import pytest
 from starlette.requests import Request
 from starlette.types import Message
 
-from dotdo.actors import EXAMPLES, Counter, Customer, Order
+from dotdo.actors.examples import EXAMPLES, Counter, Customer, Order
 from dotdo import InvalidArguments, InvalidInput, MethodNotAllowed, Supervisor
 
 

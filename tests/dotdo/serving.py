@@ -9,7 +9,7 @@ import resource
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from functools import partial
@@ -70,6 +70,9 @@ def open_files_under(directory: Path) -> list[str]:
 
 STARTUP_TIMEOUT = 30
 STOP_TIMEOUT = 15
+# The dotdo command the helpers run: this interpreter's; a test of an installation gives
+# that installation's console script instead.
+DOTDO: tuple[str, ...] = (sys.executable, "-m", "dotdo")
 
 
 def environment() -> dict[str, str]:
@@ -140,13 +143,20 @@ def open_file_limit(soft: int | None) -> Callable[[], None] | None:
 
 @asynccontextmanager
 async def dotdo_serve(
-    tmp_path: Path, *args: str, env: dict[str, str] | None = None, nofile: int | None = None
+    tmp_path: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    nofile: int | None = None,
+    program: Sequence[str] = DOTDO,
 ) -> AsyncIterator[Served]:
-    """``python -m dotdo serve --port 0 ARGS`` until it printed its URL; killed on exit
-    if it is still running. One worker process unless ARGS say ``--workers``; ``env``
-    adds environment variables, ``nofile`` sets its open-file limit."""
+    """``python -m dotdo serve --port 0 ARGS`` (or ``program``'s) in ``tmp_path`` until it
+    printed its URL; killed on exit if it is still running. One worker process unless
+    ARGS say ``--workers``; ``env`` adds environment variables, ``nofile`` sets its
+    open-file limit."""
     stdout, stderr = tmp_path / "serve.out", tmp_path / "serve.err"
-    process = await _open_serve(tmp_path, stdout, stderr, args, {**environment(), **(env or {})}, nofile=nofile)
+    process = await _open_serve(
+        tmp_path, stdout, stderr, args, {**environment(), **(env or {})}, nofile=nofile, program=program
+    )
     try:
         url = await wait_for_url(process, stdout, stderr)
         yield Served(process, url, stdout, stderr)
@@ -158,13 +168,17 @@ async def dotdo_serve(
 
 
 async def dotdo(
-    *args: str, cwd: Path, env: dict[str, str] | None = None, nofile: int | None = None
+    *args: str,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    nofile: int | None = None,
+    program: Sequence[str] = DOTDO,
 ) -> subprocess.CompletedProcess[bytes]:
-    """``python -m dotdo ARGS``, its output captured; ``env`` adds variables, ``nofile``
-    sets its open-file limit."""
+    """``python -m dotdo ARGS`` (or ``program``'s), its output captured; ``env`` adds
+    variables, ``nofile`` sets its open-file limit."""
     with trio.fail_after(STARTUP_TIMEOUT):
         return await trio.run_process(
-            [sys.executable, "-m", "dotdo", *args],
+            [*program, *args],
             capture_stdout=True,
             capture_stderr=True,
             check=False,
@@ -211,14 +225,15 @@ async def _open_serve(
     *,
     new_session: bool = False,
     nofile: int | None = None,
+    program: Sequence[str] = DOTDO,
 ) -> trio.Process:
-    """Start ``python -m dotdo serve --port 0 ARGS`` in ``cwd``, its output in the two
-    files; one worker process unless ARGS say ``--workers``; ``nofile``: its open-file
-    limit."""
+    """Start ``python -m dotdo serve --port 0 ARGS`` (or ``program``'s) in ``cwd``, its
+    output in the two files; one worker process unless ARGS say ``--workers``;
+    ``nofile``: its open-file limit."""
     workers = [] if "--workers" in args else ["--workers", "1"]
     with stdout.open("wb") as out, stderr.open("wb") as err:
         return await trio.lowlevel.open_process(
-            [sys.executable, "-m", "dotdo", "serve", "--port", "0", *workers, *args],
+            [*program, "serve", "--port", "0", *workers, *args],
             stdout=out,
             stderr=err,
             stdin=subprocess.DEVNULL,

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from dotdo.actors.examples import EXAMPLES
 from dotdo.cli import DEFAULT_URL, _json_or_text, build_parser, main
 from dotdo.storage.options import Durability
 from tests.dotdo.kinds import Waker
-from tests.dotdo.serving import dotdo, dotdo_serve, serving, stop
+from tests.dotdo.serving import dotdo, dotdo_serve, environment, serving, stop
 
 # -- parsing ---------------------------------------------------------------------------
 
@@ -186,6 +188,35 @@ async def test_call_reports_an_unreachable_server(capsys: pytest.CaptureFixture[
     url = f"http://127.0.0.1:{port}"
     assert await run_main(["call", "--url", url, "--timeout", "5", "Counter", "x", "get"]) == 2
     assert capsys.readouterr().err.startswith(f"dotdo call: cannot reach {url}:")
+
+
+_IMPORTED = """
+import json, sys
+from dotdo.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["call", "Counter", "x", "get"], ["alarms"], ["clone", "Counter", "x", "y"], ["branches", "--help"]],
+)
+def test_client_commands_import_no_server(argv: list[str], tmp_path: Path) -> None:
+    """A client command starts fast: it imports neither the layers nor the server (a
+    fresh interpreter, against a closed port; benchmarks/startup_bench.py times it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**environment(), "DOTDO_URL": f"http://127.0.0.1:{port}"}
+    done = subprocess.run([sys.executable, "-c", _IMPORTED, *argv], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=30)
+    loaded = set(json.loads(done.stdout.splitlines()[-1]))
+    heavy = ("dotdo.storage", "dotdo.runtime", "dotdo.actors", "dotdo.server", "dotdo.http", "trio", "apsw", "msgpack", "starlette", "hypercorn")
+    assert [name for name in heavy if name in loaded] == []
+    assert ("urllib.request" in loaded) == (argv != ["--help"] and "--help" not in argv)
 
 
 # -- python -m dotdo, as subprocesses ----------------------------------------------------

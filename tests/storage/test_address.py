@@ -2,8 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from dotdo.storage import ActorDatabase, Address, InvalidId, InvalidNamespace
-from dotdo.storage.address import MAX_ID_BYTES
+from dotdo.storage.address import MAX_ID_BYTES, Address
+from dotdo.storage.database import ActorDatabase
+from dotdo.storage.errors import InvalidId, InvalidNamespace
 
 
 @pytest.mark.parametrize(

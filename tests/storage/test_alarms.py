@@ -7,7 +7,9 @@ from pathlib import Path
 import apsw
 import pytest
 
-from dotdo.storage import ActorDatabase, Address, schema
+from dotdo.storage import schema
+from dotdo.storage.address import Address
+from dotdo.storage.database import ActorDatabase
 from dotdo.storage.alarms import FAILURES_KEPT, AlarmRow, ScheduleRow
 
 

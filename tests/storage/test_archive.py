@@ -6,7 +6,8 @@ from pathlib import Path
 
 import apsw
 
-from dotdo.storage import ActorDatabase, backup
+from dotdo.storage import backup
+from dotdo.storage.database import ActorDatabase
 from dotdo.storage.options import Durability
 from tests.storage import test_history as shared
 from tests.storage.test_history import Clock, dump, opened

@@ -7,7 +7,11 @@ from pathlib import Path
 import apsw
 import pytest
 
-from dotdo.storage import ActorDatabase, Address, BookmarkError, StorageOptions, history_log
+from dotdo.storage import history_log
+from dotdo.storage.address import Address
+from dotdo.storage.database import ActorDatabase
+from dotdo.storage.errors import BookmarkError
+from dotdo.storage.options import StorageOptions
 from tests.storage import test_history as shared
 from tests.storage.test_history import HOUR, Clock, dump
 

@@ -9,16 +9,10 @@ from typing import Any
 
 import pytest
 
-from dotdo.storage import (
-    ActorDatabase,
-    Address,
-    BranchExists,
-    BranchNotFound,
-    InvalidInput,
-    MergeConflict,
-    TransactionError,
-)
 from dotdo.storage import backup
+from dotdo.storage.address import Address
+from dotdo.storage.database import ActorDatabase
+from dotdo.storage.errors import BranchExists, BranchNotFound, InvalidInput, MergeConflict, TransactionError
 from dotdo.storage.branches import BranchInfo, MergeReport
 
 ADDRESS = Address("A", "x")

@@ -2,7 +2,7 @@ import datetime as dt
 
 import pytest
 
-from dotdo.storage import InvalidValue
+from dotdo.storage.errors import InvalidValue
 from dotdo.storage.codec import decode, encode
 
 

@@ -8,13 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from dotdo.storage import ActorDatabase, Address
+from dotdo.storage.address import Address
+from dotdo.storage.database import ActorDatabase
 
 ADDRESS = Address("Crash", "victim")
 
 _CHILD = """
 import sys
-from dotdo.storage import ActorDatabase, Address
+from dotdo.storage.address import Address
+from dotdo.storage.database import ActorDatabase
 
 db = ActorDatabase.open(sys.argv[1], Address("Crash", "victim"))
 mode = sys.argv[2]

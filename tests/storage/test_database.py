@@ -3,9 +3,11 @@ from pathlib import Path
 import apsw
 import pytest
 
-from dotdo.storage import ActorDatabase, Address, StorageOptions, TransactionError
 from dotdo.storage import schema
-from dotdo.storage.errors import StorageFull
+from dotdo.storage.address import Address
+from dotdo.storage.database import ActorDatabase
+from dotdo.storage.errors import StorageFull, TransactionError
+from dotdo.storage.options import StorageOptions
 
 ALICE = Address("Customer", "alice")
 

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from dotdo.storage import ActorDatabase, BookmarkError, archive, backup, history_log
+from dotdo.storage import archive, backup, history_log
+from dotdo.storage.database import ActorDatabase
+from dotdo.storage.errors import BookmarkError
 from tests.storage import test_history as shared
 from tests.storage.test_history import ALICE, HOUR, Clock, dump, opened
 
@@ -77,7 +79,9 @@ def test_commits_the_hook_missed_are_caught_up_at_open(tmp_path: Path, clock: Cl
 
 _WRITER = """
 import sys
-from dotdo.storage import ActorDatabase, Address, StorageOptions
+from dotdo.storage.address import Address
+from dotdo.storage.database import ActorDatabase
+from dotdo.storage.options import StorageOptions
 
 class Clock:
     now = 1_000_000_000.0

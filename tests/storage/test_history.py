@@ -8,7 +8,11 @@ from typing import Any
 
 import pytest
 
-from dotdo.storage import ActorDatabase, Address, BookmarkError, StorageError, StorageOptions, TransactionError, archive, history_log
+from dotdo.storage import archive, history_log
+from dotdo.storage.address import Address
+from dotdo.storage.database import ActorDatabase
+from dotdo.storage.errors import BookmarkError, StorageError, TransactionError
+from dotdo.storage.options import StorageOptions
 
 ALICE = Address("Customer", "alice")
 HOUR = 3600.0

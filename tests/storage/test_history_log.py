@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from dotdo.storage import BookmarkError, StorageError, history_log
+from dotdo.storage import history_log
+from dotdo.storage.errors import BookmarkError, StorageError
 from tests.storage import test_history as shared
 from tests.storage.test_history import Clock, dump, opened
 

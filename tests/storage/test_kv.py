@@ -2,7 +2,8 @@ import datetime as dt
 
 import pytest
 
-from dotdo.storage import ActorDatabase, InvalidInput, InvalidKey, InvalidValue, StorageLimitExceeded
+from dotdo.storage.database import ActorDatabase
+from dotdo.storage.errors import InvalidInput, InvalidKey, InvalidValue, StorageLimitExceeded
 from dotdo.storage.kv import MAX_BATCH, MAX_KEY_BYTES, MAX_VALUE_BYTES
 
 

@@ -7,7 +7,8 @@ from typing import Any
 from hypothesis import settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from dotdo.storage import ActorDatabase, Address
+from dotdo.storage.address import Address
+from dotdo.storage.database import ActorDatabase
 
 keys = st.text(alphabet="a\x00é🙂", max_size=2)  # few keys, so bounds hit them
 values = st.none() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=5) | st.binary(max_size=5) | st.lists(

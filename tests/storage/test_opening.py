@@ -10,17 +10,12 @@ from pathlib import Path
 import apsw
 import pytest
 
-from dotdo.storage import (
-    ActorDatabase,
-    Address,
-    DatabaseLocked,
-    Durability,
-    StorageError,
-    StorageOptions,
-)
 from dotdo.storage import schema
-from dotdo.storage.errors import OutOfDescriptors, StorageReadOnly
+from dotdo.storage.address import Address
+from dotdo.storage.database import ActorDatabase
+from dotdo.storage.errors import DatabaseLocked, OutOfDescriptors, StorageError, StorageReadOnly
 from dotdo.storage.opening import DESCRIPTORS_PER_ACTOR
+from dotdo.storage.options import Durability, StorageOptions
 from tests.descriptors import exhausted, free_descriptors
 
 ALICE = Address("Customer", "alice")
@@ -79,7 +74,10 @@ def test_a_second_activation_is_refused_in_process(tmp_path: Path) -> None:
 
 def test_a_second_activation_is_refused_from_another_process(tmp_path: Path) -> None:
     code = (
-        "import sys; from storage import ActorDatabase, Address, DatabaseLocked\n"
+        "import sys\n"
+        "from dotdo.storage.address import Address\n"
+        "from dotdo.storage.database import ActorDatabase\n"
+        "from dotdo.storage.errors import DatabaseLocked\n"
         "try:\n"
         f"    ActorDatabase.open({str(tmp_path)!r}, Address('Customer', 'alice'))\n"
         "except DatabaseLocked:\n"
@@ -92,7 +90,9 @@ def test_a_second_activation_is_refused_from_another_process(tmp_path: Path) -> 
 
 def test_a_lock_holder_killed_mid_turn_leaves_the_database_openable(tmp_path: Path) -> None:
     code = (
-        "import os, signal; from storage import ActorDatabase, Address\n"
+        "import os, signal\n"
+        "from dotdo.storage.address import Address\n"
+        "from dotdo.storage.database import ActorDatabase\n"
         f"db = ActorDatabase.open({str(tmp_path)!r}, Address('Customer', 'alice'))\n"
         "db.kv.put('kept', 1); db.begin_turn(); db.kv.put('lost', 2)\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"

@@ -3,7 +3,7 @@ are taken in, retries and dead letters, sequence numbers, and the inbox."""
 
 from __future__ import annotations
 
-from dotdo.storage import ActorDatabase
+from dotdo.storage.database import ActorDatabase
 from dotdo.storage.outbox import OUTBOX_ITEM, RetryPolicy, Target
 
 POLICY = RetryPolicy(3, 0.1, 1.0)

@@ -3,7 +3,8 @@ from typing import Any
 
 import pytest
 
-from dotdo.storage import ActorDatabase, InvalidInput, InvalidQuery
+from dotdo.storage.database import ActorDatabase
+from dotdo.storage.errors import InvalidInput, InvalidQuery
 from dotdo.storage.query import MAX_DEPTH, MAX_IN_VALUES, compile_query, parse_field, sql_string
 from dotdo.storage.things import ThingStore
 

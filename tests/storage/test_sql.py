@@ -2,7 +2,10 @@ from pathlib import Path
 
 import pytest
 
-from dotdo.storage import ActorDatabase, Address, InvalidQuery, InvalidValue, RowCountError, SqlError, StorageOptions
+from dotdo.storage.address import Address
+from dotdo.storage.database import ActorDatabase
+from dotdo.storage.errors import InvalidQuery, InvalidValue, RowCountError, SqlError
+from dotdo.storage.options import StorageOptions
 
 
 @pytest.fixture

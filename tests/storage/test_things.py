@@ -4,8 +4,16 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from dotdo.storage import ActorDatabase, Address, InvalidInput, InvalidQuery, StorageLimitExceeded
-from dotdo.storage.errors import ThingExists, ThingNotFound, VersionConflict
+from dotdo.storage.address import Address
+from dotdo.storage.database import ActorDatabase
+from dotdo.storage.errors import (
+    InvalidInput,
+    InvalidQuery,
+    StorageLimitExceeded,
+    ThingExists,
+    ThingNotFound,
+    VersionConflict,
+)
 from dotdo.storage.things_model import MAX_JSON_BYTES
 
 

@@ -3,7 +3,8 @@ from array import array
 
 import pytest
 
-from dotdo.storage import ActorDatabase, InvalidInput, InvalidQuery
+from dotdo.storage.database import ActorDatabase
+from dotdo.storage.errors import InvalidInput, InvalidQuery
 from dotdo.storage.search import DEFAULT_DIMENSION, MAX_QUERY_LENGTH, plain_query
 from dotdo.storage.things import ThingStore
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dotdo.storage import ActorDatabase
+from dotdo.storage.database import ActorDatabase
 from dotdo.storage.subscriptions import Subscription, SubscriptionIndex
 from dotdo.storage.workflow import SubscriptionRow
 
@@ -66,7 +66,7 @@ def test_a_step_rolls_back_alone_and_an_output_point_inside_commits_what_came_be
 
 
 def test_steps_are_only_for_turns_and_do_not_nest(db: ActorDatabase) -> None:
-    from dotdo.storage import TransactionError
+    from dotdo.storage.errors import TransactionError
 
     with pytest.raises(TransactionError):
         with db.step():

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from dotdo.storage import ActorDatabase, Address
+from dotdo.storage.address import Address
+from dotdo.storage.database import ActorDatabase
 from tests.storage.test_outbox import A, send
 
 

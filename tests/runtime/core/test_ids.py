@@ -1,7 +1,7 @@
 import pytest
 
 from dotdo.runtime.core.ids import ActorId, id_from_name, id_from_string, is_id_of, new_unique_id, resolve
-from dotdo.storage import InvalidId, InvalidNamespace
+from dotdo.storage.errors import InvalidId, InvalidNamespace
 
 
 def test_names_give_stable_distinct_ids() -> None:
