@@ -22,24 +22,24 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import apsw
 
+# Every store is imported here, not on first use: importing opens files, and a store
+# first used in a turn of a process out of file descriptors would fail there (a 500)
+# instead of the 503 that opening a database gets.
 from dotdo.storage import schema
 from dotdo.storage.address import Address
+from dotdo.storage.alarms import AlarmStore
+from dotdo.storage.branches import Branches
 from dotdo.storage.errors import StorageError, TransactionError, translate
+from dotdo.storage.history import History
 from dotdo.storage.kv import KVStore
 from dotdo.storage.opening import open_read_only, open_read_write
 from dotdo.storage.options import DatabaseStats, StorageOptions
 from dotdo.storage.sql import SqlStore
-
-if TYPE_CHECKING:
-    from dotdo.storage.alarms import AlarmStore
-    from dotdo.storage.branches import Branches
-    from dotdo.storage.history import History
-    from dotdo.storage.things import ThingStore
-    from dotdo.storage.workflow import WorkflowStore
+from dotdo.storage.things import ThingStore
+from dotdo.storage.workflow import WorkflowStore
 
 
 class ActorDatabase:
@@ -122,8 +122,6 @@ class ActorDatabase:
             # History archives every commit through a WAL hook, from here on; it first
             # catches up on commits a killed process left unarchived in the WAL. It
             # raises nothing (a failure is kept in history.info().error).
-            from dotdo.storage.history import History
-
             db._history = History(db)
             try:
                 db._history.attach(created)
@@ -204,8 +202,6 @@ class ActorDatabase:
     def alarms(self) -> AlarmStore:
         """The actor's alarm and schedules."""
         if self._alarms is None:
-            from dotdo.storage.alarms import AlarmStore
-
             self._alarms = AlarmStore(self)
         return self._alarms
 
@@ -213,8 +209,6 @@ class ActorDatabase:
     def things(self) -> ThingStore:
         """The semantic stores: things, relationships, full-text and vector search."""
         if self._things is None:
-            from dotdo.storage.things import ThingStore
-
             self._things = ThingStore(self)
         return self._things
 
@@ -222,8 +216,6 @@ class ActorDatabase:
     def workflow(self) -> WorkflowStore:
         """Events, actions, the outbox, the inbox and subscriptions."""
         if self._workflow is None:
-            from dotdo.storage.workflow import WorkflowStore
-
             self._workflow = WorkflowStore(self)
         return self._workflow
 
@@ -231,8 +223,6 @@ class ActorDatabase:
     def branches(self) -> Branches:
         """Git-style branches of this actor's data: create, checkout, merge, diff."""
         if self._branches is None:
-            from dotdo.storage.branches import Branches
-
             self._branches = Branches(self)
         return self._branches
 
@@ -240,8 +230,6 @@ class ActorDatabase:
     def history(self) -> History:
         """Bookmarks and point-in-time restore (``dotdo.storage.history``)."""
         if self._history is None:
-            from dotdo.storage.history import History
-
             self._history = History(self)
             self._history.attach()
         return self._history

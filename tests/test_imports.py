@@ -52,7 +52,8 @@ def test_storage_options_needs_no_database(tmp_path: pathlib.Path) -> None:
 def test_the_stores_every_actor_uses_come_with_the_database(tmp_path: pathlib.Path) -> None:
     """Importing a module opens a file: one first imported in a turn would fail there
     when the process is out of file descriptors (a 500 instead of the 503 it gets)."""
-    assert {"dotdo.storage.kv", "dotdo.storage.sql"} <= loaded_by(tmp_path, "dotdo.storage.database")
+    stores = {"kv", "sql", "alarms", "things", "workflow", "branches", "merge", "history"}
+    assert {f"dotdo.storage.{store}" for store in stores} <= loaded_by(tmp_path, "dotdo.storage.database")
 
 
 def test_storage_loads_no_layer_above_and_no_io_framework(tmp_path: pathlib.Path) -> None:
