@@ -6,8 +6,8 @@ Each scenario starts its own ``dotdo serve --workers 1`` (serving
 memory when idle, runs the attack from this process over loopback, and reads the
 server's memory again: at the peak (``VmHWM``) and a second after the attack ended.
 The baseline is the same server idle, in the same run; ``--vs DIR`` runs every
-scenario against the code of another checkout too (``PYTHONPATH=DIR``), e.g. the
-code before a fix, so that both are measured side by side.
+scenario against the code of another checkout too (see ``benchmarks/checkouts.py``),
+e.g. the code before a fix, so that both are measured side by side.
 
 Scenarios (``--scenarios``, default all):
 
@@ -45,8 +45,12 @@ import httpx
 import trio
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+import checkouts  # noqa: E402
+
+ROOT = checkouts.ROOT
+checkouts.install(ROOT)
 
 from dotdo.runtime.core import values  # noqa: E402
 from dotdo.runtime.transport import wire  # noqa: E402
@@ -83,8 +87,7 @@ class Server:
 
 def start(source: Path, data: Path) -> Server:
     out = data.with_suffix(".out")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DOTDO_")}
-    env["PYTHONPATH"] = str(source)
+    env = checkouts.env(source, {k: v for k, v in os.environ.items() if not k.startswith("DOTDO_")})
     env["PYTHONUNBUFFERED"] = "1"
     with out.open("wb") as stdout:
         process = subprocess.Popen(

@@ -3,7 +3,11 @@ starlette + hypercorn + apsw app doing the same increment (``benchmarks/bare_app
 or, with ``--compare workers``, ``dotdo serve --workers 2`` against ``--workers 1``
 (nothing pinned: two workers need both cores, and share them with the load generator);
 or, with ``--compare token``, ``dotdo serve --token`` (every request carrying
-``Authorization: Bearer``) against ``dotdo serve`` without one: what access checking costs.
+``Authorization: Bearer``) against ``dotdo serve`` without one: what access checking costs;
+or, with ``--vs DIR``, the server that ``--compare`` measures (by default ``dotdo serve``
+with one worker) running this checkout's code against the same server running the code
+of the checkout DIR (e.g. the code before a change; see ``benchmarks/checkouts.py`` for
+how a subprocess is made to run it), with the same options and the same load.
 
 Both servers run as subprocesses on 127.0.0.1 (free ports, temporary data directories,
 durability ``normal``), in the same run, and the load alternates between them round by
@@ -22,15 +26,18 @@ the servers do: its figures compare the servers under a lighter load only). On a
 machine with two or more cores the servers are pinned to one core and the load
 generator to another.
 
-Reported per scenario and server: requests/s, p50 and p99 latency, the server's RSS
-after the load (``VmRSS``), errors, and the ratio dotdo/bare. Afterwards every counter
-is read back: the sum must be at least the number of successful increments, and at most
-that plus the requests that were in flight when the load stopped. The exit status is 1
-when a request failed or a read-back is off.
+Reported per scenario and server: requests/s, p50 and p99 latency, the CPU time the
+server's processes spent per request during the load (user + system, from
+/proc/PID/stat: what a request costs the server even when the load generator is the
+bottleneck), the server's RSS after the load (``VmRSS``), errors, and the ratio dotdo/bare (with ``--vs``: this
+checkout's ``this`` over DIR's ``vs``). Afterwards every counter is read back: the sum
+must be at least the number of successful increments, and at most that plus the
+requests that were in flight when the load stopped. The exit status is 1 when a request
+failed or a read-back is off.
 
     python benchmarks/http_bench.py [--duration 10] [--connections 32] [--threads 1]
         [--rounds 2] [--counters 2000] [--scenarios hot,spread] [--route fetch|rpc]
-        [--compare bare|workers|token]
+        [--compare bare|workers|token] [--vs /path/to/other/checkout]
 """
 
 from __future__ import annotations
@@ -52,7 +59,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-ROOT = Path(__file__).resolve().parent.parent
+import checkouts
+
+ROOT = checkouts.ROOT
 RPC_BODY = b'{"args":[],"kwargs":{}}'
 TOKEN = "bench-client-token-0123456789abcdef"  # the --compare token server's client token
 
@@ -88,6 +97,10 @@ class Server:
         /proc/PID/status (MiB)."""
         return sum(_rss_kib(pid) for pid in _tree(self.proc.pid)) / 1024
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by the server and its worker processes."""
+        return sum(_cpu_ticks(pid) for pid in _tree(self.proc.pid)) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -117,6 +130,15 @@ def _tree(pid: int) -> list[int]:
     return found
 
 
+def _cpu_ticks(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime, stime
+
+
 def _rss_kib(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/status") as status:
@@ -136,11 +158,33 @@ COMPARE = {"bare": ("bare", "dotdo"), "workers": ("w1", "w2"), "token": ("dotdo"
 """Per ``--compare``: the baseline, then the server measured against it."""
 
 
-def start_server(name: str, data_dir: Path, logs: Path, cpu: int | None) -> Server:
-    """Start ``bare`` or a dotdo (``dotdo``, ``w1``, ``w2``) on a free port and wait
-    until it listens."""
+@dataclass(frozen=True)
+class Contender:
+    """One server of the comparison: its name in the table, which server (a name of
+    ``SERVERS``), and the checkout whose code it runs."""
+
+    label: str
+    kind: str
+    tree: Path = ROOT
+
+
+def contenders(args: argparse.Namespace) -> list[Contender]:
+    """The baseline, then the server measured against it: the pair of ``--compare``, or
+    with ``--vs`` its measured server from DIR, then from this checkout."""
+    baseline, measured = COMPARE[args.compare]
+    if args.vs is None:
+        return [Contender(baseline, baseline), Contender(measured, measured)]
+    return [Contender("vs", measured, args.vs.resolve()), Contender("this", measured)]
+
+
+def start_server(contender: Contender, data_dir: Path, logs: Path, cpu: int | None) -> Server:
+    """Start ``bare`` or a dotdo (``dotdo``, ``w1``, ``w2``, ``token``) running the
+    contender's checkout on a free port and wait until it listens."""
+    name = contender.kind
     workers = SERVERS[name]
     if workers is not None:
+        # Only options that dotdo serve has had since before issue 18, so that --vs can
+        # run the code of then.
         argv = [sys.executable, "-m", "dotdo", "serve", "--host", "127.0.0.1", "--port", "0", "--rpc-port", "0",
                 "--workers", str(workers), "--data", str(data_dir), "--durability", "normal", "--log-level", "warning"]
         if name == "token":
@@ -148,10 +192,9 @@ def start_server(name: str, data_dir: Path, logs: Path, cpu: int | None) -> Serv
     else:
         argv = [sys.executable, str(ROOT / "benchmarks" / "bare_app.py"), "--host", "127.0.0.1",
                 "--port", "0", "--data", str(data_dir)]
-    log = logs / f"{name}.log"
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    log = logs / f"{data_dir.parent.name}-{contender.label}.log"
     with open(log, "wb") as err:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, cwd=ROOT, env=env)
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, cwd=contender.tree, env=checkouts.env(contender.tree))
     if cpu is not None:
         os.sched_setaffinity(proc.pid, {cpu})
     assert proc.stdout is not None
@@ -162,9 +205,9 @@ def start_server(name: str, data_dir: Path, logs: Path, cpu: int | None) -> Serv
             break
         if line.strip().startswith("http: "):
             url = line.split("http: ", 1)[1].split()[0]  # the banner may add "(token required)"
-            return Server(name, proc, url, log, TOKEN if name == "token" else None)
+            return Server(contender.label, proc, url, log, TOKEN if name == "token" else None)
     proc.kill()
-    raise RuntimeError(f"{name} did not start:\n{log.read_text()}")
+    raise RuntimeError(f"{contender.label} did not start:\n{log.read_text()}")
 
 
 # -- requests outside the load ----------------------------------------------------------
@@ -217,6 +260,12 @@ class Load:
     seconds: float
     p50_ms: float
     p99_ms: float
+    server_cpu: float = 0.0  # seconds of CPU the server's processes used during the load
+
+    @property
+    def cpu_us(self) -> float:
+        """The server's CPU time per completed request, in microseconds."""
+        return self.server_cpu / self.requests * 1e6 if self.requests else 0.0
 
     @property
     def ok(self) -> int:
@@ -361,27 +410,32 @@ def run_scenario(scenario: str, args: argparse.Namespace, scratch: Path, cpus: t
     wrk = None if args.loadgen == "python" else shutil.which("wrk")
     if args.loadgen == "wrk" and wrk is None:
         raise SystemExit("wrk is not installed")
-    names = list(COMPARE[args.compare])
+    pair = contenders(args)
+    names = [contender.label for contender in pair]
     servers: dict[str, Server] = {}
     loads: dict[str, list[Load]] = {name: [] for name in names}
     ok: dict[str, int] = {}
     try:
-        for name in names:
+        for contender in pair:
+            name = contender.label
             data = scratch / scenario / name
-            servers[name] = start_server(name, data, scratch, cpus[1] if cpus else None)
+            servers[name] = start_server(contender, data, scratch, cpus[1] if cpus else None)
             started = time.perf_counter()
             ok[name] = warm(servers[name], counters, args.route)
             print(f"  {scenario}: {name} warmed {len(counters):,} counter(s) in "
                   f"{time.perf_counter() - started:.1f} s, RSS {servers[name].rss_mb():.0f} MB", file=sys.stderr, flush=True)
         for round_ in range(args.rounds):
             for name in names if round_ % 2 == 0 else reversed(names):
+                cpu_before = servers[name].cpu_seconds()
                 if wrk is not None:
                     load = wrk_load(wrk, servers[name], counters, args.route, args, scratch)
                 else:
                     load = python_load(servers[name], counters, args.route, args)
+                load.server_cpu = servers[name].cpu_seconds() - cpu_before
                 loads[name].append(load)
                 print(f"  {scenario} round {round_ + 1}: {name:5} {load.rate:8,.0f} req/s  p50 {load.p50_ms:6.2f} ms"
-                      f"  p99 {load.p99_ms:6.2f} ms  non-2xx {load.non_2xx}  errors {load.errors}", file=sys.stderr, flush=True)
+                      f"  p99 {load.p99_ms:6.2f} ms  CPU {load.cpu_us:5.0f} us/req  non-2xx {load.non_2xx}"
+                      f"  errors {load.errors}", file=sys.stderr, flush=True)
         results = []
         for name in names:
             server = servers[name]
@@ -402,10 +456,17 @@ def _table(results: list[Result], args: argparse.Namespace) -> None:
         load = f"wrk, {args.threads} thread(s)"
     else:
         load = "trio+httpx (no wrk; the client is the bottleneck, compare ratios only)"
+    theirs, mine = (contender.label for contender in contenders(args))
+    against = f"{mine}/{theirs}"
     print(f"\n# HTTP benchmark: {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}, route {args.route}, "
           f"{args.connections} connections, load {load}, {args.duration:g} s x {args.rounds} round(s) "
           f"(medians), durability normal", flush=True)
-    head = f"{'scenario':10} {'server':6} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'RSS MB':>8} {'failed':>7} {'read back':>10}"
+    if args.vs is not None:
+        server = COMPARE[args.compare][1]
+        print(f"# server {server}: this = this checkout ({ROOT}), vs = {args.vs.resolve()}", flush=True)
+        against = "this/vs"
+    head = (f"{'scenario':10} {'server':6} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>10} {'RSS MB':>8} "
+            f"{'failed':>7} {'read back':>10}")
     print(head)
     print("-" * len(head))
     by_scenario: dict[str, dict[str, Result]] = {}
@@ -413,8 +474,8 @@ def _table(results: list[Result], args: argparse.Namespace) -> None:
         by_scenario.setdefault(r.scenario, {})[r.server] = r
         check = "ok" if r.correct else f"BAD {r.read_back}"
         print(f"{r.scenario:10} {r.server:6} {r.median(lambda x: x.rate):9,.0f} {r.median(lambda x: x.p50_ms):8.2f} "
-              f"{r.median(lambda x: x.p99_ms):8.2f} {r.rss_mb:8.1f} {r.failures:7} {check:>10}")
-    theirs, mine = COMPARE[args.compare]
+              f"{r.median(lambda x: x.p99_ms):8.2f} {r.median(lambda x: x.cpu_us):10.0f} {r.rss_mb:8.1f} "
+              f"{r.failures:7} {check:>10}")
     for scenario, pair in by_scenario.items():
         d, b = pair[mine], pair[theirs]
 
@@ -422,7 +483,7 @@ def _table(results: list[Result], args: argparse.Namespace) -> None:
             return d.median(f) / b.median(f)
 
         print(f"{scenario:10} {'ratio':6} {ratio(lambda x: x.rate):8.2f}x {ratio(lambda x: x.p50_ms):7.2f}x "
-              f"{ratio(lambda x: x.p99_ms):7.2f}x {d.rss_mb / b.rss_mb:7.2f}x   ({mine}/{theirs})")
+              f"{ratio(lambda x: x.p99_ms):7.2f}x {ratio(lambda x: x.cpu_us):9.2f}x {d.rss_mb / b.rss_mb:7.2f}x   ({against})")
 
 
 def main() -> None:
@@ -438,9 +499,14 @@ def main() -> None:
     parser.add_argument("--compare", choices=sorted(COMPARE), default="bare",
                         help="bare: dotdo (one worker) against the bare app (default); workers: --workers 2 against "
                         "--workers 1; token: dotdo --token against dotdo without")
+    parser.add_argument("--vs", type=Path, metavar="DIR",
+                        help="another checkout (e.g. the code before a change): the server --compare measures runs "
+                        "this checkout's code and DIR's, alternating round by round, instead of against its baseline")
     parser.add_argument("--no-pin", action="store_true", help="do not pin servers and load to separate cores")
     parser.add_argument("--dir", help="where to put data directories (default: a temporary folder)")
     args = parser.parse_args()
+    for contender in contenders(args):
+        checkouts.verify(contender.tree)
     cpus: tuple[int, int] | None = None
     if not args.no_pin and args.compare != "workers" and hasattr(os, "sched_setaffinity"):
         available = sorted(os.sched_getaffinity(0))

@@ -19,6 +19,16 @@ Figures: sequential calls to one actor (p50/p99 microseconds per call), and
 ``--callers`` concurrent trio tasks calling over ``--callers`` actors (one each) and
 over one actor (calls per second). Runs on one core (pinned when it can).
 
+With ``--vs DIR``, the section measures the code of this checkout and of the checkout
+DIR (e.g. the code before a change) side by side: ``--rounds`` times each, alternating,
+each time in a subprocess that runs this script with ``--inproc-worker`` and the code of
+one checkout (see ``benchmarks/checkouts.py``), in either layout (``dotdo.runtime``,
+``dotdo.actors`` and ``dotdo.storage``, or before issue 18 top-level ``runtime``,
+``actors`` and ``storage``). Each run has its bare baselines; printed are each
+checkout's table (medians over the rounds), then per figure dotdo's and the bare
+counter's medians from both and their ratio this/DIR (the bare ratio is the same code
+twice: how far the machine's noise alone moves a figure).
+
 ``tcp``: ``dotdo serve --workers 1`` in a subprocess on one core, this process as the
 client on the other, over loopback: sequential calls (``get``, a read, and
 ``increment``, a committed write) p50/p99, and 64 trio tasks calling over 64 actors on
@@ -31,14 +41,18 @@ frames kept in flight by one task (messages/s; no per-call task, actor or storag
 
     python benchmarks/rpc_bench.py [--sections inproc,tcp,workers] [--calls 20000]
         [--callers 100] [--durability normal] [--http-duration 10]
+        [--vs /path/to/other/checkout] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import importlib
+import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,14 +65,11 @@ import apsw
 import msgpack
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from dotdo.actors.examples import Counter  # noqa: E402
-from dotdo.client import connect  # noqa: E402
-from dotdo.runtime.transport.wire import HEADER, FrameDecoder  # noqa: E402
-from dotdo.runtime.supervisor import Supervisor  # noqa: E402
-from dotdo.storage.options import Durability, StorageOptions  # noqa: E402
+import checkouts  # noqa: E402
+
+ROOT = checkouts.ROOT
 
 _GET = "SELECT v FROM kv WHERE k = ?"
 _PUT = "INSERT OR REPLACE INTO kv(k, v) VALUES (?, ?)"
@@ -95,6 +106,8 @@ class BareCounter:
 
 
 Call = Callable[[], Awaitable[Any]]
+Rows = list[tuple[str, float, float, float]]
+"""The in-process figures: (figure, dotdo, bare, bare+yield) per row."""
 
 
 async def sequential(call: Call, n: int) -> list[float]:
@@ -128,12 +141,27 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def run(args: argparse.Namespace, root: Path) -> list[tuple[str, float, float, float]]:
+def _layers(tree: Path) -> tuple[Any, Any, Any, Any]:
+    """The Supervisor, the Counter example, Durability and StorageOptions, from the
+    modules where ``tree`` defines them; stops unless they are ``tree``'s."""
+    prefix = "dotdo." if checkouts.supervisor_module(tree).startswith("dotdo.") else ""
+    supervisor = importlib.import_module(f"{prefix}runtime.supervisor")
+    examples = importlib.import_module(f"{prefix}actors.examples")
+    storage = importlib.import_module(f"{prefix}storage")
+    for module in (supervisor, examples, storage):
+        if not Path(module.__file__ or "").resolve().is_relative_to(tree.resolve()):
+            raise SystemExit(f"{module.__name__} is imported from {module.__file__}, not from {tree}")
+    return supervisor.Supervisor, examples.Counter, storage.Durability, storage.StorageOptions
+
+
+async def run(args: argparse.Namespace, root: Path, tree: Path = ROOT) -> Rows:
+    """The in-process figures of ``tree``'s code, with databases under ``root``."""
+    Supervisor, Counter, Durability, StorageOptions = _layers(tree)
     durability = Durability(args.durability)
     sync = "FULL" if durability is Durability.FULL else "NORMAL"
     callers = args.callers
     per_caller = max(1, args.calls // callers)
-    rows: list[tuple[str, float, float, float]] = []
+    rows: Rows = []
     (root / "bare").mkdir()
     bare_one = BareCounter(root / "bare" / "one.sqlite", sync)
     yield_one = BareCounter(root / "bare" / "one-y.sqlite", sync, yields=True)
@@ -192,17 +220,62 @@ async def run(args: argparse.Namespace, root: Path) -> list[tuple[str, float, fl
     return rows
 
 
+def _print_inproc(rows: Rows) -> None:
+    print(f"{'figure':36} {'dotdo':>10} {'bare':>10} {'ratio':>7} {'bare+yield':>11} {'ratio':>7}")
+    for label, mine, theirs, yielding in rows:
+        print(f"{label:36} {mine:10,.1f} {theirs:10,.1f} {mine / theirs:7.2f} {yielding:11,.1f} {mine / yielding:7.2f}")
+
+
+def _worker_run(args: argparse.Namespace, tree: Path) -> Rows:
+    """One run of the in-process section in a subprocess with ``tree``'s code."""
+    argv = [sys.executable, str(Path(__file__).resolve()), "--inproc-worker", str(tree), "--calls", str(args.calls),
+            "--callers", str(args.callers), "--repeat", str(args.repeat), "--durability", args.durability]
+    if args.dir:
+        argv += ["--dir", str(Path(args.dir).resolve())]
+    done = subprocess.run(argv, capture_output=True, text=True, cwd=tree, env=checkouts.env(tree))
+    if done.returncode != 0:
+        raise SystemExit(f"the in-process run of {tree} failed:\n{done.stderr}")
+    return [(label, *figures) for label, *figures in json.loads(done.stdout.splitlines()[-1])]
+
+
+def _medians(runs: list[Rows]) -> Rows:
+    """Per figure, the median of each column over ``runs``."""
+    return [(rows[0][0], *(statistics.median(column) for column in zip(*(row[1:] for row in rows))))
+            for rows in zip(*runs)]
+
+
+def inproc_vs(args: argparse.Namespace, date: str) -> None:
+    """``--vs``: the in-process section of this checkout and of DIR, alternating."""
+    trees = {"this": ROOT, "vs": args.vs.resolve()}
+    runs: dict[str, list[Rows]] = {name: [] for name in trees}
+    for round_ in range(args.rounds):
+        for name in trees if round_ % 2 == 0 else reversed(trees):
+            rows = _worker_run(args, trees[name])
+            runs[name].append(rows)
+            print(f"  round {round_ + 1}: {name:4} " + "  ".join(f"{row[1]:,.1f}" for row in rows), file=sys.stderr, flush=True)
+    medians = {name: _medians(runs[name]) for name in trees}
+    for name, tree in trees.items():
+        print(f"# RPC benchmark: in-process, durability={args.durability}, one core, {date}, {tree} "
+              f"(medians of {args.rounds} runs, alternating with the other checkout)")
+        _print_inproc(medians[name])
+        print()
+    print(f"# this checkout ({ROOT}) against {trees['vs']}: medians, ratio this/vs "
+          "(us/call: lower is better; calls/s: higher)")
+    print(f"{'figure':36} {'this':>10} {'vs':>10} {'ratio':>7} {'bare this':>10} {'bare vs':>10} {'ratio':>7}")
+    for mine, theirs in zip(medians["this"], medians["vs"]):
+        print(f"{mine[0]:36} {mine[1]:10,.1f} {theirs[1]:10,.1f} {mine[1] / theirs[1]:7.2f} "
+              f"{mine[2]:10,.1f} {theirs[2]:10,.1f} {mine[2] / theirs[2]:7.2f}")
+
+
 # -- over TCP ---------------------------------------------------------------------------
 
-ROOT = Path(__file__).resolve().parent.parent
 INFLIGHT = 64
 
 
 def _spawn(argv: list[str], cpu: int | None, scratch: Path, name: str) -> tuple[subprocess.Popen[bytes], str, int]:
     """Start a server printing ``  rpc:  tcp://HOST:PORT``; return it and its address."""
     log = open(scratch / f"{name}.log", "wb")  # noqa: SIM115 - kept open for the process
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, cwd=ROOT, env=env)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, cwd=ROOT, env=checkouts.env(ROOT))
     if cpu is not None:
         os.sched_setaffinity(proc.pid, {cpu})
     assert proc.stdout is not None
@@ -216,6 +289,8 @@ def _spawn(argv: list[str], cpu: int | None, scratch: Path, name: str) -> tuple[
 
 
 async def _bare_sequential(host: str, port: int, n: int) -> list[float]:
+    from dotdo.runtime.transport.wire import HEADER, FrameDecoder
+
     stream = await trio.open_tcp_stream(host, port)
     decoder = FrameDecoder()
     payload = msgpack.packb([[], {}])
@@ -233,6 +308,8 @@ async def _bare_sequential(host: str, port: int, n: int) -> list[float]:
 
 async def _bare_window(host: str, port: int, n: int, window: int) -> float:
     """Messages/s with ``window`` frames kept in flight by one task."""
+    from dotdo.runtime.transport.wire import HEADER, FrameDecoder
+
     stream = await trio.open_tcp_stream(host, port)
     decoder = FrameDecoder()
     payload = msgpack.packb([[], {}])
@@ -261,6 +338,8 @@ async def _dotdo_concurrent(S: Any, method: str, per_task: int) -> float:
 
 
 async def run_tcp(args: argparse.Namespace, scratch: Path, server_cpu: int | None) -> list[tuple[str, float, float]]:
+    from dotdo.client import connect
+
     dotdo, d_host, d_port = _spawn(
         [sys.executable, "-m", "dotdo", "serve", "--workers", "1", "--port", "0",
          "--data", str(scratch / "tcp-data"), "--durability", args.durability],
@@ -315,22 +394,39 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs per concurrent figure; the best is kept (default 3)")
     parser.add_argument("--durability", choices=["normal", "full"], default="normal")
     parser.add_argument("--dir", help="where to create databases (default: a temporary folder)")
+    parser.add_argument("--vs", type=Path, metavar="DIR",
+                        help="inproc: measure this checkout's code and DIR's side by side, alternating, each run in a "
+                        "subprocess (e.g. DIR: a checkout of the code before a change)")
+    parser.add_argument("--rounds", type=int, default=3, help="with --vs: runs of each checkout (default 3)")
+    parser.add_argument("--inproc-worker", type=Path, metavar="DIR",
+                        help="what --vs runs in each subprocess: the inproc section alone, with the code of DIR "
+                        "(which the subprocess's environment selects: benchmarks/checkouts.py); prints its figures "
+                        "as one JSON line")
     args = parser.parse_args()
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else []
+    if args.inproc_worker is not None:
+        if cores:
+            os.sched_setaffinity(0, {cores[-1]})
+        with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+            print(json.dumps(trio.run(run, args, Path(tmp), args.inproc_worker)))
+        return
+    checkouts.install(ROOT)
     sections = [part.strip() for part in args.sections.split(",") if part.strip()]
     unknown = set(sections) - {"inproc", "tcp", "workers"}
     if unknown:
         raise SystemExit(f"unknown sections: {', '.join(sorted(unknown))}")
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_setaffinity") else []
     date = time.strftime("%Y-%m-%d")
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        if "inproc" in sections:
+        if "inproc" in sections and args.vs is not None:
+            for tree in (ROOT, args.vs):
+                checkouts.verify(tree)
+            inproc_vs(args, date)
+        elif "inproc" in sections:
             if cores:
                 os.sched_setaffinity(0, {cores[-1]})
             rows = trio.run(run, args, Path(tmp))
             print(f"# RPC benchmark: in-process, durability={args.durability}, one core, {date}")
-            print(f"{'figure':36} {'dotdo':>10} {'bare':>10} {'ratio':>7} {'bare+yield':>11} {'ratio':>7}")
-            for label, mine, theirs, yielding in rows:
-                print(f"{label:36} {mine:10,.1f} {theirs:10,.1f} {mine / theirs:7.2f} {yielding:11,.1f} {mine / yielding:7.2f}")
+            _print_inproc(rows)
         if "tcp" in sections:
             server_cpu = cores[0] if len(cores) >= 2 else None
             if len(cores) >= 2:
@@ -348,7 +444,7 @@ def main() -> None:
 
             http_args = argparse.Namespace(
                 duration=args.http_duration, connections=32, threads=1, rounds=2, counters=2000,
-                route="fetch", loadgen="auto", compare="workers", no_pin=True, dir=None,
+                route="fetch", loadgen="auto", compare="workers", no_pin=True, dir=None, vs=None,
             )
             results = []
             for scenario in ("hot", "spread"):
