@@ -147,7 +147,7 @@ def _layers(tree: Path) -> tuple[Any, Any, Any, Any]:
     prefix = "dotdo." if checkouts.supervisor_module(tree).startswith("dotdo.") else ""
     supervisor = importlib.import_module(f"{prefix}runtime.supervisor")
     examples = importlib.import_module(f"{prefix}actors.examples")
-    storage = importlib.import_module(f"{prefix}storage")
+    storage = importlib.import_module(f"{prefix}storage.options")
     for module in (supervisor, examples, storage):
         if not Path(module.__file__ or "").resolve().is_relative_to(tree.resolve()):
             raise SystemExit(f"{module.__name__} is imported from {module.__file__}, not from {tree}")
