@@ -14,7 +14,9 @@ from starlette.responses import Response
 from starlette.types import Message, Scope
 
 from dotdo.http.responses import as_response
+from dotdo.runtime.core.errors import Moved
 from dotdo.runtime.core.ids import ActorId
+from dotdo.runtime.placement.locator import MOVING
 from dotdo.runtime.supervisor import Supervisor
 from dotdo.runtime.transport import wire
 from dotdo.runtime.transport.server import FetchHandler
@@ -68,7 +70,10 @@ def fetch_handler(supervisor: Supervisor) -> FetchHandler:
             await trio.sleep_forever()
             raise AssertionError("unreachable")
 
-        value = await supervisor.fetch(target, Request(scope, receive), timeout=timeout, located=True)
+        try:
+            value = await supervisor.fetch(target, Request(scope, receive), timeout=timeout, located=True)
+        except Moved:  # placed elsewhere while it waited: it goes to the new owner
+            return await supervisor.relay.fetch(MOVING, target, http, timeout)
         return await _capture(as_response(value), scope)
 
     return handle
