@@ -308,14 +308,15 @@ class Supervisor:
         owner = self.locator.locate(target)
         if owner is None:
             try:
+                chain = chain or self.calls.new_chain()
                 if system:
-                    call = self.turns.call(self.events.run_system, (method, payload), {}, None, seconds, chain or self.calls.new_chain(), path)
+                    call = self.turns.call(self.events.run_system, (method, payload), {}, None, seconds, chain, path)
                     return await self.turns.entry(target, call, scope)  # type: ignore[no-any-return]
                 args, kwargs = self.unpack_args(payload)
                 bound_args, bound_kwargs = spec.bind(args, kwargs)
                 last = len(steps) == 1
                 convert = values.pack if last else self._copy
-                call = self.turns.call(spec.function, bound_args, bound_kwargs, convert, seconds, chain or self.calls.new_chain(), path)
+                call = self.turns.call(spec.function, bound_args, bound_kwargs, convert, seconds, chain, path)
                 result = await self.turns.entry(target, call, scope)
             except Moved:
                 owner = MOVING

@@ -50,11 +50,13 @@ class Call(NamedTuple):
 class CallsInFlight:
     """The calls that entered a supervisor from outside, and whether it is closing."""
 
-    __slots__ = ("closing", "_scopes", "_drained", "_prefix", "_seq")
+    __slots__ = ("closing", "scopes", "_drained", "_prefix", "_seq")
 
     def __init__(self) -> None:
         self.closing = False
-        self._scopes: set[trio.CancelScope] = set()
+        # The cancel scope of each call in flight: ``Turns.entry`` adds and takes them
+        # itself (a method call each way cost the contended path 5% of its calls/s).
+        self.scopes: set[trio.CancelScope] = set()
         self._drained = trio.Event()
         # Chain ids: a random prefix per supervisor and a sequence number, cheaper than
         # fresh random bytes per call and as unique.
@@ -66,18 +68,11 @@ class CallsInFlight:
         return self._prefix + str(next(self._seq))
 
     def __len__(self) -> int:
-        return len(self._scopes)
+        return len(self.scopes)
 
-    def begin(self, scope: trio.CancelScope) -> None:
-        """A call entered (it runs in ``scope``)."""
-        self._scopes.add(scope)
-
-    def end(self, scope: trio.CancelScope) -> None:
-        """A call left; the last one to leave a closing supervisor says it drained."""
-        scopes = self._scopes
-        scopes.discard(scope)
-        if self.closing and not scopes:
-            self._drained.set()
+    def drained(self) -> None:
+        """The last call has left a closing supervisor (``entry`` says so)."""
+        self._drained.set()
 
     async def drain(self, grace: float) -> None:
         """Refuse new calls; let running ones finish for up to ``grace`` seconds, then
@@ -85,13 +80,13 @@ class CallsInFlight:
         even when the close itself is cancelled)."""
         self.closing = True
         try:
-            if self._scopes:
+            if self.scopes:
                 with trio.move_on_after(grace):
                     await self._drained.wait()
         finally:
-            for scope in list(self._scopes):
+            for scope in list(self.scopes):
                 scope.cancel()
-            if self._scopes:
+            if self.scopes:
                 with trio.CancelScope(shield=True) as shielded:
                     shielded.deadline = trio.current_time() + 5
                     await self._drained.wait()

@@ -91,10 +91,12 @@ class Turns:
             turn.activation.db.commit()
             if timeout is None or trio.current_time() + timeout >= turn.deadline:
                 return self.run(target, Call(fn, args, kwargs, convert, turn.chain, turn.path, turn.deadline))
-            return self.entry(target, self.call(fn, args, kwargs, convert, timeout, turn.chain, turn.path))
-        if self.calls.closing:
+            return self.entry(target, Call(fn, args, kwargs, convert, turn.chain, turn.path, trio.current_time() + timeout))
+        calls = self.calls
+        if calls.closing:
             raise SupervisorClosed("the supervisor is shutting down")
-        return self.entry(target, self.call(fn, args, kwargs, convert, timeout, self.calls.new_chain()))
+        seconds = self.call_timeout if timeout is None else timeout
+        return self.entry(target, Call(fn, args, kwargs, convert, calls.new_chain(), (), trio.current_time() + seconds))
 
     def call(
         self,
@@ -119,12 +121,15 @@ class Turns:
         else:
             scope.deadline = call.deadline
         calls = self.calls
-        calls.begin(scope)
+        scopes = calls.scopes
+        scopes.add(scope)
         try:
             with scope:
                 return await self.run(target, call)
         finally:
-            calls.end(scope)
+            scopes.discard(scope)
+            if calls.closing and not scopes:
+                calls.drained()
         if calls.closing:
             raise SupervisorClosed("the call was cancelled because the supervisor is shutting down")
         seconds = round(call.deadline - start, 3)
@@ -184,6 +189,8 @@ class Turns:
         current_turn.reset(token)
         db = activation.db
         db.end_turn()
+        if not activation.marked and activation.after is None:
+            return  # nothing to do: the common case, decided without asking the database
         if db.in_turn:
             return
         if activation.marked:
