@@ -124,7 +124,7 @@ class WorkerLocator(Locator):
         ]
 
     def locate(self, target: ActorId) -> Owner | None:
-        return self._owners[int(target.hex[:8], 16) % self.count]
+        return self._owners[worker_of(target.hex, self.count)]
 
     def serves(self, hex_id: str) -> bool:
         return worker_of(hex_id, self.count) == self.index
