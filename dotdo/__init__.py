@@ -19,6 +19,23 @@ stubs over the transport.
 import importlib
 from typing import TYPE_CHECKING, Any
 
+
+def _in_a_checkout() -> None:
+    """In a checkout the layers are folders beside this one (an installation puts them
+    inside it): a process started at the checkout's root (``python -m dotdo serve``,
+    ``python -m pytest``) imports this folder as ``dotdo`` before any installation, so
+    it looks for ``dotdo.runtime`` and the others beside it too."""
+    import os
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(here)
+    beside = all(os.path.isfile(os.path.join(root, layer, "__init__.py")) for layer in ("actors", "runtime", "storage"))
+    if beside and not os.path.isdir(os.path.join(here, "runtime")):
+        __path__.append(root)
+
+
+_in_a_checkout()
+
 # Each public name and the module that defines it. They are imported when first used,
 # so that ``import dotdo.storage`` (or a client command) does not pull in the server.
 _MODULES: dict[str, tuple[str, ...]] = {

@@ -69,6 +69,18 @@ print(json.dumps({
 }))
 """
 
+# Run at the checkout's root with no editable installation anywhere (this machine's own
+# is hidden): the quick start's ``python -m dotdo serve`` after ``pip install .``.
+_AT_THE_ROOT = """
+import json, sys
+sys.meta_path[:] = [finder for finder in sys.meta_path if "editable" not in repr(finder).lower()]
+import dotdo, dotdo.actors.examples, dotdo.runtime.supervisor, dotdo.storage.database
+print(json.dumps({
+    "dotdo": dotdo.__file__, "dotdo.storage": dotdo.storage.database.__file__,
+    "dotdo.runtime": dotdo.runtime.supervisor.__file__, "dotdo.actors": dotdo.actors.examples.__file__,
+}))
+"""
+
 
 class Environment:
     """A virtual environment over the system's site-packages, with this project
@@ -196,6 +208,19 @@ async def test_a_users_app_with_its_own_storage_module_is_served(
         assert json.loads(done.stdout) == {"text": "hello, cli", "count": 2, **expected}
         assert await stop(served, signal.SIGINT) == 0
     assert "Traceback" not in served.errors()
+
+
+def test_a_process_started_at_the_checkout_s_root_runs_the_checkout(installed: Environment) -> None:
+    """``python -m dotdo`` (or pytest) at the root imports the checkout's ``dotdo/``
+    before the installation's; its layers are then found beside it, not half in the
+    installation and half missing."""
+    resolved = json.loads(installed.run(_AT_THE_ROOT, cwd=ROOT))
+    assert resolved == {
+        "dotdo": str(ROOT / "dotdo" / "__init__.py"),
+        "dotdo.storage": str(ROOT / "storage" / "database.py"),
+        "dotdo.runtime": str(ROOT / "runtime" / "supervisor.py"),
+        "dotdo.actors": str(ROOT / "actors" / "examples.py"),
+    }
 
 
 def test_an_editable_installation_maps_the_layers_inside_dotdo(editable: Environment, tmp_path: Path) -> None:
