@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
 from dotdo.runtime.core.kinds import KindSpec
+from dotdo.runtime.core.turns import abort_turn
 
 from dotdo.actors.methods import public_methods
 from dotdo.actors.subscribe import declared
@@ -114,6 +115,16 @@ class DO:
         """Delete the alarm; inside ``alarm`` it also stops retries. Whether one was set."""
         ctx = self._dotdo_ctx
         return ctx.supervisor.alarms.delete_alarm(ctx)
+
+    # -- ending the activation ----------------------------------------------------------
+
+    def abort(self, reason: str = "aborted") -> NoReturn:
+        """Stop this turn and reset the actor, like Durable Objects' ``ctx.abort()``: the
+        turn is rolled back, the activation ends (calls waiting for it are told to
+        retry), the caller gets ``Aborted`` with ``reason``, and the next call gets a
+        fresh instance (``on_start`` again). Raises into this turn's own code something
+        an ``except Exception`` does not catch; even caught, the turn does not commit."""
+        abort_turn(self, str(reason))
 
     def __repr__(self) -> str:
         actor_id = getattr(self, "id", None)

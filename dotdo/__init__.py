@@ -42,7 +42,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "dotdo.actors.base": ("DO",),
     "dotdo.actors.methods": ("rpc",),
     "dotdo.ambient": ("S",),
-    "dotdo.errors": ("ActorExists", "BookmarkError", "BranchExists", "BranchNotFound", "ActorError", "ActorNotFound", "BodyTooLarge", "CallTimeout", "ConnectionLost", "DatabaseLocked", "DeadlockError", "DotdoError", "Forbidden", "InvalidArguments", "InvalidId", "InvalidInput", "InvalidKey", "InvalidNamespace", "InvalidQuery", "InvalidSchedule", "InvalidValue", "MergeConflict", "MethodNotAllowed", "NotSent", "OutOfDescriptors", "Overloaded", "ProtocolError", "RequestTimeout", "RowCountError", "SqlError", "StorageError", "StorageFull", "StorageLimitExceeded", "StorageReadOnly", "SupervisorClosed", "ThingExists", "ThingNotFound", "TransactionError", "Unauthorized", "Unavailable", "VersionConflict"),
+    "dotdo.errors": ("Aborted", "CpuLimitExceeded", "ActorExists", "BookmarkError", "BranchExists", "BranchNotFound", "ActorError", "ActorNotFound", "BodyTooLarge", "CallTimeout", "ConnectionLost", "DatabaseLocked", "DeadlockError", "DotdoError", "Forbidden", "InvalidArguments", "InvalidId", "InvalidInput", "InvalidKey", "InvalidNamespace", "InvalidQuery", "InvalidSchedule", "InvalidValue", "MergeConflict", "MethodNotAllowed", "NotSent", "OutOfDescriptors", "Overloaded", "ProtocolError", "RequestTimeout", "RowCountError", "SqlError", "StorageError", "StorageFull", "StorageLimitExceeded", "StorageReadOnly", "SupervisorClosed", "ThingExists", "ThingNotFound", "TransactionError", "Unauthorized", "Unavailable", "VersionConflict"),
     "dotdo.client": ("connect",),
     "dotdo.options": ("ServeOptions",),
     "dotdo.server": ("serve",),
@@ -63,6 +63,8 @@ if TYPE_CHECKING:
     from dotdo.actors.methods import rpc
     from dotdo.ambient import S
     from dotdo.errors import (
+        Aborted,
+        CpuLimitExceeded,
         ActorExists,
         BookmarkError,
         BranchExists,
@@ -136,6 +138,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DO",
+    "Aborted",
+    "CpuLimitExceeded",
     "ActorError",
     "ActorExists",
     "ActorId",

@@ -174,6 +174,7 @@ def _serve_arguments(serve: argparse.ArgumentParser) -> None:
         "limit leaves once connections, worker links and a reserve are counted; a number that does not fit is refused)",
     )
     serve.add_argument("--call-timeout", type=_positive(float), default=30.0, metavar="SECONDS", help="deadline of a call (default: 30)")
+    serve.add_argument("--cpu-limit", type=_positive(float), default=30.0, metavar="SECONDS", help="CPU time one turn may use; past it the turn is stopped and rolled back, and the actor starts afresh (default: 30)")
     serve.add_argument("--max-mailbox", type=_positive(int), default=1000, metavar="N", help="calls that may wait for one actor before 503 (default: 1000)")
     serve.add_argument("--shutdown-grace", type=_positive(float), default=10.0, metavar="SECONDS", help="time in-flight calls get on shutdown (default: 10)")
     serve.add_argument(
@@ -392,6 +393,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         idle_timeout=args.idle_timeout,
         max_active=args.max_active,
         call_timeout=args.call_timeout,
+        cpu_limit=args.cpu_limit,
         max_mailbox=args.max_mailbox,
         shutdown_grace=args.shutdown_grace,
         max_connections=args.max_connections,

@@ -25,6 +25,8 @@
     ├── ActorNotFound                    404  unknown namespace
     ├── MethodNotAllowed                 404  unknown, private or lifecycle method
     ├── ActorError                       500  the actor's code raised (remote_type says what)
+    ├── Aborted                          500  the actor called self.abort(reason); fresh instance next
+    ├── CpuLimitExceeded                 500  a turn used more CPU than --cpu-limit; rolled back
     ├── StorageError                     500  the database failed
     │   ├── StorageFull                  507  the disk is full; the write was rolled back
     │   ├── StorageReadOnly              503  the data directory cannot be written
@@ -51,11 +53,13 @@ Errors raised by an actor's own code that are not dotdo errors reach the caller 
 from __future__ import annotations
 
 from dotdo.runtime.core.errors import (
+    Aborted,
     ActorError,
     ActorNotFound,
     BodyTooLarge,
     CallTimeout,
     ConnectionLost,
+    CpuLimitExceeded,
     DeadlockError,
     InvalidArguments,
     InvalidSchedule,
@@ -144,6 +148,8 @@ def http_status(error: DotdoError) -> int:
 
 
 __all__ = [
+    "Aborted",
+    "CpuLimitExceeded",
     "ActorError",
     "ActorExists",
     "BookmarkError",

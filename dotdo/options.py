@@ -30,6 +30,7 @@ class ServeOptions:
     idle_timeout: float = 120.0
     max_active: int | None = None
     call_timeout: float = 30.0
+    cpu_limit: float | None = 30.0
     max_mailbox: int = 1000
     shutdown_grace: float = 10.0
     keep_alive_timeout: float = 5.0

@@ -124,6 +124,7 @@ async def serve(
         idle_timeout=options.idle_timeout,
         max_active=options.max_active,
         call_timeout=options.call_timeout,
+        cpu_limit=options.cpu_limit,
         max_mailbox=options.max_mailbox,
         shutdown_grace=options.shutdown_grace,
         env=options.env,

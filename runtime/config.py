@@ -30,6 +30,8 @@ class SupervisorConfig:
         max_active: Active actors kept at most; past it the least recently used idle
             one is passivated. Defaults to what the open-file limit allows.
         call_timeout: Default deadline of a call entering from outside, in seconds.
+        cpu_limit: CPU seconds one turn may use; a turn past it is stopped inside its
+            code and rolled back (``dotdo.runtime.core.cpu``). None: no limit.
         max_mailbox: Calls that may wait for one actor's turn; more get ``Overloaded``.
         shutdown_grace: Seconds ``close`` lets running calls finish before cancelling.
         env: Configuration values actors read as ``self.env``.
@@ -57,6 +59,7 @@ class SupervisorConfig:
     idle_timeout: float = 120.0
     max_active: int = field(default_factory=default_max_active)
     call_timeout: float = 30.0
+    cpu_limit: float | None = 30.0
     max_mailbox: int = 1000
     shutdown_grace: float = 10.0
     env: Mapping[str, str] = field(default_factory=dict)

@@ -43,6 +43,7 @@ from dotdo.runtime.core import values
 from dotdo.runtime.core.activation import Activation, ActivationState, ActivationStats, AfterTurn, PassivationReason
 from dotdo.runtime.core.calls import CallsInFlight, Convert
 from dotdo.runtime.core.context import current_supervisor
+from dotdo.runtime.core.cpu import CpuWatch
 from dotdo.runtime.core.errors import Moved, SupervisorClosed, Unavailable
 from dotdo.runtime.core.hooks import Hooks
 from dotdo.runtime.core.ids import ActorId
@@ -121,6 +122,7 @@ class Supervisor:
         self.turns = Turns(self.table, self.calls, self.hooks, call_timeout=config.call_timeout, max_mailbox=config.max_mailbox)
         self.relay = Relay(self.locator, Here(self), self.calls, config.call_timeout, self.turns.current)
         self.wire_fetch: WireFetch | None = None  # runs a fetch frame here (set by the server)
+        self.cpu = CpuWatch(config.cpu_limit)
         self.S = Namespaces(self)
         # The services, in the order their hooks run: sharding decides whether an actor
         # routes to shards before subscriptions declare its handlers.
@@ -148,6 +150,7 @@ class Supervisor:
         except BaseException:
             self.alarms.close()
             raise
+        self.cpu.__enter__()
         self._nursery_cm = trio.open_nursery()
         self._nursery = await self._nursery_cm.__aenter__()
         await self._nursery.start(self.table.sweep_idle)
@@ -187,6 +190,7 @@ class Supervisor:
         finally:
             # Even when close itself is cancelled: every database is closed.
             self.table.close_all()
+            self.cpu.__exit__(None, None, None)
             self.alarms.close()
             self.subscriptions.close()
             await self.locator.aclose()

@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 from dotdo.storage.database import ActorDatabase
 from dotdo.storage.errors import DotdoError
 
-from dotdo.runtime.core.errors import ActorError
+from dotdo.runtime.core.errors import ActorError, TurnStopped
 from dotdo.runtime.core.gate import TurnGate, WaitGraph
 from dotdo.runtime.core.hooks import Diverter
 from dotdo.runtime.core.ids import ActorId
@@ -130,6 +130,8 @@ def raise_public(exc: BaseException, activation: Activation) -> NoReturn:
 def public_error(exc: BaseException, activation: Activation) -> BaseException:
     """What the caller sees: dotdo errors and cancellation as they are, anything the
     actor's code raised as an ``ActorError`` naming its type."""
+    if isinstance(exc, TurnStopped):  # stopped on purpose: its abort, its CPU limit
+        return exc.error
     if isinstance(exc, DotdoError) or not isinstance(exc, Exception):
         return exc
     return ActorError(type(exc).__name__, str(exc), address=(activation.id.namespace, activation.id.hex))

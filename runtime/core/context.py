@@ -17,6 +17,7 @@ import trio
 
 from dotdo.storage.database import ActorDatabase
 
+from dotdo.runtime.core.errors import TurnStopped
 from dotdo.runtime.core.ids import ActorId
 
 if TYPE_CHECKING:
@@ -48,15 +49,19 @@ class Turn:
         chain: The call chain id (shared by every call this turn causes).
         path: Addresses from the chain's first actor to this one, for messages.
         deadline: When the call that started this turn must be done (trio clock).
+        cpu: CPU seconds charged to this turn so far (``dotdo.runtime.core.cpu``).
+        stopped: Why the turn must not commit, once it was stopped (``TurnStopped``).
     """
 
-    __slots__ = ("activation", "chain", "path", "deadline")
+    __slots__ = ("activation", "chain", "path", "deadline", "cpu", "stopped")
 
     def __init__(self, activation: Activation, chain: str, path: tuple[str, ...], deadline: float) -> None:
         self.activation = activation
         self.chain = chain
         self.path = path
         self.deadline = deadline
+        self.cpu = 0.0
+        self.stopped: TurnStopped | None = None
 
     @property
     def supervisor(self) -> Any:

@@ -7,6 +7,8 @@
     ├── ActorNotFound                unknown namespace
     ├── MethodNotAllowed             unknown, private or lifecycle method
     ├── ActorError                   the actor's code raised; carries the remote type
+    ├── Aborted                      the actor called self.abort(reason): a fresh instance next
+    ├── CpuLimitExceeded             a turn computed past the CPU-time limit; rolled back
     ├── CallTimeout                  the call's deadline passed
     │   └── DeadlockError            a call waited for a turn held up the same chain
     ├── Overloaded                   the actor's mailbox is full; retry later
@@ -87,6 +89,35 @@ class ActorError(DotdoError):
         super().__init__(f"{remote_type}{where}: {message}", address=address)
         self.remote_type = remote_type
         self.message = message
+
+
+class Aborted(DotdoError):
+    """The actor called ``self.abort(reason)`` (Durable Objects' ``ctx.abort()``): its
+    turn was rolled back and its activation ended; the next call gets a fresh instance.
+
+    Attributes:
+        reason: What the actor gave as the reason.
+    """
+
+    def __init__(self, reason: str, *, address: tuple[str, str] | None = None) -> None:
+        super().__init__(f"the actor aborted: {reason}", address=address)
+        self.reason = reason
+
+
+class CpuLimitExceeded(DotdoError):
+    """A turn used more CPU time than the limit (``--cpu-limit``) allows: it was stopped
+    inside its own code and rolled back, and its activation ended (its instance may be
+    half way through something); the next call gets a fresh instance."""
+
+
+class TurnStopped(BaseException):
+    """Raised into a running turn to stop it (its ``abort``, its CPU limit). Not an
+    ``Exception``, so that the actor's own ``except Exception`` cannot keep the turn
+    going; the turn core rolls the turn back and the caller gets ``error``."""
+
+    def __init__(self, error: DotdoError) -> None:
+        super().__init__(error.public)
+        self.error = error
 
 
 class CallTimeout(DotdoError):

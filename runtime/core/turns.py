@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import trio
 
@@ -41,7 +41,7 @@ from dotdo.runtime.core.activation import (
 )
 from dotdo.runtime.core.calls import Call, CallsInFlight, Convert
 from dotdo.runtime.core.context import Turn, current_turn
-from dotdo.runtime.core.errors import ActorError, CallTimeout, Moved, SupervisorClosed, Unavailable
+from dotdo.runtime.core.errors import Aborted, ActorError, CallTimeout, Moved, SupervisorClosed, TurnStopped, Unavailable
 from dotdo.runtime.core.hooks import Hooks
 from dotdo.runtime.core.ids import ActorId
 from dotdo.runtime.core.table import ActivationTable
@@ -164,9 +164,16 @@ class Turns:
                 await self.ready(activation, call)
             db = activation.db
             db.begin_turn()
-            token = current_turn.set(Turn(activation, chain, (*call.path, activation.label), call.deadline))
+            turn = Turn(activation, chain, (*call.path, activation.label), call.deadline)
+            token = current_turn.set(turn)
             try:
                 result = await call.fn(activation.instance, *call.args, **call.kwargs)
+                if turn.stopped is not None:  # stopped, and the actor's code caught it
+                    raise turn.stopped
+                if trio.current_time() >= call.deadline:
+                    # It ran to the end without awaiting past its deadline (which only
+                    # an await lets the deadline stop): too late to acknowledge.
+                    raise CallTimeout(f"{activation.label} did not finish its turn before the call's deadline; it was rolled back")
                 convert = call.convert
                 if convert is not None:
                     result = convert(result)
@@ -228,10 +235,13 @@ class Turns:
                 return
             db = activation.db
             db.begin_turn()
-            token = current_turn.set(Turn(activation, call.chain, (*call.path, activation.label), call.deadline))
+            turn = Turn(activation, call.chain, (*call.path, activation.label), call.deadline)
+            token = current_turn.set(turn)
             failure: BaseException | None = None
             try:
                 await on_start(activation.instance)
+                if turn.stopped is not None:
+                    raise turn.stopped
                 db.commit()
             except BaseException as exc:
                 abort(activation, exc)
@@ -255,11 +265,32 @@ class Turns:
             raise Unavailable(f"{activation.label} was closed while the call waited; retry")
 
 
+def abort_turn(instance: Any, reason: str) -> NoReturn:
+    """Stop the turn running ``instance`` now (``DO.abort``): it is rolled back, its
+    activation ends, and its caller gets ``Aborted(reason)``.
+
+    Raises:
+        TurnStopped: Always, into the actor's own code.
+        DotdoError: No turn of ``instance`` runs in this task.
+    """
+    turn = current_turn.get()
+    if turn is None or turn.activation.instance is not instance:
+        raise DotdoError("abort() stops one of the actor's own turns: call it inside one")
+    actor = turn.activation.id
+    turn.stopped = TurnStopped(Aborted(reason, address=(actor.namespace, actor.hex)))
+    raise turn.stopped
+
+
 def abort(activation: Activation, exc: BaseException) -> None:
-    """Roll back a failed turn; log what the actor's own code raised."""
+    """Roll back a failed turn; log what the actor's own code raised. A turn that was
+    stopped (``TurnStopped``) ends its activation too: the next call gets a fresh
+    instance."""
     try:
         activation.db.rollback()
     except StorageError:
         log.exception("rollback failed for %s", activation.label)
+    if isinstance(exc, TurnStopped):
+        activation.after = AfterTurn.RELEASE
+        log.warning("%s: %s", activation.label, exc.error.public)
     if isinstance(exc, Exception) and not isinstance(exc, DotdoError):
         log.warning("%s raised %s: %s", activation.label, type(exc).__name__, exc, exc_info=exc)

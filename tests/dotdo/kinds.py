@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 from dotdo import DO
 
@@ -21,3 +22,22 @@ class Waker(DO):
 
     async def alarm(self) -> None:
         pass
+
+
+class Spinner(DO):
+    """Computes without awaiting: past the CPU limit, or past its call's deadline."""
+
+    async def spin(self, seconds: float) -> str:
+        self.storage.put("spun", True)
+        end = time.process_time() + seconds
+        while time.process_time() < end:
+            pass
+        return "done"
+
+    async def block(self, seconds: float) -> str:
+        self.storage.put("blocked", True)
+        time.sleep(seconds)
+        return "done"
+
+    async def wrote(self) -> dict[str, bool]:
+        return {"spun": bool(self.storage.get("spun")), "blocked": bool(self.storage.get("blocked"))}
