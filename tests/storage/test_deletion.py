@@ -11,6 +11,7 @@ from dotdo.storage.address import Address
 from dotdo.storage.database import ActorDatabase
 from dotdo.storage.deletion import Deleted, delete_all
 from dotdo.storage.errors import InvalidQuery, SqlError, StorageError
+from dotdo.storage.lifecycle import compact
 from dotdo.storage.options import StorageOptions
 from dotdo.storage.search import DEFAULT_DIMENSION, DIMENSION_KEY
 from dotdo.storage.outbox import RetryPolicy, Target
@@ -195,3 +196,14 @@ def test_restoring_to_before_it_brings_everything_back(tmp_path: Path) -> None:
         assert db.alarms.get() is not None and len(db.alarms.schedules()) == 1
     finally:
         db.close()
+
+
+def test_the_pages_it_frees_count_in_database_size_until_compact(db: ActorDatabase) -> None:
+    db.sql.exec("CREATE TABLE big(x)")
+    for _ in range(100):
+        db.sql.exec("INSERT INTO big VALUES (?)", "x" * 2000)
+    full = db.sql.database_size
+    delete_all(db)
+    assert db.sql.database_size == full
+    compact(db, before=0)
+    assert db.sql.database_size < full // 4
