@@ -10,13 +10,13 @@ from dotdo.runtime.core.kinds import KindSpec
 from dotdo.runtime.core.turns import abort_turn
 
 from dotdo.actors.methods import public_methods
+from dotdo.actors.storage import Storage
 from dotdo.actors.subscribe import declared
 from dotdo.actors.workflow import Workflow
 
 if TYPE_CHECKING:
     from dotdo.runtime.core.context import ActorContext
     from dotdo.runtime.core.ids import ActorId
-    from dotdo.storage.kv import KVStore
     from dotdo.storage.sql import SqlStore
 
 
@@ -38,7 +38,9 @@ class DO:
     Attributes:
         id: This actor's ``ActorId`` (``id.name`` is the name it was reached by, if any).
         storage: The key-value API (``get``, ``put``, ``delete``, ``list``,
-            ``delete_all``, ``transaction()``), over the actor's database.
+            ``delete_all``, ``transaction()``), over the actor's database;
+            ``delete_all`` deletes everything the actor stored, SQL tables and alarm
+            included (``Storage.delete_all``).
         sql: The SQL API (``sql.exec(query, *bindings)``), over the same database.
         env: The server's configuration values (read-only mapping).
         S: Stubs to other actors (``self.S.Customer("alice")``).
@@ -50,7 +52,7 @@ class DO:
     namespace: ClassVar[str | None] = None
 
     id: ActorId
-    storage: KVStore
+    storage: Storage
     sql: SqlStore
     env: Mapping[str, str]
     S: Workflow
@@ -86,7 +88,7 @@ class DO:
     def _dotdo_create(cls, ctx: ActorContext) -> DO:
         self = cls.__new__(cls)
         self.id = ctx.id
-        self.storage = ctx.db.kv
+        self.storage = Storage(ctx)
         self.sql = ctx.db.sql
         self.env = ctx.env
         self.S = Workflow(ctx)

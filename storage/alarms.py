@@ -186,6 +186,10 @@ class AlarmStore:
         """Remove the schedule ``name``; whether it existed."""
         return self._write("DELETE FROM _dotdo_schedules WHERE name = ?", name) > 0
 
+    def delete_schedules(self) -> int:
+        """Remove every schedule; how many there were."""
+        return self._write("DELETE FROM _dotdo_schedules")
+
     def advance(self, row: ScheduleRow, next_run: float, ran_at: float, error: str | None) -> bool:
         """Record a run of ``row`` and move it to ``next_run``. Does nothing if the
         schedule was removed or changed meanwhile (the change stands)."""

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, overload
 
 import apsw
 
-from dotdo.storage import codec
+from dotdo.storage import codec, deletion
 from dotdo.storage.errors import InvalidInput, InvalidKey, StorageLimitExceeded, translate
 
 if TYPE_CHECKING:
@@ -225,14 +225,14 @@ class KVStore:
         return {k.decode("utf-8"): codec.decode(v) for k, v in rows}
 
     def delete_all(self) -> int:
-        """Delete every key; returns how many there were. SQL tables are not touched."""
-        conn = self._conn
-        try:
-            self._db.ensure_transaction()
-            conn.execute("DELETE FROM _dotdo_kv")
-            return conn.changes()
-        except apsw.Error as exc:
-            raise translate(exc, self._db.address) from None
+        """Delete everything the actor stored, in one commit: every key, every user SQL
+        table (dropped), the semantic stores, the alarm and the schedules. What is kept,
+        and why, is in ``dotdo.storage.deletion``. Returns how many keys there were.
+
+        Raises:
+            StorageError: The deletion failed; nothing was deleted.
+        """
+        return deletion.delete_all(self._db).keys
 
     def transaction(self) -> AbstractContextManager[None]:
         """A block whose writes (KV and SQL) all happen or, if it raises, none do.

@@ -399,6 +399,16 @@ def drop_index(conn: apsw.Connection, type_: str, field: Field) -> None:
     conn.execute("DELETE FROM _dotdo_thing_indexes WHERE name = ?", (name,))
 
 
+def drop_indexes(conn: apsw.Connection) -> int:
+    """Drop every recorded index and its record; how many there were (the caller holds
+    a transaction)."""
+    names = [row[0] for row in conn.execute("SELECT name FROM _dotdo_thing_indexes").fetchall()]
+    for name in names:
+        conn.execute(f"DROP INDEX IF EXISTS {name}")  # a hash of ours (index_name), never caller text
+    conn.execute("DELETE FROM _dotdo_thing_indexes")
+    return len(names)
+
+
 def list_indexes(conn: apsw.Connection, type_: str | None, field: str | None = None) -> list[ThingIndex]:
     """The recorded indexes, of ``type_`` and ``field`` when given, by type then field."""
     sql = f"SELECT {_INDEX_COLUMNS} FROM _dotdo_thing_indexes WHERE (?1 IS NULL OR type = ?1) AND (?2 IS NULL OR field = ?2)"

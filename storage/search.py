@@ -172,6 +172,12 @@ class SearchIndex:
         self._execute("DELETE FROM _dotdo_things_fts WHERE rowid = ?", (rid,))
         self.delete_vector(rid)
 
+    def clear(self) -> None:
+        """Empty the text index and the vectors, and forget the dimension."""
+        self._execute("INSERT INTO _dotdo_things_fts(_dotdo_things_fts) VALUES ('delete-all')", ())
+        self._execute("DELETE FROM _dotdo_vectors", ())
+        self._execute("DELETE FROM _dotdo_meta WHERE key = ?", (DIMENSION_KEY,))
+
     # -- dimension -------------------------------------------------------------------
 
     def _stored_dimension(self) -> int | None:

@@ -38,7 +38,7 @@ import apsw
 
 from dotdo.storage import schema
 from dotdo.storage.errors import InvalidInput, ThingExists, ThingNotFound, VersionConflict, translate
-from dotdo.storage.query import compile_query, create_index, drop_index, list_indexes, parse_field
+from dotdo.storage.query import compile_query, create_index, drop_index, drop_indexes, list_indexes, parse_field
 from dotdo.storage.search import SearchIndex, check_dimension
 from dotdo.storage.things_model import (
     MANAGED_KEYS,
@@ -267,6 +267,19 @@ class ThingStore:
             self._search.forget(rid)
             conn.execute("DELETE FROM _dotdo_things WHERE rid = ?", (rid,))
         return True
+
+    def delete_all(self) -> int:
+        """Delete every thing, relationship, text entry and vector, drop the field
+        indexes and forget the vector dimension: the store is as new (its empty tables
+        stay). Returns how many things there were."""
+        if not self._readable():
+            return 0
+        with self._writing() as conn:
+            conn.execute("DELETE FROM _dotdo_relationships")
+            self._search.clear()
+            drop_indexes(conn)
+            conn.execute("DELETE FROM _dotdo_things")
+            return conn.changes()
 
     def list(
         self,

@@ -34,6 +34,7 @@ import trio
 
 from dotdo.storage.alarm_index import AlarmIndex, IndexEntry
 from dotdo.storage.alarms import ALARM_ITEM, AlarmRow, PendingItem, ScheduleRow
+from dotdo.storage.deletion import Deleted, delete_all
 from dotdo.storage.errors import DotdoError, InvalidInput, StorageError
 
 from dotdo.runtime.services import schedules
@@ -398,11 +399,21 @@ class AlarmService:
 
     def delete_alarm(self, ctx: ActorContext) -> bool:
         """Delete the alarm (and stop its retries); whether one was set."""
+        return self._deleting(ctx).db.alarms.delete()
+
+    def delete_all(self, ctx: ActorContext) -> Deleted:
+        """Delete everything the actor stored (``dotdo.storage.deletion``), its alarm and
+        schedules with it; as ``delete_alarm`` does, inside ``alarm`` it stops the retries."""
+        return delete_all(self._deleting(ctx).db)
+
+    def _deleting(self, ctx: ActorContext) -> Activation:
+        """The activation of a turn that deletes the alarm: the index follows at the
+        turn's end, and a running handler is not retried."""
         activation = self._own(ctx)
         state = self._dirty(activation)
         if state.running is not None:
             state.deleted = True
-        return activation.db.alarms.delete()
+        return activation
 
     def add_schedule(
         self, ctx: ActorContext, schedule: schedules.Schedule, handler: object, name: str | None = None

@@ -601,3 +601,92 @@ async def test_a_rearming_handler_leaves_the_index_exact_and_never_late(autojump
         await trio.sleep(61)
         assert (await actor.state())["runs"] == 3
         assert sup.alarms.index.count() == 0
+
+
+# -- delete_all ------------------------------------------------------------------------
+
+
+class Wiper(DO):
+    """An alarm and a schedule beside its data, then delete_all; counts runs in memory
+    (its storage is what delete_all takes)."""
+
+    runs: list[str]
+
+    def __init__(self) -> None:
+        self.runs = []
+        self.wipe_in_alarm = False
+
+    async def fill(self, alarm_in: float) -> None:
+        self.storage.put({"a": 1, "b": 2})
+        self.sql.exec("CREATE TABLE notes(text TEXT); INSERT INTO notes VALUES ('hi')")
+        self.set_alarm(mock_wall_clock() + alarm_in)
+        self.S.every("every 1 hours", self.tick)
+
+    async def wipe(self, fail: bool = False) -> int:
+        keys = self.storage.delete_all()
+        if fail:
+            raise ValueError("changed my mind")
+        return keys
+
+    async def wipe_in_next_alarm(self) -> None:
+        self.wipe_in_alarm = True
+
+    async def state(self) -> dict[str, Any]:
+        tables = self.sql.exec("SELECT name FROM sqlite_schema WHERE type = 'table' AND name = 'notes'")
+        return {
+            "keys": self.storage.list(),
+            "tables": [row["name"] for row in tables],
+            "alarm": self.get_alarm() is not None,
+            "schedules": [s.name for s in self.S.schedules()],
+            "runs": self.runs,
+        }
+
+    async def alarm(self) -> None:
+        self.runs.append("alarm")
+        if self.wipe_in_alarm:
+            self.storage.delete_all()
+            raise ValueError("failed after delete_all")
+
+    async def tick(self) -> None:
+        self.runs.append("tick")
+
+
+FULL = {"keys": {"a": 1, "b": 2}, "tables": ["notes"], "alarm": True, "schedules": ["tick"], "runs": []}
+
+
+async def test_delete_all_takes_the_alarm_and_schedules_and_the_index_follows(autojump_clock: MockClock, tmp_path: Path) -> None:
+    async with Supervisor([Wiper], tmp_path, **FAST) as sup:
+        wiper = sup.S.Wiper("w")
+        await wiper.fill(100)
+        assert sorted(e.kind for e in sup.alarms.pending("Wiper")) == ["alarm", "schedule"]
+        assert await wiper.wipe() == 2
+        assert sup.alarms.pending("Wiper") == []  # synced at the turn's end
+        assert await wiper.state() == {"keys": {}, "tables": [], "alarm": False, "schedules": [], "runs": []}
+        await trio.sleep(2 * 3600)
+        assert (await wiper.state())["runs"] == []
+
+
+async def test_a_turn_that_deletes_all_then_raises_keeps_everything(autojump_clock: MockClock, tmp_path: Path) -> None:
+    async with Supervisor([Wiper], tmp_path, **FAST) as sup:
+        wiper = sup.S.Wiper("w")
+        await wiper.fill(100)
+        before = sup.alarms.pending("Wiper")
+        with pytest.raises(ActorError, match="changed my mind"):
+            await wiper.wipe(fail=True)
+        assert sup.alarms.pending("Wiper") == before
+        assert await wiper.state() == FULL
+        await trio.sleep(101)
+        assert (await wiper.state())["runs"] == ["alarm"]
+
+
+async def test_delete_all_in_a_failing_alarm_handler_stops_retries_as_delete_alarm_does(
+    autojump_clock: MockClock, tmp_path: Path
+) -> None:
+    async with Supervisor([Wiper], tmp_path, **FAST) as sup:
+        wiper = sup.S.Wiper("w")
+        await wiper.fill(0.1)
+        await wiper.wipe_in_next_alarm()
+        await trio.sleep(1.0)  # past every retry
+        # The handler's turn rolled back: the data is back, the alarm is not retried.
+        assert await wiper.state() == {**FULL, "alarm": False, "runs": ["alarm"]}
+        assert [e.kind for e in sup.alarms.pending("Wiper")] == ["schedule"]
