@@ -6,6 +6,7 @@ import pytest
 
 import dotdo.errors as errors
 from dotdo.errors import (
+    Aborted,
     ActorError,
     ActorNotFound,
     BodyTooLarge,
@@ -42,6 +43,7 @@ from dotdo.errors import (
     VersionConflict,
     SupervisorClosed,
     ConnectionLost,
+    CpuLimitExceeded,
     NotSent,
     ProtocolError,
     Unauthorized,
@@ -74,6 +76,8 @@ CASES: list[tuple[DotdoError, int, type]] = [
     (ActorNotFound("Nope", ["A"]), 404, DotdoError),
     (MethodNotAllowed("A", "m", ["n"]), 404, DotdoError),
     (ActorError("ValueError", "x"), 500, DotdoError),
+    (Aborted("x"), 500, DotdoError),
+    (CpuLimitExceeded("x"), 500, DotdoError),
     (StorageError("x"), 500, DotdoError),
     (SqlError("x"), 500, StorageError),
     (RowCountError("x", count=2), 500, SqlError),

@@ -12,6 +12,8 @@ import dotdo.errors
 
 EXPECTED = [
     "DO",
+    "Aborted",
+    "CpuLimitExceeded",
     "ActorError",
     "ActorExists",
     "ActorId",
