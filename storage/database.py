@@ -311,6 +311,8 @@ class ActorDatabase:
         self._savepoints = 0
         self._stepping = False
         self._features.clear()  # a feature built since the last commit is gone
+        if self._sql is not None:
+            self._sql.schema_may_have_changed()  # a table made since is gone
 
     @contextlib.contextmanager
     def turn(self) -> Iterator[None]:
@@ -420,6 +422,8 @@ class ActorDatabase:
         back (the ones this object opens forget by themselves).
         """
         self._features.clear()
+        if self._sql is not None:
+            self._sql.schema_may_have_changed()
 
     def has(self, feature: str) -> bool:
         """Whether the tables of ``feature`` exist (without building them)."""

@@ -56,6 +56,15 @@ _READ_ONLY_PRAGMAS = frozenset(
     }
 )
 
+_SCHEMA_ACTIONS = frozenset(
+    {apsw.SQLITE_ALTER_TABLE, apsw.SQLITE_CREATE_VTABLE, apsw.SQLITE_DROP_VTABLE}
+    | set(range(apsw.SQLITE_CREATE_INDEX, apsw.SQLITE_DROP_VIEW + 1))
+)
+"""Authorizer actions of statements that create, alter or drop something."""
+
+MAX_DESCRIBED = 512
+"""Empty results' columns remembered per database (then forgotten all at once)."""
+
 _TABLE_ACTIONS = {
     apsw.SQLITE_READ: 0,
     apsw.SQLITE_INSERT: 0,
@@ -106,13 +115,16 @@ class _Guard:
     text containing that prefix is refused before it is prepared.
     """
 
-    __slots__ = ("active", "denied")
+    __slots__ = ("active", "denied", "schema")
 
     def __init__(self) -> None:
         self.active = False
         self.denied = ""
+        self.schema = 0  # counts statements that may change the schema, as they are prepared
 
     def __call__(self, op: int, p1: str | None, p2: str | None, db: str | None, src: str | None) -> int:
+        if op in _SCHEMA_ACTIONS:
+            self.schema += 1
         if not self.active:
             return apsw.SQLITE_OK
         reason = self._check(op, p1, p2)
@@ -148,20 +160,58 @@ def _reserved(name: str) -> bool:
 class _Run:
     """What one ``exec`` saw: the last statement's columns and rows, and counters."""
 
-    __slots__ = ("statements", "scanned", "columns", "rows")
+    __slots__ = ("statements", "scanned", "columns", "rows", "described", "last")
 
     def __init__(self) -> None:
         self.statements = 0
         self.scanned = 0
         self.columns: tuple[str, ...] = ()
         self.rows: list[tuple[Any, ...]] = []
+        self.described = False
+        self.last: tuple[str, Any] | None = None  # the last read-only statement and its bindings
 
     def on_statement(self, cursor: apsw.Cursor, sql: str, bindings: object) -> bool:
         # Called before each statement runs (and once for text holding no statement):
-        # the result is the last statement's rows.
-        self.columns = tuple(d[0] for d in cursor.get_description())
+        # the result is the last statement's rows. Its columns are read at its first row,
+        # not here: a cached statement whose tables changed since it was prepared (ALTER
+        # TABLE) is prepared again at its first step, and a description asked for before
+        # that would be the old one, kept for the whole statement.
+        self.columns = ()
         self.rows = []
+        self.described = False
+        self.last = (sql, bindings) if cursor.is_readonly else None
         return True
+
+    def describe(self, cursor: apsw.Cursor) -> None:
+        """The columns of the row just produced (the statement as it ran)."""
+        self.columns = tuple(d[0] for d in cursor.get_description())
+        self.described = True
+
+    def describe_empty(self, conn: apsw.Connection, known: dict[str, tuple[int, tuple[str, ...]]], schema: int) -> None:
+        """The columns of a last statement that produced no row: prepared afresh (not
+        from the cache) and not run, unless ``known`` holds them from a preparation at
+        the same ``schema`` count."""
+        if self.described or self.last is None:
+            return
+        sql, bindings = self.last
+        seen = known.get(sql)
+        if seen is not None and seen[0] == schema:
+            self.columns = seen[1]
+            return
+        cursor = conn.cursor()
+
+        def stop(cursor: apsw.Cursor, sql: str, bindings: object) -> bool:
+            self.columns = tuple(d[0] for d in cursor.get_description())
+            return False
+
+        cursor.exec_trace = stop
+        try:
+            cursor.execute(sql, bindings, can_cache=False)
+        except apsw.ExecTraceAbort:
+            pass
+        if len(known) >= MAX_DESCRIBED:
+            known.clear()
+        known[sql] = (schema, self.columns)
 
     def on_profile(self, event: dict[str, Any]) -> None:
         # Called after each statement that ran. A full scan of n rows is n - 1 steps.
@@ -239,15 +289,22 @@ def _user_error(exc: apsw.Error, db: ActorDatabase) -> Exception:
 class SqlStore:
     """SQL access to one actor's database (``self.sql`` in an actor)."""
 
-    __slots__ = ("_db", "_conn", "_guard", "_deadline")
+    __slots__ = ("_db", "_conn", "_guard", "_deadline", "_described")
 
     def __init__(self, db: ActorDatabase) -> None:
         self._db = db
         self._conn = db.connection
         self._guard = _Guard()
         self._conn.authorizer = self._guard
+        self._described: dict[str, tuple[int, tuple[str, ...]]] = {}
         self._deadline = math.inf
         self._conn.set_progress_handler(self._overdue, PROGRESS_STEPS)
+
+    def schema_may_have_changed(self) -> None:
+        """The schema may have changed without a statement of this connection creating,
+        altering or dropping anything (a rollback undid one, the data was replaced):
+        empty results are described afresh."""
+        self._guard.schema += 1
 
     def _overdue(self) -> bool:
         """SQLite's progress callback: whether the user statement running is past its
@@ -292,7 +349,10 @@ class SqlStore:
             cursor = conn.cursor()
             cursor.exec_trace = run.on_statement
             for row in cursor.execute(query, bindings):
+                if not run.described:
+                    run.describe(cursor)
                 run.rows.append(row)
+            run.describe_empty(conn, self._described, guard.schema)
         except apsw.InterruptError:
             raise SqlError(
                 f"the SQL ran for more than {limit:g} s and was stopped (StorageOptions.sql_time_limit)",
