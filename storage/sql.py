@@ -35,7 +35,8 @@ PROGRESS_STEPS = 10_000
 """SQLite virtual-machine steps between two checks of a user statement's time limit
 (a check costs well under a microsecond; 10,000 steps take about a millisecond)."""
 
-_READ_ONLY_PRAGMAS = frozenset(
+# Pragmas that take a table, an index or a count as their argument: read-only either way.
+_ARGUMENT_PRAGMAS = frozenset(
     {
         "table_info",
         "table_xinfo",
@@ -47,14 +48,33 @@ _READ_ONLY_PRAGMAS = frozenset(
         "foreign_key_check",
         "integrity_check",
         "quick_check",
-        "collation_list",
-        "function_list",
-        "page_count",
-        "page_size",
-        "freelist_count",
-        "data_version",
+        "optimize",  # runs ANALYZE where it helps; its argument is a mask
     }
 )
+# Pragmas that are read only: ``PRAGMA x`` is allowed, ``PRAGMA x = v`` or ``x(v)`` is
+# refused (SQLite would take some of them and ignore them in silence).
+_VALUE_PRAGMAS = frozenset(
+    {"collation_list", "function_list", "page_count", "page_size", "freelist_count", "data_version"}
+)
+_READ_ONLY_PRAGMAS = _ARGUMENT_PRAGMAS | _VALUE_PRAGMAS
+_TEMP_ACTIONS = frozenset(
+    {
+        apsw.SQLITE_CREATE_TEMP_TABLE,
+        apsw.SQLITE_CREATE_TEMP_VIEW,
+        apsw.SQLITE_CREATE_TEMP_TRIGGER,
+        apsw.SQLITE_CREATE_TEMP_INDEX,
+    }
+)
+_CREATE_ACTIONS = frozenset(
+    {apsw.SQLITE_CREATE_TABLE, apsw.SQLITE_CREATE_VIEW, apsw.SQLITE_CREATE_TRIGGER, apsw.SQLITE_CREATE_INDEX}
+)  # in the ``temp`` schema (``CREATE TABLE temp.t``): TEMP all the same
+_TEMP_REFUSED = (
+    "SQL may not create TEMP tables, views, triggers or indexes: they live in the connection and "
+    "would vanish when the actor is passivated, losing what they held; create ordinary ones"
+)
+# Single-quoted string literals ('' is a quote inside one): the reserved prefix is a rule
+# about names, and text inside a literal names nothing.
+_LITERAL = re.compile(r"'(?:[^']|'')*'")
 
 _SCHEMA_ACTIONS = frozenset(
     {apsw.SQLITE_ALTER_TABLE, apsw.SQLITE_CREATE_VTABLE, apsw.SQLITE_DROP_VTABLE}
@@ -71,7 +91,6 @@ _TABLE_ACTIONS = {
     apsw.SQLITE_UPDATE: 0,
     apsw.SQLITE_DELETE: 0,
     apsw.SQLITE_ALTER_TABLE: 1,
-    apsw.SQLITE_ANALYZE: 0,
     apsw.SQLITE_CREATE_INDEX: 1,
     apsw.SQLITE_CREATE_TABLE: 0,
     apsw.SQLITE_CREATE_TEMP_INDEX: 1,
@@ -127,7 +146,7 @@ class _Guard:
             self.schema += 1
         if not self.active:
             return apsw.SQLITE_OK
-        reason = self._check(op, p1, p2)
+        reason = _TEMP_REFUSED if db == "temp" and op in _CREATE_ACTIONS else self._check(op, p1, p2)
         if reason:
             self.denied = reason
             return apsw.SQLITE_DENY
@@ -140,9 +159,16 @@ class _Guard:
         if op in (apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH):
             return _ATTACH_REFUSED
         if op == apsw.SQLITE_PRAGMA:
-            if (p1 or "").lower() in _READ_ONLY_PRAGMAS:
-                return ""
+            pragma = (p1 or "").lower()
+            if pragma in _ARGUMENT_PRAGMAS:
+                return f"{p2!r} is reserved for the engine" if p2 and _reserved(p2) else ""
+            if pragma in _VALUE_PRAGMAS:
+                if p2 is None:
+                    return ""
+                return f"SQL may not set PRAGMA {p1}: it can only be read (PRAGMA {p1})"
             return f"SQL may not use PRAGMA {p1} (only read-only schema pragmas are allowed)"
+        if op in _TEMP_ACTIONS:
+            return _TEMP_REFUSED
         if op == apsw.SQLITE_FUNCTION and (p2 or "").lower() == "load_extension":
             return "SQL may not load extensions"
         which = _TABLE_ACTIONS.get(op)
@@ -324,7 +350,9 @@ class SqlStore:
         """
         if not isinstance(query, str):
             raise InvalidQuery(f"query must be a string, got {type(query).__name__}")
-        if RESERVED_PREFIX in query.lower():
+        if RESERVED_PREFIX in query.lower() and RESERVED_PREFIX in _LITERAL.sub("", query).lower():
+            # Named outside a string literal, in any case or quoting. (Refused before it
+            # is prepared: user text must never match an engine statement in the cache.)
             raise InvalidQuery(
                 f"SQL may not name the engine's tables (prefix {RESERVED_PREFIX!r})"
             )
