@@ -32,7 +32,7 @@ from dotdo.storage import schema
 from dotdo.storage.address import Address
 from dotdo.storage.alarms import AlarmStore
 from dotdo.storage.branches import Branches
-from dotdo.storage.errors import StorageError, TransactionError, translate
+from dotdo.storage.errors import SqlError, StorageError, TransactionError, translate
 from dotdo.storage.history import History
 from dotdo.storage.kv import KVStore
 from dotdo.storage.opening import open_read_only, open_read_write
@@ -274,6 +274,7 @@ class ActorDatabase:
         Raises:
             TransactionError: Inside a ``transaction()`` block: its writes cannot leave
                 the actor before the block ends.
+            SqlError: Deferred foreign-key checks failed; the writes were rolled back.
             StorageError: The commit failed; the writes were rolled back.
         """
         conn = self._conn
@@ -284,18 +285,23 @@ class ActorDatabase:
                 "cannot reply, call another actor or send an event inside "
                 "storage.transaction(): finish the block first"
             )
-        if self._stepping:
-            try:
+        try:
+            if self._stepping:
                 conn.execute("RELEASE _dotdo_step")
                 conn.execute("COMMIT")
                 conn.execute("BEGIN")
                 conn.execute("SAVEPOINT _dotdo_step")
-            except apsw.Error as exc:
-                self.rollback()
-                raise translate(exc, self.address) from None
-            return
-        try:
-            conn.execute("COMMIT")
+            else:
+                conn.execute("COMMIT")
+        except apsw.ConstraintError as exc:
+            # Only deferred checks fail at a commit: PRAGMA defer_foreign_keys = ON
+            # and references still missing (SQLite leaves the transaction open).
+            self.rollback()
+            raise SqlError(
+                f"{exc}: this turn deferred its foreign-key checks (PRAGMA defer_foreign_keys) and "
+                "came to a commit with rows that reference missing rows; its writes were rolled back",
+                sqlite_error=type(exc).__name__,
+            ) from None
         except apsw.Error as exc:
             self.rollback()
             raise translate(exc, self.address) from None
@@ -402,6 +408,18 @@ class ActorDatabase:
             try:
                 conn.execute(f"RELEASE {name}")
             except apsw.Error as exc:
+                # Releasing the outermost savepoint outside a turn is a commit, which
+                # can fail (deferred foreign keys); the savepoint is then still open.
+                self._features.clear()
+                with contextlib.suppress(apsw.Error):
+                    conn.execute(f"ROLLBACK TO {name}")
+                    conn.execute(f"RELEASE {name}")
+                if isinstance(exc, apsw.ConstraintError):
+                    raise SqlError(
+                        f"{exc}: deferred foreign-key checks found rows that reference missing rows; "
+                        "the block's writes were rolled back",
+                        sqlite_error=type(exc).__name__,
+                    ) from None
                 raise translate(exc, self.address) from None
 
     @property

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING
 
 import apsw
 
+from dotdo.storage import foreign_keys
 from dotdo.storage.errors import translate
 
 if TYPE_CHECKING:
@@ -106,18 +107,15 @@ def drop_user_tables(conn: apsw.Connection) -> tuple[str, ...]:
     """Drop every table, view and virtual table of user SQL; their names (the caller
     holds a transaction)."""
     dropped: list[str] = []
-    deferred = int(conn.pragma("defer_foreign_keys"))
-    # Dropping a parent table before its child would fail an immediate foreign key
-    # check; deferred, the check counts the child's rows, which go with the child.
-    conn.execute("PRAGMA defer_foreign_keys = ON")
-    try:
+    # Dropping a table deletes its rows first, under its foreign keys: checks deferred
+    # (ON DELETE RESTRICT too), a parent's missing children are counted, then uncounted
+    # with the child's rows.
+    with foreign_keys.deferred(conn):
         for kind, where in _DROPS:
             names = [row[0] for row in conn.execute(f"SELECT name FROM sqlite_schema WHERE {where} ORDER BY name").fetchall()]
             for name in names:
                 conn.execute(f"DROP {kind} {_quote(name)}")
             dropped.extend(names)
-    finally:
-        conn.execute(f"PRAGMA defer_foreign_keys = {deferred}")
     return tuple(dropped)
 
 

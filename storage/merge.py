@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import apsw
 
+from dotdo.storage import foreign_keys
 from dotdo.storage.errors import InvalidInput, MergeConflict
 from dotdo.storage.search import DIMENSION_KEY, SearchIndex
 
@@ -293,13 +294,19 @@ class _Merge:
         self.unresolved: list[dict[str, Any]] = []
         self.resolved: list[dict[str, Any]] = []
         self.reinsert: list[tuple[str, tuple[Any, ...]]] = []
+        # Whether the transaction held deferred violations of its own before the merge
+        # (its commit will judge them), and whether the merge was found to add some.
+        self.dangling_before = foreign_keys.pending(self.conn)
+        self.dangling = False
 
     # -- conflicts -----------------------------------------------------------------
 
     def conflict(self, reason: int, change: apsw.TableChange) -> int:
         kind = _KINDS.get(reason, str(reason))
         if reason == apsw.SQLITE_CHANGESET_FOREIGN_KEY:
-            self.unresolved.append({"table": None, "key": None, "kind": kind, "op": None, "count": change.fk_conflicts})
+            if not self.dangling_before:
+                self.dangling = True
+                self.unresolved.append({"table": None, "key": None, "kind": kind, "op": None, "count": change.fk_conflicts})
             return apsw.SQLITE_CHANGESET_OMIT
         row: Any = change.new if change.op == "INSERT" else change.old
         key = tuple(row[i] for i in sorted(change.pk_columns))
@@ -479,16 +486,29 @@ def apply(
         for name, table in changes.tables.items():
             if table.keys:
                 session.attach(name)
-        if changes.changeset:
-            apsw.Changeset.apply(
-                changes.changeset, conn, conflict=merge.conflict, flags=apsw.SQLITE_CHANGESETAPPLY_IGNORENOOP
-            )
-        merge.apply_reinserts()
-        keyless = merge.apply_keyless()
+        # The changes carry every row an ON DELETE action made on the source, as they
+        # carry what its triggers did: neither runs again here. Checks are deferred to
+        # the end, where a merge that leaves references to missing rows is refused.
+        with foreign_keys.deferred(conn):
+            if changes.changeset:
+                apsw.Changeset.apply(
+                    changes.changeset,
+                    conn,
+                    conflict=merge.conflict,
+                    flags=apsw.SQLITE_CHANGESETAPPLY_IGNORENOOP | apsw.SQLITE_CHANGESETAPPLY_FKNOACTION,
+                )
+            merge.apply_reinserts()
+            keyless = merge.apply_keyless()
+            if not (merge.dangling_before or merge.dangling) and foreign_keys.pending(conn):
+                merge.unresolved.append({"table": None, "key": None, "kind": "foreign_key", "op": None, "count": None})
         if merge.unresolved:
             count = len(merge.unresolved)
             why = "changed on both branches since they forked" if policy == "fail" else "that the policy cannot resolve"
-            raise MergeConflict(f"{what}: {count} row(s) {why}; nothing was merged", merge.unresolved)
+            rows = sum(entry["kind"] != "foreign_key" for entry in merge.unresolved)
+            parts = [f"{rows} row(s) {why}"] if rows else []
+            if rows < count:
+                parts.append("merged, rows would reference rows that do not exist (a foreign key)")
+            raise MergeConflict(f"{what}: {'; '.join(parts)}; nothing was merged", merge.unresolved)
         merge.fix_things(session)
         counts = _count(session.changeset())
     finally:

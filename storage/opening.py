@@ -293,6 +293,7 @@ def _configure(conn: apsw.Connection, options: StorageOptions, created: bool) ->
     conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)  # see StorageOptions.wal_keep_kib
     pragmas = (
         "PRAGMA locking_mode=EXCLUSIVE;"
+        "PRAGMA foreign_keys=ON;"  # as Durable Objects: see dotdo.storage.foreign_keys
         f"PRAGMA cache_size=-{int(options.cache_kib)};"
         "PRAGMA journal_size_limit=4194304;"
     )

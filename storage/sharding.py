@@ -8,8 +8,9 @@ in Python (``shard_of_value``, for routing calls) and in SQL (``dotdo_shard``).
 
 What is refused, with the reason, before anything is copied: a key-value store that
 holds entries (its keys are not the shard key), a user table without the key column,
-a relationship whose two ends fall in different shards, a pending alarm or schedule,
-and events not yet delivered.
+a relationship or a foreign key whose two ends fall in different shards, rows that
+reference missing rows (they could not be gathered again), a pending alarm or
+schedule, and events not yet delivered.
 
 Splitting (``write_shard``) copies the whole database into the shard with the backup
 API, deletes what belongs to other shards and vacuums: one full copy per shard. A shard
@@ -29,7 +30,7 @@ from typing import Any
 
 import apsw
 
-from dotdo.storage import backup
+from dotdo.storage import backup, foreign_keys
 from dotdo.storage.address import Address
 from dotdo.storage.database import ActorDatabase
 from dotdo.storage.errors import ActorExists, InvalidInput, translate
@@ -126,6 +127,16 @@ def check_splittable(db: ActorDatabase, key: str, n: int) -> list[str]:
         missing = [t for t in tables if column not in _columns(conn, t)]
         if missing:
             problems.append(f"the tables {', '.join(missing)} have no column {column!r}")
+        else:
+            dangling = foreign_keys.violations(conn)
+            if dangling:
+                problems.append(
+                    f"rows reference missing rows ({', '.join(dangling)}: see PRAGMA foreign_key_check), "
+                    "and gathering the shards again would be refused"
+                )
+            across = foreign_keys.crossing(conn, tables, column, n)
+            if across:
+                problems.append(f"foreign keys would cross shards ({', '.join(across)})")
         if db.has(WORKFLOW.name) and conn.execute("SELECT 1 FROM _dotdo_outbox LIMIT 1").fetchall():
             problems.append("events are still being delivered (try again when they are)")
         if db.has(THINGS.name):
@@ -169,7 +180,9 @@ def write_shard(
         conn = target.connection
         register(conn)
         try:
-            with conn:
+            # No ON DELETE action may reach the rows that stay (none references a row
+            # that goes: check_splittable refused crossing references).
+            with foreign_keys.off(conn), conn:
                 make_independent(conn, address, name, db.address, alarms=False)
                 conn.execute("INSERT OR REPLACE INTO _dotdo_meta(key, value) VALUES ('shard.of', ?)", (marker,))
                 _keep_only(conn, key, n, index)
@@ -199,8 +212,9 @@ def become_router(db: ActorDatabase, router: str, generation: int) -> None:
     router configuration. The router keeps its tables, empty."""
     conn = db.connection
     db.ensure_transaction()
-    for table in user_tables(conn):
-        conn.execute(f'DELETE FROM "{_quoted(table)}"')
+    with foreign_keys.deferred(conn):  # parents may go before their children
+        for table in user_tables(conn):
+            conn.execute(f'DELETE FROM "{_quoted(table)}"')
     if db.has(THINGS.name):
         for table in ("_dotdo_relationships", "_dotdo_vectors", "_dotdo_things", "_dotdo_things_fts"):
             conn.execute(f"DELETE FROM {table}")
@@ -232,9 +246,14 @@ def gather(db: ActorDatabase, sources: list[ActorDatabase]) -> int:
     conn = db.connection
     db.ensure_transaction()
     moved = 0
-    for source in sources:
-        for table in user_tables(source.connection):
-            moved += _copy_table(conn, source.connection, table)
+
+    def dangling() -> Exception:
+        return InvalidInput("rows of the shards reference rows that no shard holds; nothing was moved")
+
+    with foreign_keys.left_dangling(conn, dangling):  # a child may come before its parent's shard
+        for source in sources:
+            for table in user_tables(source.connection):
+                moved += _copy_table(conn, source.connection, table)
     holding = [source for source in sources if source.has(THINGS.name)]
     if holding:
         db.require(THINGS.name)

@@ -5,7 +5,8 @@ User SQL runs in the actor's turn and sees the actor's own tables. It may not:
 - open, end or name transactions (``BEGIN``, ``COMMIT``, ``ROLLBACK``, ``SAVEPOINT``,
   ``RELEASE``): use ``storage.transaction()``, and let the turn commit;
 - touch the engine's tables (names starting ``_dotdo_``), attach other databases,
-  load extensions, or set pragmas other than read-only introspection ones.
+  load extensions, or set pragmas (``defer_foreign_keys`` aside: foreign keys are
+  enforced, see ``dotdo.storage.foreign_keys``); read-only introspection pragmas work.
 
 Statements are executed eagerly: when ``exec`` returns, every statement in the string
 has run and the rows are in the cursor. Rows iterate as dicts (column name to value);
@@ -54,7 +55,11 @@ _ARGUMENT_PRAGMAS = frozenset(
 # Pragmas that are read only: ``PRAGMA x`` is allowed, ``PRAGMA x = v`` or ``x(v)`` is
 # refused (SQLite would take some of them and ignore them in silence).
 _VALUE_PRAGMAS = frozenset(
-    {"collation_list", "function_list", "page_count", "page_size", "freelist_count", "data_version"}
+    {"collation_list", "function_list", "page_count", "page_size", "freelist_count", "data_version", "foreign_keys"}
+)
+_FOREIGN_KEYS_ON = (
+    "SQL may not set PRAGMA foreign_keys: foreign keys are always enforced; "
+    "PRAGMA defer_foreign_keys = ON checks them when the turn commits instead"
 )
 _READ_ONLY_PRAGMAS = _ARGUMENT_PRAGMAS | _VALUE_PRAGMAS
 _TEMP_ACTIONS = frozenset(
@@ -165,7 +170,11 @@ class _Guard:
             if pragma in _VALUE_PRAGMAS:
                 if p2 is None:
                     return ""
+                if pragma == "foreign_keys":
+                    return _FOREIGN_KEYS_ON
                 return f"SQL may not set PRAGMA {p1}: it can only be read (PRAGMA {p1})"
+            if pragma == "defer_foreign_keys":
+                return ""  # read or set: checks move to the commit of the turn's transaction
             return f"SQL may not use PRAGMA {p1} (only read-only schema pragmas are allowed)"
         if op in _TEMP_ACTIONS:
             return _TEMP_REFUSED

@@ -130,22 +130,34 @@ def test_a_failure_deletes_nothing(db: ActorDatabase) -> None:
 
 
 def test_foreign_keys_do_not_stop_it(db: ActorDatabase) -> None:
-    # Enforced (as issue 19 makes them), a parent dropped before its child would fail
-    # an immediate check: "a_parent" sorts before "z_child".
-    db.connection.execute("PRAGMA foreign_keys = ON")
+    # A parent dropped before its child would fail an immediate check ("a_parent" sorts
+    # before "z_child"), and an ON DELETE RESTRICT parent at once.
+    assert db.connection.pragma("foreign_keys") == 1
     db.sql.exec(
         "CREATE TABLE a_parent(id INTEGER PRIMARY KEY);"
-        "CREATE TABLE z_child(parent INTEGER NOT NULL REFERENCES a_parent(id));"
-        "INSERT INTO a_parent VALUES (1); INSERT INTO z_child VALUES (1)"
+        "CREATE TABLE m_strict(id INTEGER PRIMARY KEY, parent INTEGER REFERENCES a_parent(id) ON DELETE RESTRICT);"
+        "CREATE TABLE z_child(parent INTEGER NOT NULL REFERENCES m_strict(id));"
+        "INSERT INTO a_parent VALUES (1); INSERT INTO m_strict VALUES (5, 1); INSERT INTO z_child VALUES (5)"
     )
     with db.turn():
-        assert delete_all(db).tables == ("a_parent", "z_child")
+        assert delete_all(db).tables == ("a_parent", "m_strict", "z_child")
         assert db.connection.pragma("defer_foreign_keys") == 0  # as it was
         # Later writes of the turn are checked immediately again.
         db.sql.exec("CREATE TABLE p(id INTEGER PRIMARY KEY); CREATE TABLE c(p INTEGER REFERENCES p(id))")
         with pytest.raises(SqlError, match="FOREIGN KEY"):
             db.sql.exec("INSERT INTO c VALUES (7)")
     assert user_objects(db) == [("table", "c"), ("table", "p")]
+
+
+def test_rows_that_already_reference_missing_rows_are_deleted_too(db: ActorDatabase) -> None:
+    # Written before foreign keys were enforced (SQLite checks writes, not data).
+    db.sql.exec("CREATE TABLE p(id INTEGER PRIMARY KEY); CREATE TABLE c(p INTEGER REFERENCES p(id))")
+    db.connection.execute("PRAGMA foreign_keys = OFF")
+    db.sql.exec("INSERT INTO c VALUES (1), (2); INSERT INTO p VALUES (2)")
+    db.connection.execute("PRAGMA foreign_keys = ON")
+    with db.turn():
+        assert delete_all(db).tables == ("c", "p")
+    assert user_objects(db) == []
 
 
 def test_it_keeps_the_engine_records_and_what_is_owed_to_others(db: ActorDatabase) -> None:

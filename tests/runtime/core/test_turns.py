@@ -7,7 +7,7 @@ import pytest
 import trio
 import trio.testing
 
-from dotdo import ActorError, CallTimeout, DeadlockError, DotdoError, InvalidValue, Overloaded
+from dotdo import DO, ActorError, CallTimeout, DeadlockError, DotdoError, InvalidValue, Overloaded
 from dotdo.runtime.supervisor import Supervisor
 from tests.runtime.kinds import KINDS, Flaky
 
@@ -179,3 +179,38 @@ async def test_a_failing_on_start_fails_the_queued_calls_and_is_retried_later(tm
         assert Flaky.starts == 2
     async with Supervisor(KINDS, tmp_path) as sup:
         assert await sup.S.Flaky("f").ping() == "pong"
+
+
+class Ledger(DO):
+    """Entries that must name an account: foreign keys, checked at once or at the commit."""
+
+    async def on_start(self) -> None:
+        self.sql.exec(
+            "CREATE TABLE IF NOT EXISTS accounts(id TEXT PRIMARY KEY);"
+            "CREATE TABLE IF NOT EXISTS entries(account TEXT NOT NULL REFERENCES accounts(id), amount INTEGER)"
+        )
+
+    async def post(self, account: str, amount: int, *, open_after: bool = False, defer: bool = True) -> int:
+        self.storage.put("posted", True)
+        if defer:
+            self.sql.exec("PRAGMA defer_foreign_keys = ON")
+        self.sql.exec("INSERT INTO entries VALUES (?, ?)", account, amount)
+        if open_after:
+            self.sql.exec("INSERT INTO accounts VALUES (?)", account)
+        return len(self.sql.exec("SELECT * FROM entries"))
+
+    async def state(self) -> list[object]:
+        return [self.storage.get("posted"), [tuple(r) for r in self.sql.exec("SELECT * FROM entries").raw()]]
+
+
+async def test_a_turn_whose_deferred_foreign_keys_fail_at_its_commit_is_rolled_back(tmp_path: Path) -> None:
+    async with Supervisor([Ledger], tmp_path) as sup:
+        ledger = sup.S.Ledger("books")
+        assert await ledger.post("cash", 5, open_after=True) == 1  # resolved before the commit
+        with pytest.raises(DotdoError) as caught:
+            await ledger.post("bank", 7)  # never opened
+        assert type(caught.value).__name__ == "SqlError"
+        assert "FOREIGN KEY constraint failed" in str(caught.value) and "rolled back" in str(caught.value)
+        with pytest.raises(DotdoError, match="FOREIGN KEY constraint failed"):
+            await ledger.post("bank", 7, defer=False)  # checked at once
+        assert await ledger.state() == [True, [["cash", 5]]]  # values are copied as lists
