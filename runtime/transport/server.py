@@ -84,6 +84,9 @@ class TransportOptions:
             before the connection is closed (noticed within a quarter more).
         trusted: Whether connections may make the runtime's system calls (event
             deliveries, subscriptions): only the socket other workers connect to.
+        peer_token: The cluster secret: a connection whose hello presents it is
+            another node's, and trusted whatever ``trusted`` says (it is taken where
+            ``token`` is asked for, and where none is).
         max_connections: Connections past their handshake at once; one more gets an
             ``Overloaded`` error frame for its hello and is closed (each holds a file
             descriptor, which actors need for their databases).
@@ -97,6 +100,7 @@ class TransportOptions:
     max_body: int | None = None
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     trusted: bool = False
+    peer_token: str | None = field(default=None, repr=False)
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_handshakes: int = DEFAULT_MAX_HANDSHAKES
     write_timeout: float = DEFAULT_WRITE_TIMEOUT
@@ -126,6 +130,7 @@ class _ServerConnection:
     stream: trio.abc.Stream
     slots: trio.Semaphore
     budget: ByteBudget
+    trusted: bool = False  # may make system calls: a worker of this server, or another node
     nursery: trio.Nursery | None = None
     running: dict[int, trio.CancelScope] = field(default_factory=dict)
     cancelled: set[int] = field(default_factory=set)
@@ -188,6 +193,7 @@ class TransportServer:
         # The secrets a hello may present (none: no token is asked for).
         accepted = (options.token, options.admin_token) if options.token is not None else ()
         self._secrets = tuple(token.encode() for token in accepted if token is not None)
+        self._peer_secret = options.peer_token.encode() if options.peer_token is not None else None
 
     async def serve_listeners(self, listeners: list[trio.SocketListener]) -> None:
         """Serve connections from ``listeners`` (sockets made elsewhere) until cancelled."""
@@ -212,14 +218,15 @@ class TransportServer:
         try:
             async with stream:
                 decoder = wire.FrameDecoder(min(MAX_HELLO, self.options.max_frame))
-                if not await self._handshake(stream, decoder):
+                hello = await self._handshake(stream, decoder)
+                if hello is None:
                     return
                 try:  # _handshake counted this connection as established
                     options = self.options
                     welcome = wire.Welcome(wire.VERSION, options.max_frame, options.max_inflight, options.max_inflight_bytes)
                     await stream.send_all(wire.encode(welcome))
                     decoder.max_frame = options.max_frame
-                    await self._serve(stream, decoder)
+                    await self._serve(stream, decoder, options.trusted or self._is_peer(hello))
                 finally:
                     self.established -= 1
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -227,9 +234,9 @@ class TransportServer:
         finally:
             self.connections -= 1
 
-    async def _serve(self, stream: trio.abc.Stream, decoder: wire.FrameDecoder) -> None:
+    async def _serve(self, stream: trio.abc.Stream, decoder: wire.FrameDecoder, trusted: bool) -> None:
         options = self.options
-        conn = _ServerConnection(stream, trio.Semaphore(options.max_inflight), ByteBudget(options.max_inflight_bytes))
+        conn = _ServerConnection(stream, trio.Semaphore(options.max_inflight), ByteBudget(options.max_inflight_bytes), trusted)
         last: wire.Message | None = None
         async with trio.open_nursery() as writer:
             writer.start_soon(self._write, conn, writer.cancel_scope)
@@ -245,9 +252,9 @@ class TransportServer:
         if last is not None and not conn.broken:
             await _send_quietly(stream, wire.encode(last))
 
-    async def _handshake(self, stream: trio.abc.Stream, decoder: wire.FrameDecoder) -> bool:
-        """Take the hello: True when it is welcome (the connection then counts as
-        established), False when it was refused with an error frame or never came.
+    async def _handshake(self, stream: trio.abc.Stream, decoder: wire.FrameDecoder) -> wire.Hello | None:
+        """Take the hello: the hello when it is welcome (the connection then counts as
+        established), None when it was refused with an error frame or never came.
 
         While it runs the connection counts as handshaking; a newer connection over
         ``max_handshakes`` cancels the oldest one's handshake (it is closed, unanswered).
@@ -262,9 +269,9 @@ class TransportServer:
                 return await self._answer_hello(stream, decoder)
             finally:
                 self._handshaking.pop(serial, None)
-        return False  # dropped for a newer connection
+        return None  # dropped for a newer connection
 
-    async def _answer_hello(self, stream: trio.abc.Stream, decoder: wire.FrameDecoder) -> bool:
+    async def _answer_hello(self, stream: trio.abc.Stream, decoder: wire.FrameDecoder) -> wire.Hello | None:
         hello: wire.Message | None = None
         problem: DotdoError | None = None
         early = False  # whole frames came with the hello
@@ -273,9 +280,9 @@ class TransportServer:
                 try:
                     data = await stream.receive_some(RECEIVE_CHUNK)
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    return False
+                    return None
                 if not data:
-                    return False
+                    return None
                 try:
                     bodies = decoder.feed(data)
                     if bodies:
@@ -289,9 +296,10 @@ class TransportServer:
             problem = Overloaded(f"the server has {self.options.max_connections} transport connections open; retry later")
         if problem is not None:
             await _send_quietly(stream, wire.encode(wire_errors.error_frame(None, problem)))
-            return False
+            return None
+        assert isinstance(hello, wire.Hello)  # _refusal refuses anything else
         self.established += 1  # with the check above, no checkpoint between: the cap holds
-        return True
+        return hello
 
     def _refusal(self, hello: wire.Message | None, early: bool) -> DotdoError | None:
         """Why the connection that sent ``hello`` (and, if ``early``, more bytes before
@@ -302,11 +310,15 @@ class TransportServer:
             return ProtocolError("the first frame must be a hello")
         if hello.version != wire.VERSION:
             return ProtocolError(f"protocol version {hello.version} is not supported (this server speaks {wire.VERSION})")
-        if self._secrets and not _admitted(hello.token, self._secrets):
+        if self._secrets and not _admitted(hello.token, self._secrets) and not self._is_peer(hello):
             return Unauthorized("wrong or missing token")
         if early:
             return ProtocolError("frames sent before the welcome")
         return None
+
+    def _is_peer(self, hello: wire.Hello) -> bool:
+        """Whether ``hello`` presents the cluster secret (another node)."""
+        return self._peer_secret is not None and _admitted(hello.token, (self._peer_secret,))
 
     async def _read(self, conn: _ServerConnection, decoder: wire.FrameDecoder) -> None:
         """Read and start requests until the peer closes or resets the connection."""
@@ -349,7 +361,7 @@ class TransportServer:
             if len(call.steps) == 1:  # the call's own deadline scope is the one a cancel cancels
                 return await self._sup.call_from_peer(
                     call.target, call.steps, timeout=call.timeout, chain=call.chain, path=call.path, scope=scope,
-                    trusted=self.options.trusted,
+                    trusted=conn.trusted,
                 )
             with scope:
                 return await self._sup.call_from_peer(

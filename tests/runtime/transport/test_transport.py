@@ -16,9 +16,10 @@ import trio
 from dotdo import DO
 from dotdo.client import connect
 from dotdo.runtime.transport import wire
-from dotdo.runtime.core.errors import ConnectionLost, MethodNotAllowed, Overloaded, Unauthorized
+from dotdo.runtime.core.errors import ConnectionLost, MethodNotAllowed, Overloaded, ProtocolError, Unauthorized
 from dotdo.runtime.core.ids import ActorId, id_from_name
 from dotdo.runtime.supervisor import Supervisor
+from dotdo.runtime.transport.connection import Connection
 from dotdo.runtime.transport.server import TransportOptions, TransportServer
 
 
@@ -257,3 +258,29 @@ async def read_frames(stream: trio.SocketStream, count: int) -> list[wire.Messag
             assert data, f"closed after {len(messages)} of {count} frames"
             messages.extend(wire.decode(body) for body in decoder.feed(data))
     return messages
+
+
+async def test_the_cluster_secret_makes_a_connection_another_nodes_and_trusted(tmp_path: Path) -> None:
+    target = id_from_name("Shop", "c")
+    system = [("$nothing", msgpack.packb([]))]
+    async with transport(tmp_path, token="client-token", peer_token="cluster-secret") as (_, _, port):
+        node = await Connection.open("127.0.0.1", port, token="cluster-secret")
+        client = await Connection.open("127.0.0.1", port, token="client-token")
+        try:
+            with pytest.raises(ProtocolError, match="unknown system method"):  # run as a system call
+                await node.call_raw(target, system, 5.0, None, ())
+            with pytest.raises(MethodNotAllowed):  # a client's "$" method is just a name
+                await client.call_raw(target, system, 5.0, None, ())
+            assert msgpack.unpackb(await node.call_raw(target, [("add", msgpack.packb([[1, 2], {}]))], 5.0, None, ())) == 3
+        finally:
+            await node.aclose()
+            await client.aclose()
+        with pytest.raises(Unauthorized):
+            await Connection.open("127.0.0.1", port, token="cluster-secre")
+    async with transport(tmp_path, peer_token="cluster-secret") as (_, _, port):  # clients need no token
+        client = await Connection.open("127.0.0.1", port)
+        try:
+            with pytest.raises(MethodNotAllowed):
+                await client.call_raw(target, system, 5.0, None, ())
+        finally:
+            await client.aclose()

@@ -1,0 +1,1 @@
+"""The cluster: what the nodes of a dotdo cluster share through etcd."""

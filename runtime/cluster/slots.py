@@ -1,0 +1,156 @@
+"""The slot table of a cluster: which node owns each slot of addresses, at which epoch.
+
+Addresses hash to a fixed number of slots (``slot_of``, chosen when the cluster is
+made and kept in etcd with it). Each slot has one record in etcd, under
+``{prefix}/slots/{slot:05d}``, holding its owner and, while it moves, the node it moves
+to. A record's epoch is its etcd ``mod_revision``: every change of owner or state is a
+transaction that compares it, so an owner that acts on an old view of a slot fails
+instead of overwriting a newer one, and a node serves a slot only at the epoch it was
+given it at.
+
+The records say where a slot lives, never where it could live: a node that dies keeps
+its slots (they are unavailable until it returns: its files are the only copy). Only
+their owner moves them, to the node ``plan`` names, after handing its actors over.
+
+``plan`` is a pure function of the table and the live nodes, the same on every node:
+the nodes that can take slots (live, not draining) end up with equal shares (within
+one), and as few slots move as that allows: a draining node's slots first, then the
+surplus of the nodes above their share, each to the nodes below theirs in name order.
+This module does no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+DEFAULT_SLOTS = 256
+MAX_SLOTS = 16384
+
+
+def slot_of(hex_id: str, slots: int) -> int:
+    """Which of ``slots`` slots the actor with this 64-hex id is in: bits 32 to 63 of
+    the id, independent of the first 32 that split a node's actors between its workers
+    (``worker_of``), so every worker gets a share of every slot."""
+    return int(hex_id[8:16], 16) % slots
+
+
+def slot_key(prefix: str, slot: int) -> str:
+    """The etcd key of a slot's record."""
+    return f"{prefix}/slots/{slot:05d}"
+
+
+def parse_slot_key(prefix: str, key: str) -> int | None:
+    """The slot a key of the table names, or None for a key that is not a slot's."""
+    head = f"{prefix}/slots/"
+    if not key.startswith(head) or not key[len(head) :].isdigit():
+        return None
+    return int(key[len(head) :])
+
+
+@dataclass(frozen=True, slots=True)
+class SlotRecord:
+    """One slot as etcd holds it.
+
+    Attributes:
+        slot: The slot's number.
+        owner: The node that holds the slot and its actors' files.
+        epoch: The record's etcd revision: what a change compares and what fences the
+            owners before it.
+        moving_to: While the owner hands the slot over, the node that takes it; None
+            when it is not moving. Calls to a moving slot wait for the move to end.
+    """
+
+    slot: int
+    owner: str
+    epoch: int
+    moving_to: str | None = None
+
+    @property
+    def moving(self) -> bool:
+        return self.moving_to is not None
+
+    def encode(self) -> bytes:
+        """The record's value in etcd (the epoch is etcd's revision, not stored)."""
+        body: dict[str, str] = {"owner": self.owner}
+        if self.moving_to is not None:
+            body["moving_to"] = self.moving_to
+        return json.dumps(body, sort_keys=True).encode()
+
+    @classmethod
+    def decode(cls, slot: int, value: bytes, epoch: int) -> SlotRecord:
+        """A record from its value in etcd.
+
+        Raises:
+            ValueError: The value is not a slot record.
+        """
+        try:
+            body = json.loads(value)
+            owner = body["owner"]
+            moving_to = body.get("moving_to")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"slot {slot}: not a slot record: {value[:80]!r}") from exc
+        if not isinstance(owner, str) or not (moving_to is None or isinstance(moving_to, str)):
+            raise ValueError(f"slot {slot}: not a slot record: {value[:80]!r}")
+        return cls(slot, owner, epoch, moving_to)
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """One slot that ``plan`` moves: from its owner to another node."""
+
+    slot: int
+    source: str
+    target: str
+
+
+def shares(slots: int, nodes: Iterable[str]) -> dict[str, int]:
+    """How many of ``slots`` slots each node gets when they are balanced: equal
+    shares, the remainder one each to the first nodes in name order."""
+    ordered = sorted(set(nodes))
+    if not ordered:
+        return {}
+    base, extra = divmod(slots, len(ordered))
+    return {node: base + (1 if i < extra else 0) for i, node in enumerate(ordered)}
+
+
+def plan(table: Mapping[int, SlotRecord], live: Iterable[str], draining: Iterable[str] = ()) -> list[Move]:
+    """The moves that balance ``table`` over the ``live`` nodes that are not
+    ``draining``; slots whose owner is not live, and slots already moving, stay.
+
+    Deterministic: every node that reads the same table and membership computes the
+    same moves. Each owner carries out the moves of its own slots.
+    """
+    alive = set(live)
+    leaving = set(draining) & alive
+    takers = alive - leaving
+    if not takers:
+        return []
+    movable = [r for r in table.values() if r.owner in alive and not r.moving]
+    want = shares(len(movable), takers)
+    held: dict[str, list[int]] = {node: [] for node in alive}
+    for record in sorted(movable, key=lambda r: r.slot):
+        held[record.owner].append(record.slot)
+    # What leaves: every slot of a draining node, then each taker's highest slots over
+    # its share (the lowest stay, so that a node's slots change as little as they can).
+    given: list[tuple[int, str]] = []
+    for node in sorted(alive):
+        keep = 0 if node in leaving else want[node]
+        given.extend((slot, node) for slot in held[node][keep:])
+    moves: list[Move] = []
+    room = [(node, want[node] - len(held[node])) for node in sorted(takers) if want[node] > len(held[node])]
+    for slot, source in sorted(given):
+        while room and room[0][1] == 0:
+            room.pop(0)
+        if not room:
+            break
+        node, free = room[0]
+        moves.append(Move(slot, source, node))
+        room[0] = (node, free - 1)
+    return moves
+
+
+def first_table(slots: int, node: str) -> dict[int, bytes]:
+    """The records of a new cluster's table: every slot owned by its first node."""
+    return {slot: SlotRecord(slot, node, 0).encode() for slot in range(slots)}

@@ -1,0 +1,266 @@
+"""What a node knows of its cluster, kept current by an etcd watch, and the transactions
+that change it.
+
+Everything lives under one key prefix (``/dotdo/{cluster}`` by default):
+
+- ``config``: the cluster's fixed settings (``{"slots": N, "formed": bool}``);
+- ``nodes/{name}``: one per live node, bound to its lease (``dotdo.runtime.cluster.session``);
+- ``slots/{slot}``: one record per slot (``dotdo.runtime.cluster.slots``);
+- ``drain/{name}``: a node asked to hand all its slots over (``dotdo cluster drain``).
+
+``ClusterView.run`` reads the prefix once and then watches it from the next revision,
+so the view moves through etcd's revisions in order; if the watch breaks it reads the
+whole prefix again. The view is a cache for routing: every decision that must be agreed
+is a transaction here that compares the revision the decision was made at.
+
+A new cluster is formed by its first node: ``form`` creates ``config`` (compared with
+``create_revision == 0``, so one node wins), then the slot records in batches (etcd
+takes at most 128 operations per transaction), then marks the cluster formed. A
+former that dies half-way finishes when it comes back (the records name it); nobody
+serves a slot that has no record.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import trio
+
+from dotdo.runtime.cluster.etcd import Compacted, Compare, Etcd, EtcdError, EtcdUnavailable, Event, KeyValue, Op
+from dotdo.runtime.cluster.session import NodeInfo
+from dotdo.runtime.cluster.slots import DEFAULT_SLOTS, MAX_SLOTS, SlotRecord, parse_slot_key, slot_key
+
+log = logging.getLogger("dotdo.cluster")
+
+BATCH = 100
+"""Slot records created per transaction while forming (etcd's limit is 128 operations)."""
+REREAD_DELAY = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The cluster's fixed settings."""
+
+    slots: int
+    formed: bool
+    by: str
+
+    def encode(self) -> bytes:
+        return json.dumps({"slots": self.slots, "formed": self.formed, "by": self.by}, sort_keys=True).encode()
+
+    @classmethod
+    def decode(cls, value: bytes) -> Config:
+        try:
+            body = json.loads(value)
+            config = cls(int(body["slots"]), bool(body["formed"]), str(body["by"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"not a cluster configuration: {value[:80]!r}") from exc
+        if not 1 <= config.slots <= MAX_SLOTS:
+            raise ValueError(f"a cluster of {config.slots} slots (1 to {MAX_SLOTS})")
+        return config
+
+
+@dataclass
+class State:
+    """The cluster as of one etcd revision."""
+
+    revision: int = 0
+    config: Config | None = None
+    config_revision: int = 0
+    nodes: dict[str, NodeInfo] = field(default_factory=dict)
+    slots: dict[int, SlotRecord] = field(default_factory=dict)
+    draining: set[str] = field(default_factory=set)
+
+
+class ClusterView:
+    """A node's view of the cluster under ``prefix`` (see the module).
+
+    Args:
+        etcd: The cluster's etcd.
+        prefix: The cluster's key prefix.
+    """
+
+    def __init__(self, etcd: Etcd, prefix: str) -> None:
+        self.etcd = etcd
+        self.prefix = prefix.rstrip("/")
+        self.state = State()
+        self._changed = trio.Event()
+
+    # -- reading ---------------------------------------------------------------------
+
+    @property
+    def revision(self) -> int:
+        return self.state.revision
+
+    def slot(self, slot: int) -> SlotRecord | None:
+        return self.state.slots.get(slot)
+
+    @property
+    def formed(self) -> bool:
+        config = self.state.config
+        return config is not None and config.formed and len(self.state.slots) == config.slots
+
+    async def changed(self) -> None:
+        """Wait until the view moves to a later revision."""
+        await self._changed.wait()
+
+    async def until(self, revision: int) -> None:
+        """Wait until the view has seen ``revision`` (a transaction's, say)."""
+        while self.state.revision < revision:
+            await self.changed()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Read the cluster, report started, then follow it until cancelled (reading it
+        all again whenever the watch breaks)."""
+        await self.reload()
+        task_status.started()
+        while True:
+            try:
+                async with self.etcd.watch(self.prefix + "/", self.state.revision + 1) as batches:
+                    async for events, revision in batches:
+                        self.apply(events, revision)
+            except (Compacted, EtcdUnavailable) as exc:
+                log.info("cluster watch ended (%s); reading the cluster again", exc)
+            await trio.sleep(REREAD_DELAY)
+            try:
+                await self.reload()
+            except EtcdUnavailable as exc:
+                log.warning("etcd does not answer: %s", exc)
+
+    async def reload(self) -> None:
+        """Read everything under the prefix again."""
+        kvs, revision = await self.etcd.range(self.prefix + "/")
+        state = State(revision=revision)
+        for kv in kvs:
+            self._put(state, kv)
+        self.state = state
+        self._notify()
+
+    def apply(self, events: list[Event], revision: int) -> None:
+        """Take a batch of watched changes, as of ``revision``."""
+        for event in events:
+            if event.type == "put":
+                self._put(self.state, event.kv)
+            else:
+                self._delete(self.state, event.kv.key)
+        self.state.revision = max(self.state.revision, revision)
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _put(self, state: State, kv: KeyValue) -> None:
+        rest = kv.key[len(self.prefix) + 1 :]
+        try:
+            if rest == "config":
+                state.config = Config.decode(kv.value)
+                state.config_revision = kv.mod_revision
+            elif rest.startswith("nodes/"):
+                name = rest[len("nodes/") :]
+                state.nodes[name] = NodeInfo.decode(name, kv.value)
+            elif rest.startswith("drain/"):
+                state.draining.add(rest[len("drain/") :])
+            else:
+                slot = parse_slot_key(self.prefix, kv.key)
+                if slot is not None:
+                    state.slots[slot] = SlotRecord.decode(slot, kv.value, kv.mod_revision)
+        except ValueError as exc:
+            log.warning("ignoring %s: %s", kv.key, exc)
+
+    def _delete(self, state: State, key: str) -> None:
+        rest = key[len(self.prefix) + 1 :]
+        if rest == "config":
+            state.config = None
+        elif rest.startswith("nodes/"):
+            state.nodes.pop(rest[len("nodes/") :], None)
+        elif rest.startswith("drain/"):
+            state.draining.discard(rest[len("drain/") :])
+        else:
+            slot = parse_slot_key(self.prefix, key)
+            if slot is not None:
+                state.slots.pop(slot, None)
+
+    # -- changing ----------------------------------------------------------------------
+
+    async def form(self, node: str, slots: int = DEFAULT_SLOTS) -> None:
+        """Form the cluster with every slot on ``node`` if it has not been formed (or
+        finish forming it, when ``node`` began). Returns when the view shows it formed.
+
+        Raises:
+            ValueError: ``slots`` is out of range.
+            EtcdError: The configuration in etcd is not readable.
+        """
+        if not 1 <= slots <= MAX_SLOTS:
+            raise ValueError(f"a cluster has 1 to {MAX_SLOTS} slots (got {slots})")
+        key = f"{self.prefix}/config"
+        config = Config(slots, False, node)
+        created = await self.etcd.txn([Compare.create_revision(key, "==", 0)], [Op.put(key, config.encode())], [Op.get(key)])
+        if not created.succeeded:
+            held = created.responses[0]
+            if not held:
+                raise EtcdError("the cluster's configuration vanished while it was being read; try again")
+            config = Config.decode(held[0].value)
+            if config.formed or config.by != node:
+                await self._until_formed()
+                return
+        # Ours to form (now or after a crash half-way): the records not yet made, in
+        # batches, each only if the configuration is still ours and unformed.
+        kvs, _ = await self.etcd.range(f"{self.prefix}/slots/")
+        made = {parse_slot_key(self.prefix, kv.key) for kv in kvs}
+        missing = [s for s in range(config.slots) if s not in made]
+        unformed = Compare.value(key, "==", config.encode())
+        for start in range(0, len(missing), BATCH):
+            batch = missing[start : start + BATCH]
+            puts = [Op.put(slot_key(self.prefix, s), SlotRecord(s, node, 0).encode()) for s in batch]
+            absent = [Compare.create_revision(slot_key(self.prefix, s), "==", 0) for s in batch]
+            result = await self.etcd.txn([unformed, *absent], puts)
+            if not result.succeeded:
+                raise EtcdError("the cluster changed while it was being formed; start the node again")
+        formed = Config(config.slots, True, node)
+        await self.etcd.txn([unformed], [Op.put(key, formed.encode())])
+        await self._until_formed()
+
+    async def _until_formed(self) -> None:
+        while not self.formed:
+            await self.changed()
+
+    async def begin_move(self, record: SlotRecord, target: str) -> SlotRecord | None:
+        """Mark ``record``'s slot as moving to ``target``, if it is still at
+        ``record.epoch``; the record at its new epoch, or None if it changed."""
+        moving = SlotRecord(record.slot, record.owner, 0, target)
+        return await self._replace(record, moving)
+
+    async def end_move(self, record: SlotRecord, *, done: bool) -> SlotRecord | None:
+        """End the move of a moving ``record``: ownership goes to its target (``done``)
+        or stays with its owner; the record at its new epoch, or None if it changed."""
+        if record.moving_to is None:
+            raise ValueError(f"slot {record.slot} is not moving")
+        owner = record.moving_to if done else record.owner
+        return await self._replace(record, SlotRecord(record.slot, owner, 0))
+
+    async def _replace(self, record: SlotRecord, new: SlotRecord) -> SlotRecord | None:
+        key = slot_key(self.prefix, record.slot)
+        result = await self.etcd.txn([Compare.mod_revision(key, "==", record.epoch)], [Op.put(key, new.encode())])
+        if not result.succeeded:
+            return None
+        return SlotRecord(new.slot, new.owner, result.revision, new.moving_to)
+
+    async def set_draining(self, node: str, draining: bool = True) -> int:
+        """Ask ``node`` to hand all its slots over (or stop asking); the revision."""
+        key = f"{self.prefix}/drain/{node}"
+        if draining:
+            return await self.etcd.put(key, b"")
+        await self.etcd.delete(key)
+        return (await self.etcd.range(key))[1]
+
+
+def owners(records: Iterable[SlotRecord]) -> dict[str, list[int]]:
+    """The slots of each owner, in order."""
+    held: dict[str, list[int]] = {}
+    for record in sorted(records, key=lambda r: r.slot):
+        held.setdefault(record.owner, []).append(record.slot)
+    return held

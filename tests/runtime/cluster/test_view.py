@@ -1,0 +1,94 @@
+"""A node's view of the cluster (dotdo.runtime.cluster.view) against a real etcd: forming
+a cluster once, following every change in order, and fenced changes of slot records."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from dotdo.runtime.cluster.etcd import Etcd, EtcdError
+from dotdo.runtime.cluster.session import NodeInfo, Session
+from dotdo.runtime.cluster.slots import plan
+from dotdo.runtime.cluster.view import ClusterView, owners
+
+PREFIX = "/dotdo/viewtest"
+
+
+async def test_two_nodes_forming_at_once_make_one_cluster(etcd: Any) -> None:
+    async with Etcd(etcd.endpoints) as client, trio.open_nursery() as nursery:
+        a, b = ClusterView(client, PREFIX), ClusterView(client, PREFIX)
+        await nursery.start(a.run)
+        await nursery.start(b.run)
+        with trio.fail_after(15):
+            async with trio.open_nursery() as forming:
+                forming.start_soon(a.form, "a", 250)  # three batches of records
+                forming.start_soon(b.form, "b", 250)
+        assert a.formed and b.formed
+        assert a.state.slots == b.state.slots and len(a.state.slots) == 250
+        (winner,) = owners(a.state.slots.values())
+        assert a.state.config is not None and a.state.config.by == winner
+        nursery.cancel_scope.cancel()
+
+
+async def test_moves_are_fenced_by_epoch_and_every_view_follows_them(etcd: Any) -> None:
+    async with Etcd(etcd.endpoints) as client, trio.open_nursery() as nursery:
+        view = ClusterView(client, PREFIX)
+        await nursery.start(view.run)
+        with trio.fail_after(10):
+            await view.form("a", 4)
+            for name in ("a", "b"):
+                await nursery.start(Session(client, PREFIX, NodeInfo(name, f"{name}:1", name), ttl=2).run)
+            while set(view.state.nodes) != {"a", "b"}:
+                await view.changed()
+        moves = plan(view.state.slots, view.state.nodes)
+        assert [(m.slot, m.target) for m in moves] == [(2, "b"), (3, "b")]
+        record = view.slot(2)
+        assert record is not None
+        moving = await view.begin_move(record, "b")
+        assert moving is not None and moving.epoch > record.epoch
+        assert await view.begin_move(record, "b") is None  # a stale epoch is refused
+        with trio.fail_after(5):
+            await view.until(moving.epoch)
+        assert view.slot(2) == moving and moving.moving_to == "b"
+        done = await view.end_move(moving, done=True)
+        assert done is not None and done.owner == "b" and not done.moving
+        assert await view.end_move(moving, done=False) is None
+        with trio.fail_after(5):
+            await view.until(done.epoch)
+        assert view.slot(2) == done
+        await view.set_draining("b")
+        with trio.fail_after(5):
+            while "b" not in view.state.draining:
+                await view.changed()
+        assert [(m.slot, m.source, m.target) for m in plan(view.state.slots, view.state.nodes, view.state.draining)] == [
+            (2, "b", "a")
+        ]
+        await view.set_draining("b", False)
+        with trio.fail_after(5):
+            while view.state.draining:
+                await view.changed()
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_view_reads_everything_again_after_etcd_comes_back(etcd: Any) -> None:
+    async with Etcd(etcd.endpoints, timeout=1) as client, trio.open_nursery() as nursery:
+        view = ClusterView(client, PREFIX)
+        await nursery.start(view.run)
+        with trio.fail_after(10):
+            await view.form("a", 2)
+        await etcd.stop()
+        await etcd.start()
+        record = view.slot(0)
+        assert record is not None
+        with trio.fail_after(20):
+            while True:
+                try:
+                    moved = await view.begin_move(record, "z")
+                    break
+                except EtcdError:  # etcd still starting
+                    await trio.sleep(0.2)
+            assert moved is not None
+            await view.until(moved.epoch)
+        assert view.slot(0) == moved
+        nursery.cancel_scope.cancel()
