@@ -10,7 +10,9 @@ last, and on a connection failure or a timeout asks the next. A request that may
 reached etcd is sent again elsewhere only when that is harmless (reads, lease keepalive
 and revocation, opening a watch); a ``put``, ``delete``, ``txn`` or ``grant`` that fails
 after its headers left raises ``EtcdUnavailable`` at once, and it may or may not have
-been applied: the caller re-reads (a fenced ``txn`` makes that cheap).
+been applied: the caller re-reads (a fenced ``txn`` makes that cheap). Each attempt is
+bounded by the timeout and a call tries each endpoint once, so it takes at most
+``len(endpoints) * timeout``.
 
 No task runs in the background: each call is one request (or one per endpoint tried),
 and a watch's stream is read only while its owner iterates it, inside its ``async
@@ -387,7 +389,8 @@ class _Watch:
                     pass
             except httpx.HTTPError:
                 pass
-        await self._response.aclose()
+        with trio.CancelScope(shield=True):  # closing a socket does not wait on the network
+            await self._response.aclose()
 
 
 class Etcd:
@@ -399,8 +402,8 @@ class Etcd:
             a watch; a call tries each endpoint at most once.
 
     Use it as ``async with Etcd([...]) as etcd:`` (or call ``aclose``); close the
-    watches first. A call that is cancelled (or times out) while its request is out
-    leaves it as ``EtcdUnavailable`` does: a write may or may not have been applied.
+    watches first. A call cancelled while its request is out raises ``Cancelled`` and
+    leaves a write as ``EtcdUnavailable`` does: it may or may not have been applied.
     """
 
     def __init__(self, endpoints: Sequence[str], *, timeout: float = 5.0) -> None:
