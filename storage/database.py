@@ -297,11 +297,7 @@ class ActorDatabase:
             # Only deferred checks fail at a commit: PRAGMA defer_foreign_keys = ON
             # and references still missing (SQLite leaves the transaction open).
             self.rollback()
-            raise SqlError(
-                f"{exc}: this turn deferred its foreign-key checks (PRAGMA defer_foreign_keys) and "
-                "came to a commit with rows that reference missing rows; its writes were rolled back",
-                sqlite_error=type(exc).__name__,
-            ) from None
+            raise _dangling(exc, "this turn's writes since its last output point") from None
         except apsw.Error as exc:
             self.rollback()
             raise translate(exc, self.address) from None
@@ -415,11 +411,7 @@ class ActorDatabase:
                     conn.execute(f"ROLLBACK TO {name}")
                     conn.execute(f"RELEASE {name}")
                 if isinstance(exc, apsw.ConstraintError):
-                    raise SqlError(
-                        f"{exc}: deferred foreign-key checks found rows that reference missing rows; "
-                        "the block's writes were rolled back",
-                        sqlite_error=type(exc).__name__,
-                    ) from None
+                    raise _dangling(exc, "the block's writes") from None
                 raise translate(exc, self.address) from None
 
     @property
@@ -543,3 +535,13 @@ def _size(path: Path | str) -> int:
         return os.stat(path).st_size
     except FileNotFoundError:
         return 0
+
+
+def _dangling(exc: apsw.ConstraintError, what: str) -> SqlError:
+    """The error of a commit refused by deferred foreign-key checks (PRAGMA
+    defer_foreign_keys): rows still reference missing rows; ``what`` was rolled back."""
+    return SqlError(
+        f"{exc}: deferred foreign-key checks (PRAGMA defer_foreign_keys) found rows that reference "
+        f"missing rows at the commit; {what} were rolled back",
+        sqlite_error=type(exc).__name__,
+    )
