@@ -62,6 +62,16 @@ def _env_pair(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _urls(text: str) -> tuple[str, ...]:
+    urls = tuple(part.strip() for part in text.split(",") if part.strip())
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise argparse.ArgumentTypeError(f"etcd URLs start with http:// or https://, got {url!r}")
+    if not urls:
+        raise argparse.ArgumentTypeError("give at least one etcd URL")
+    return urls
+
+
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The parser of the ``dotdo`` command.
 
@@ -188,6 +198,15 @@ def _serve_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--keep-alive-timeout", type=_positive(float), default=5.0, metavar="SECONDS", help="close a connection idle this long between requests, or still sending its headers (default: 5)")
     serve.add_argument("--read-timeout", type=_positive(float), default=30.0, metavar="SECONDS", help="close a connection whose client sends nothing for this long mid-request; a body must also arrive whole within --call-timeout (default: 30)")
     serve.add_argument("--env", type=_env_pair, action="append", default=[], metavar="KEY=VALUE", help="a value actors read as self.env[KEY]; repeatable")
+    cluster = serve.add_argument_group(
+        "cluster", "Join a cluster of nodes coordinated by etcd; the cluster secret comes from $DOTDO_CLUSTER_SECRET"
+    )
+    cluster.add_argument("--cluster", type=_urls, default=(), metavar="URLS", help="etcd client URLs, comma-separated (e.g. http://127.0.0.1:2379): serve as a node of that cluster")
+    cluster.add_argument("--node", metavar="NAME", help="this node's name in the cluster (letters, digits, - and _); required with --cluster")
+    cluster.add_argument("--advertise", metavar="HOST:PORT", help="where the other nodes reach this node's transport (default: --host and the transport's port)")
+    cluster.add_argument("--lease-ttl", type=_positive(int), default=5, metavar="SECONDS", help="the node's etcd lease TTL: a node that cannot renew it stops serving before it expires (default: 5)")
+    cluster.add_argument("--slots", type=_positive(int), default=256, metavar="N", help="slots addresses hash to, when this node forms a new cluster (default: 256)")
+    cluster.add_argument("--drain-timeout", type=_positive(float), default=120.0, metavar="SECONDS", help="time a stopping node has to hand its slots to the others (default: 120)")
     serve.add_argument("--debug", action="store_true", help="include tracebacks in error responses")
     serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"], help="(default: warning)")
 
@@ -371,12 +390,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from dotdo.actors.examples import EXAMPLES
     from dotdo.loader import load_kinds
     from dotdo.options import ServeOptions
-    from dotdo.server import run
+    from dotdo.server import quiet_libraries, run
     from dotdo.storage.errors import DotdoError
     from dotdo.storage.options import Durability
     from dotdo.workers import default_workers
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_libraries()
     try:
         kinds = load_kinds(args.modules) if args.modules else list(EXAMPLES)
     except DotdoError as exc:
@@ -405,6 +425,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         token=args.token,
         admin_token=args.admin_token,
         workers=args.workers or default_workers(),
+        cluster=args.cluster,
+        node=args.node,
+        advertise=args.advertise,
+        cluster_secret=os.environ.get("DOTDO_CLUSTER_SECRET") or None,
+        lease_ttl=args.lease_ttl,
+        slots=args.slots,
+        drain_timeout=args.drain_timeout,
     )
     try:
         run(kinds, options)

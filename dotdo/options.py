@@ -42,6 +42,14 @@ class ServeOptions:
     token: str | None = None
     admin_token: str | None = None
     workers: int = 1
+    cluster: tuple[str, ...] = ()
+    """etcd's client URLs: with any, the server is a node of that cluster."""
+    node: str | None = None
+    advertise: str | None = None
+    cluster_secret: str | None = field(default=None, repr=False)
+    lease_ttl: int = 5
+    slots: int = 256
+    drain_timeout: float = 120.0
 
     def transport_port(self) -> int | None:
         """The transport's port: ``rpc_port`` if given (0: no transport), else the HTTP

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import gc
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -27,6 +29,7 @@ from dotdo.workers import WorkerSpec, serve_workers
 from dotdo.runtime.transport.descriptors import descriptor_budget, peer_connections
 from dotdo.runtime.core.kinds import KindSpec
 from dotdo.runtime.transport.peers import PEER_INFLIGHT, PEER_INFLIGHT_BYTES, Peers
+from dotdo.runtime.placement.node import ClusterNode, ClusterSettings
 from dotdo.runtime.supervisor import Supervisor
 from dotdo.runtime.transport.server import TransportOptions, TransportServer
 from dotdo.storage.errors import DotdoError
@@ -96,11 +99,15 @@ async def serve(
             the connections (``dotdo.runtime.transport.descriptors``).
     """
     out = out if out is not None else sys.stdout
-    tokens = Tokens(options.token, options.admin_token)  # refuses unusable tokens before anything starts
+    Tokens(options.token, options.admin_token)  # refuses unusable tokens before anything starts
     options = dataclasses.replace(options, max_active=_max_active(options))
     if worker is None and not options.read_only and not writable(options.data_dir):
+        if options.cluster:
+            raise DotdoError(f"a cluster node needs a data directory it can write; {options.data_dir} cannot be written")
         log.warning("the data directory %s cannot be written: serving it read-only", options.data_dir)
         options = dataclasses.replace(options, read_only=True)
+    if options.cluster:
+        check_cluster(options)
     if worker is None and options.workers > 1:
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         await serve_workers(
@@ -114,10 +121,40 @@ async def serve(
         return
     data_dir = options.data_dir.resolve()
     peers = None if worker is None else Peers(worker.index, worker.peer_paths, worker.secret)
+    rpc_port = options.transport_port()
+    listeners: list[trio.SocketListener] = []
+    if worker is None and rpc_port is not None:
+        listeners = await trio.open_tcp_listeners(rpc_port, host=options.host)
+    async with contextlib.AsyncExitStack() as stack:
+        node: ClusterNode | None = None
+        if options.cluster:
+            if options.advertise is None and listeners:
+                options = dataclasses.replace(options, advertise=_bind(options.host, listeners[0].socket.getsockname()[1]))
+            node = await stack.enter_async_context(ClusterNode(cluster_settings(options), data_dir, peers))
+        await _serve_on(kinds, options, data_dir, peers, node, listeners, worker, shutdown_trigger, out, task_status)
+    if worker is None:
+        print("dotdo stopped: every database closed", file=out, flush=True)
+
+
+async def _serve_on(
+    kinds: Iterable[type | KindSpec],
+    options: ServeOptions,
+    data_dir: Path,
+    peers: Peers | None,
+    node: ClusterNode | None,
+    listeners: list[trio.SocketListener],
+    worker: WorkerSpec | None,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None,
+    out: TextIO,
+    task_status: trio.TaskStatus[list[str]],
+) -> None:
+    """The supervisor, its HTTP server and its transports, until the shutdown trigger
+    (then, on a cluster node, the drain) and the graceful stop."""
+    tokens = Tokens(options.token, options.admin_token)
     supervisor = Supervisor(
         kinds,
         data_dir,
-        peers=peers,
+        **({"locator": node.locator} if node is not None else {"peers": peers}),
         storage=StorageOptions(
             durability=options.durability, history=0.0 if options.read_only else options.history, read_only=options.read_only
         ),
@@ -140,23 +177,35 @@ async def serve(
     config.read_timeout = options.read_timeout
     config.include_server_header = False
     app = create_app(supervisor, max_body=options.max_body, debug=options.debug, tokens=tokens)
-    trigger = shutdown_trigger or (wait_for_signal if worker is None else _worker_stop)
-    rpc_port = options.transport_port()
+    base_trigger = shutdown_trigger or (wait_for_signal if worker is None else _worker_stop)
+    trigger = base_trigger
+    if node is not None:
+
+        async def trigger() -> None:
+            await base_trigger()
+            await node.leave()  # hand the slots over while still serving (relaying) calls
+
     fetch = fetch_handler(supervisor)
     supervisor.wire_fetch = fetch  # a request relayed here after its actor moved runs through it
     async with supervisor, trio.open_nursery() as nursery:
+        if node is not None:
+            node.attach(supervisor)
         rpc_urls: list[str] = []
         transport_scopes: list[trio.CancelScope] = []  # the transports stop when HTTP does
-        # Either token opens the transport, as either opens the client routes over HTTP.
+        # Either token opens the transport, as either opens the client routes over HTTP;
+        # on a cluster node, the cluster secret opens it as another node.
         transport_options = TransportOptions(
-            token=tokens.client, admin_token=tokens.admin, max_connections=options.max_connections, max_body=options.max_body
+            token=tokens.client,
+            admin_token=tokens.admin,
+            max_connections=options.max_connections,
+            max_body=options.max_body,
+            peer_token=options.cluster_secret if node is not None else None,
         )
         transport = TransportServer(supervisor, transport_options, fetch)
         if worker is not None:
             if worker.rpc_fd is not None:
                 nursery.start_soon(_transport_on, transport, [_inherited(worker.rpc_fd)], transport_scopes)
-        elif rpc_port is not None:
-            listeners = await trio.open_tcp_listeners(rpc_port, host=options.host)
+        elif listeners:
             nursery.start_soon(_transport_on, transport, listeners, transport_scopes)
             rpc_urls = [url("tcp", listener.socket.getsockname()) for listener in listeners]
         binds: list[str] = await nursery.start(_http, app, config, options.max_connections, trigger, transport_scopes)
@@ -186,9 +235,57 @@ async def serve(
             durability=options.durability,
             read_only=options.read_only,
         )
+        if node is not None:
+            print(f"cluster node {node.name}, advertised at {options.advertise}", file=out, flush=True)
         task_status.started(binds)
-    if worker is None:
-        print("dotdo stopped: every database closed", file=out, flush=True)
+
+
+NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}\Z")
+MIN_SECRET = 16
+
+
+def check_cluster(options: ServeOptions) -> None:
+    """Refuse cluster settings that cannot work, before anything starts (all but
+    ``--advertise``, which may come from the port bound).
+
+    Raises:
+        DotdoError: A setting is missing or unusable.
+    """
+    if options.read_only:
+        raise DotdoError("a cluster node cannot serve read-only: its slots' actors must be writable")
+    if not options.node or not NODE_NAME.match(options.node):
+        raise DotdoError("--cluster needs --node NAME: 1 to 63 letters, digits, '-' or '_', starting with a letter or digit")
+    secret = options.cluster_secret
+    if not secret or len(secret) < MIN_SECRET:
+        raise DotdoError(f"--cluster needs a cluster secret of at least {MIN_SECRET} characters in $DOTDO_CLUSTER_SECRET, the same on every node")
+    if options.transport_port() is None:
+        raise DotdoError("--cluster needs the transport (nodes relay calls over it): do not give --rpc-port 0")
+
+
+def cluster_settings(options: ServeOptions) -> ClusterSettings:
+    """How this server joins its cluster (``options.cluster``).
+
+    Raises:
+        DotdoError: A setting is missing or unusable.
+    """
+    check_cluster(options)
+    assert options.node is not None and options.cluster_secret is not None
+    advertise = options.advertise
+    if advertise is None:
+        raise DotdoError("--cluster needs --advertise HOST:PORT, where the other nodes reach this node's transport")
+    host, _, port = advertise.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536 or host.strip("[]") in ("0.0.0.0", "::"):
+        raise DotdoError(f"--advertise must be HOST:PORT that other nodes can reach, not {advertise!r}")
+    return ClusterSettings(
+        endpoints=tuple(options.cluster),
+        name=options.node,
+        advertise=advertise,
+        secret=options.cluster_secret,
+        http=_bind(options.host, options.port),
+        ttl=options.lease_ttl,
+        slots=options.slots,
+        drain_timeout=options.drain_timeout,
+    )
 
 
 async def _http(
@@ -244,6 +341,17 @@ async def _worker_stop() -> None:
 
 GC_THRESHOLDS = (10_000, 20, 10)
 """Python's collector settings for a serving process (the defaults are 700, 10, 10)."""
+
+
+QUIET_LOGGERS = ("httpx", "httpcore")
+"""Libraries whose INFO lines (one per etcd request) drown a node's own log."""
+
+
+def quiet_libraries() -> None:
+    """Log the libraries of ``QUIET_LOGGERS`` from WARNING up only (``dotdo serve``'s
+    logging set-up, in the server and in each worker)."""
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().getEffectiveLevel()))
 
 
 def tune_gc() -> None:

@@ -8,7 +8,7 @@ import signal
 import sys
 
 from dotdo.loader import load_kinds
-from dotdo.server import run
+from dotdo.server import quiet_libraries, run
 from dotdo.workers import read_spec
 from dotdo.storage.errors import DotdoError
 
@@ -23,6 +23,7 @@ def main() -> int:
         print(f"dotdo worker: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=spec.log_level, format=f"%(asctime)s %(levelname)s w{spec.index} %(name)s: %(message)s")
+    quiet_libraries()
     try:
         kinds = load_kinds(spec.sources)
         if spec.kind_names is not None:

@@ -341,6 +341,11 @@ async def serve_workers(
     data_dir.mkdir(parents=True, exist_ok=True)
     worker_options = dataclasses.replace(options, data_dir=data_dir)
     sockets = _open_sockets(options, count)
+    if options.cluster and options.advertise is None and sockets.rpc:
+        # Every worker listens on the one transport port: the node's, for the others.
+        port = sockets.rpc[0].getsockname()[1]
+        host = f"[{options.host}]" if ":" in options.host else options.host
+        worker_options = dataclasses.replace(worker_options, advertise=f"{host}:{port}")
     secret = secrets.token_urlsafe(32)
     try:
         specs = []
@@ -392,7 +397,8 @@ async def serve_workers(
                         pool.kill()
 
                     stopping.start_soon(again)
-                    await pool.stop(options.shutdown_grace)
+                    # A cluster node's workers first hand its slots over (up to the drain timeout).
+                    await pool.stop(options.shutdown_grace + (options.drain_timeout if options.cluster else 0.0))
                     stopping.cancel_scope.cancel()
                 nursery.cancel_scope.cancel()
     finally:

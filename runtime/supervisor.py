@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from dotdo.storage.directory import ActorDirectory
 from dotdo.storage.errors import DotdoError
 
 from dotdo.runtime.config import SupervisorConfig, SupervisorStats
@@ -44,7 +45,7 @@ from dotdo.runtime.core.activation import Activation, ActivationState, Activatio
 from dotdo.runtime.core.calls import CallsInFlight, Convert
 from dotdo.runtime.core.context import current_supervisor
 from dotdo.runtime.core.cpu import CpuWatch
-from dotdo.runtime.core.errors import Moved, SupervisorClosed, Unavailable
+from dotdo.runtime.core.errors import CallTimeout, Moved, SupervisorClosed, Unavailable
 from dotdo.runtime.core.hooks import Hooks
 from dotdo.runtime.core.ids import ActorId
 from dotdo.runtime.core.kinds import KindSpec, MethodSpec, Registry, method_error
@@ -70,6 +71,10 @@ __all__ = ["Convert", "Supervisor"]
 _NO_ARGS = values.pack([(), {}])
 
 WireFetch = Callable[[ActorId, wire.HttpRequest, float | None], Awaitable[HttpReply]]
+NodeCalls = Callable[[str, bytes], Awaitable[bytes]]
+NODE_METHODS = "$node."
+"""The prefix of the system methods that address a node, not an actor (their target is
+ignored): only trusted connections (other workers, other nodes) may call them."""
 
 
 class Supervisor:
@@ -122,6 +127,8 @@ class Supervisor:
         self.turns = Turns(self.table, self.calls, self.hooks, call_timeout=config.call_timeout, max_mailbox=config.max_mailbox)
         self.relay = Relay(self.locator, Here(self), self.calls, config.call_timeout, self.turns.current)
         self.wire_fetch: WireFetch | None = None  # runs a fetch frame here (set by the server)
+        # Runs a cluster's node-to-node operations ("$node." system methods; set by the node).
+        self.node_calls: NodeCalls | None = None
         self.cpu = CpuWatch(config.cpu_limit)
         self.S = Namespaces(self)
         # The services, in the order their hooks run: sharding decides whether an actor
@@ -147,7 +154,10 @@ class Supervisor:
         self.alarms.open()
         try:
             self.subscriptions.open()
+            if not self.config.storage.read_only:
+                self.table.directory = ActorDirectory.open(self.config.data_dir, self.config.storage.durability)
         except BaseException:
+            self.subscriptions.close()
             self.alarms.close()
             raise
         self.cpu.__enter__()
@@ -193,6 +203,8 @@ class Supervisor:
             self.cpu.__exit__(None, None, None)
             self.alarms.close()
             self.subscriptions.close()
+            if self.table.directory is not None:
+                self.table.directory.close()
             await self.locator.aclose()
 
     @property
@@ -303,6 +315,8 @@ class Supervisor:
             raise SupervisorClosed("the supervisor is shutting down")
         method, payload = steps[0]
         system = method[:1] == "$" and trusted and len(steps) == 1
+        if system and method.startswith(NODE_METHODS):
+            return await self._node_call(method, payload, timeout, scope)
         if system:
             self.registry.kind(target.namespace)
             seconds = timeout
@@ -330,6 +344,15 @@ class Supervisor:
                 return values.pack(await self.continue_pipeline(result, steps, 1, timeout))
         # A client reached the wrong worker, or the address moved: pass it on, chain and all.
         return await self.relay.call(owner, target, steps, seconds, chain, path)
+
+    async def _node_call(self, method: str, payload: bytes, timeout: float | None, scope: trio.CancelScope | None) -> bytes:
+        handler = self.node_calls
+        if handler is None:
+            raise Unavailable(f"{method} is a cluster node's operation, and this process is not a cluster node")
+        with scope if scope is not None else trio.CancelScope() as cancel:
+            cancel.deadline = trio.current_time() + (timeout or self.config.call_timeout)
+            return await handler(method, payload)
+        raise CallTimeout(f"{method} did not finish in time")
 
     async def system_call(self, target: ActorId, method: str, payload: bytes, *, timeout: float | None = None) -> bytes:
         """Run one of the runtime's own operations on ``target`` (an event delivery, a

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import apsw
@@ -67,6 +67,7 @@ class ActorDatabase:
         "_vectors_loaded",
         "_features",
         "_stepping",
+        "guard",
     )
 
     def __init__(self, conn: apsw.Connection, address: Address, path: Path, options: StorageOptions, lock: int):
@@ -88,6 +89,9 @@ class ActorDatabase:
         self._vectors_loaded = False
         self._features: set[str] = set()  # features known to be in place (see require)
         self._stepping = False  # inside step(): see there
+        # Asked before every output point (``commit``), read-only turns' included: it
+        # raises when nothing may leave the actor now (a cluster node past its deadline).
+        self.guard: Callable[[], None] | None = None
 
     # -- opening and closing ---------------------------------------------------------
 
@@ -276,7 +280,12 @@ class ActorDatabase:
                 the actor before the block ends.
             SqlError: Deferred foreign-key checks failed; the writes were rolled back.
             StorageError: The commit failed; the writes were rolled back.
+            DotdoError: ``guard`` refused the output point (what it raises); nothing
+                was committed.
         """
+        guard = self.guard
+        if guard is not None:
+            guard()
         conn = self._conn
         if not conn.in_transaction:
             return

@@ -47,6 +47,10 @@ class JSON(JSONResponse):
             raise DotdoError(f"the result cannot be sent as JSON: {exc}") from None
 
 
+RETRY_AFTER = "1"
+"""Seconds a client is told to wait before retrying a 503 (``Retry-After``)."""
+
+
 def error_response(error: BaseException, debug: bool = False) -> JSON:
     """The JSON response for an error raised while serving a request."""
     if isinstance(error, DotdoError):
@@ -60,7 +64,10 @@ def error_response(error: BaseException, debug: bool = False) -> JSON:
         status = 500
     if debug:
         body["traceback"] = "".join(traceback.format_exception(error))
-    return JSON(body, status_code=status)
+    # 503 is always worth a retry (a restarting worker, an owner being moved or away,
+    # a full mailbox): say when.
+    headers = {"Retry-After": RETRY_AFTER} if status == 503 else None
+    return JSON(body, status_code=status, headers=headers)
 
 
 def _capped(message: str) -> str:

@@ -21,6 +21,13 @@ Past the deadline the node is ``lost``: whoever serves on its behalf stops (the
 cluster's locator refuses to place anything here, and the node passivates its actors).
 If the lease still exists the next keep-alive makes the node serving again; if etcd
 expired it (``LeaseExpired``), the session joins again with a new lease.
+
+A node of several worker processes holds one lease: worker 0's session joins
+(``follow=False``), and each other worker's session follows it (``follow=True``): it
+reads the lease from the node's key (which must name this data directory), keeps that
+same lease alive itself and computes its own deadline from its own keep-alives, so
+that no worker trusts another's clock or liveness. A follower never creates, takes
+over or revokes anything; after an expiry it waits for the leader's new lease.
 """
 
 from __future__ import annotations
@@ -99,6 +106,8 @@ class Session:
         margin: Seconds the deadline keeps clear of the lease's expiry (default: a
             fifth of the TTL, at least 0.5 s).
         clock: The monotonic clock (trio's by default; tests pass another).
+        follow: Keep alive the lease of the node's key, made by another process of
+            the node (see the module), instead of joining.
     """
 
     def __init__(
@@ -110,6 +119,7 @@ class Session:
         ttl: int = DEFAULT_TTL,
         margin: float | None = None,
         clock: Callable[[], float] = trio.current_time,
+        follow: bool = False,
     ) -> None:
         if not isinstance(ttl, int) or ttl < 2:
             raise ValueError(f"the lease TTL must be a whole number of seconds, at least 2 (got {ttl!r})")
@@ -121,6 +131,7 @@ class Session:
         if not 0 < self.margin < ttl / 2:
             raise ValueError(f"the margin must be positive and under half the TTL (got {self.margin!r})")
         self._clock = clock
+        self.follow = follow
         self.lease = 0
         self.deadline = -float("inf")
         self.joins = 0  # leases this session held (a new one after each expiry)
@@ -165,6 +176,9 @@ class Session:
                 await self._leave()
 
     async def _join(self) -> None:
+        if self.follow:
+            await self._follow()
+            return
         sent = self._clock()
         lease = await self.etcd.grant(self.ttl)
         try:
@@ -177,6 +191,30 @@ class Session:
         self.joins += 1
         self._set_deadline(sent + self.ttl - self.margin)
         log.info("node %s joined the cluster (lease %x)", self.info.name, lease)
+
+    async def _follow(self) -> None:
+        """Take the lease of the node's key once it names this data directory, and
+        renew it once: the deadline comes from this process's own keep-alive."""
+        while True:
+            current = await self.etcd.get(self.key)
+            theirs = None
+            if current is not None:
+                try:
+                    theirs = NodeInfo.decode(self.info.name, current.value)
+                except ValueError:
+                    theirs = None
+            if theirs is not None and theirs.data_id == self.info.data_id and current is not None and current.lease:
+                sent = self._clock()
+                try:
+                    granted = await self.etcd.keepalive(current.lease)
+                except LeaseExpired:
+                    granted = 0
+                if granted:
+                    self.lease = current.lease
+                    self.joins += 1
+                    self._set_deadline(sent + granted - self.margin)
+                    return
+            await trio.sleep(RETRY)
 
     async def _claim(self, lease: int) -> None:
         """Create the node's key under ``lease``, or take over our own from a process
@@ -243,7 +281,10 @@ class Session:
                 await trio.sleep(RETRY)
 
     async def _leave(self) -> None:
-        if self.lease:
+        if self.follow:
+            self._set_deadline(-float("inf"))
+            self.lease = 0
+        elif self.lease:
             await _revoke_quietly(self.etcd, self.lease)
             self._set_deadline(-float("inf"))
             self.lease = 0

@@ -30,6 +30,7 @@ from typing import Any
 import trio
 
 from dotdo.storage.database import ActorDatabase
+from dotdo.storage.directory import ActorDirectory
 from dotdo.storage.errors import OutOfDescriptors, StorageError
 from dotdo.storage.options import StorageOptions
 
@@ -91,6 +92,8 @@ class ActivationTable:
         self.activations = 0  # built so far
         self.passivations = 0  # closed so far
         self._active: OrderedDict[tuple[str, str], Activation] = OrderedDict()
+        # Told of every actor before its database may be created (the supervisor opens it).
+        self.directory: ActorDirectory | None = None
 
     # -- the table -------------------------------------------------------------------
 
@@ -175,6 +178,8 @@ class ActivationTable:
                 process took what they gave back).
             DotdoError: The database could not be opened for another reason.
         """
+        if self.directory is not None:
+            self.directory.note(target.namespace, target.hex, target.name)
         try:
             return ActorDatabase.open(self.data_dir, target.address, self.storage, name=target.name)
         except OutOfDescriptors as exc:

@@ -166,6 +166,27 @@ class ClusterLocator(Locator):
             return Unreachable(f"its slot {record.slot} is on node {record.owner}, which is not live")
         return self.nodes.owner(record.owner, info.advertise)
 
+    def guard(self, target: ActorId) -> Callable[[], None]:
+        """What the database of ``target``'s activation here asks before every output
+        point: it raises ``Unavailable`` once this node is past its deadline or no
+        longer owns the slot (the turn is then rolled back, and nothing it did is
+        acknowledged)."""
+        slot = self.slot(target)
+        session, view, name = self.session, self.view, self.name
+
+        def check() -> None:
+            if not session.serving:
+                raise Unavailable(f"node {name} is cut off from etcd; the turn was rolled back; retry later")
+            record = view.slot(slot) if slot is not None else None
+            if record is None or record.owner != name:
+                raise Unavailable(f"{target} moved to another node; the turn was rolled back; retry")
+
+        return check
+
+    def owned(self) -> frozenset[int]:
+        """The slots this node owns (moving or not)."""
+        return frozenset(r.slot for r in self.view.state.slots.values() if r.owner == self.name)
+
     async def placed(self, target: ActorId) -> Owner | None:
         """Like ``locate`` once the slot of ``target`` is not moving (the caller's
         deadline bounds the wait)."""

@@ -499,6 +499,16 @@ class AlarmService:
         if items:
             self._wake_for(items[0].due)
 
+    def forget(self, actor: ActorId) -> None:
+        """Drop the index entries of an actor whose database left this data directory."""
+        if self._index is not None:
+            self._index.replace(actor.namespace, actor.hex, actor.name, [])
+
+    def placement_changed(self) -> None:
+        """What this process serves changed (a cluster's slots moved): look at the
+        index again, since entries it skipped may now be its own."""
+        self._wake.set()
+
     def reindex(self, actor: ActorId, db: ActorDatabase) -> None:
         """Make the index match the database of an actor that is not active here (a
         clone, a promoted thing, a shard, just written)."""

@@ -206,13 +206,16 @@ def group_environment(tmp_dir: Path) -> dict[str, str]:
     return {**environment(), "TMPDIR": str(tmp_dir)}
 
 
-async def spawn_group(run_dir: Path, name: str, *args: str) -> tuple[trio.Process, Path, Path]:
+async def spawn_group(
+    run_dir: Path, name: str, *args: str, env: dict[str, str] | None = None
+) -> tuple[trio.Process, Path, Path]:
     """Start ``python -m dotdo serve --port 0 ARGS`` in a session of its own (so
     ``kill_group`` reaches the server and every worker it starts), its output in
     ``run_dir/NAME.out`` and ``.err`` (returned with the process). One worker process
-    unless ARGS say ``--workers``."""
+    unless ARGS say ``--workers``; ``env`` adds environment variables."""
     stdout, stderr = run_dir / f"{name}.out", run_dir / f"{name}.err"
-    process = await _open_serve(run_dir, stdout, stderr, args, group_environment(run_dir / "tmp"), new_session=True)
+    environ = {**group_environment(run_dir / "tmp"), **(env or {})}
+    process = await _open_serve(run_dir, stdout, stderr, args, environ, new_session=True)
     return process, stdout, stderr
 
 
@@ -245,10 +248,10 @@ async def _open_serve(
 
 
 @asynccontextmanager
-async def dotdo_serve_group(run_dir: Path, name: str, *args: str) -> AsyncIterator[Served]:
+async def dotdo_serve_group(run_dir: Path, name: str, *args: str, env: dict[str, str] | None = None) -> AsyncIterator[Served]:
     """``spawn_group`` until the server printed its URL; the group is killed on exit
     if a process of it still runs."""
-    process, stdout, stderr = await spawn_group(run_dir, name, *args)
+    process, stdout, stderr = await spawn_group(run_dir, name, *args, env=env)
     try:
         url = await wait_for_url(process, stdout, stderr)
         yield Served(process, url, stdout, stderr)

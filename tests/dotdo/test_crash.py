@@ -531,7 +531,7 @@ async def test_kill_9_under_load_loses_nothing(tmp_path: Path) -> None:
         assert_clean(served)
     assert not integrity_errors(tmp_path / "data")
     kinds = Counter(path.relative_to(tmp_path / "data").parts[0] for path in (tmp_path / "data").rglob("*.sqlite"))
-    assert kinds == {"Ledger": len(LEDGERS), "Auditor": len(AUDITORS), "_dotdo": 2}  # every file was checked
+    assert kinds == {"Ledger": len(LEDGERS), "Auditor": len(AUDITORS), "_dotdo": 3}  # every file was checked (the alarm, subscription and actor indexes)
     assert stats.verified == stats.acked > 0 and stats.kills == len(PLAN)
     assert stats.alarms_fired > 0 and stats.events_delivered > 0
     print(stats.line(seed))

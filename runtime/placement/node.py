@@ -1,0 +1,255 @@
+"""A cluster node, for one worker process: membership, the view, the locator, slot
+moves, and leaving.
+
+``async with ClusterNode(settings, data_dir) as node:`` connects to etcd, joins (worker
+0 joins; the node's other workers follow its lease: ``dotdo.runtime.cluster.session``),
+reads the cluster and forms it if it is new, and gives ``node.locator``, which a
+``Supervisor`` then runs on. ``node.attach(supervisor)`` starts what runs with the
+supervisor:
+
+- every worker follows placement: when the node is cut off (past its deadline) or a
+  slot stops being its own, the activations that are no longer its own are closed,
+  and its alarm scheduler looks at its index again; every activation's database is
+  guarded (``ClusterLocator.guard``), so nothing leaves an actor that is not ours;
+- worker 0 coordinates: it carries out the moves of this node's slots that the
+  balancing plan names (``dotdo.runtime.cluster.slots.plan``: when a node joins, when
+  one drains), one slot at a time (``dotdo.runtime.placement.handover``).
+
+``leave()`` drains the node (hands every slot to the others, when there are others to
+take them) before it stops.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from dotdo.storage.directory import data_identity
+from dotdo.storage.errors import DotdoError
+
+from dotdo.runtime.cluster.etcd import Etcd, EtcdError
+from dotdo.runtime.cluster.session import DEFAULT_TTL, NodeInfo, Session
+from dotdo.runtime.cluster.slots import DEFAULT_SLOTS, plan, slot_of
+from dotdo.runtime.cluster.view import ClusterView
+from dotdo.runtime.placement.cluster import ClusterLocator, Nodes
+from dotdo.runtime.placement.handover import Handover, MoveFailed
+
+if TYPE_CHECKING:
+    from dotdo.runtime.core.activation import Activation
+    from dotdo.runtime.supervisor import Supervisor
+    from dotdo.runtime.transport.peers import Peers
+
+log = logging.getLogger("dotdo.cluster")
+
+PREFIX = "/dotdo"
+"""Where a cluster keeps its keys in etcd."""
+DEFAULT_DRAIN_TIMEOUT = 120.0
+SETTLE_EVERY = 0.25
+"""Seconds between looks at the node's deadline (placement changes are seen at once)."""
+RETRY_MOVE = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    """How a node joins its cluster (``dotdo serve --cluster ...``).
+
+    Attributes:
+        endpoints: etcd's client URLs.
+        name: This node's name (``--node``).
+        advertise: ``host:port`` where the other nodes reach this node's transport.
+        secret: The cluster secret nodes present to each other.
+        http: ``host:port`` of this node's HTTP server (shown by ``dotdo cluster status``).
+        ttl: The lease's TTL in seconds.
+        slots: The number of slots, when this node forms the cluster.
+        drain_timeout: Seconds a node leaving gracefully may take to hand its slots over.
+    """
+
+    endpoints: tuple[str, ...]
+    name: str
+    advertise: str
+    secret: str = field(repr=False)
+    http: str = ""
+    ttl: int = DEFAULT_TTL
+    slots: int = DEFAULT_SLOTS
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+
+
+class ClusterNode:
+    """One worker's part of a cluster node (see the module).
+
+    Args:
+        settings: How to join.
+        data_dir: The node's data directory (its identity is kept there).
+        peers: The node's other workers (None: one process).
+    """
+
+    def __init__(self, settings: ClusterSettings, data_dir: Path, peers: Peers | None = None) -> None:
+        self.settings = settings
+        self.data_dir = data_dir
+        self.peers = peers
+        self.leader = peers is None or peers.index == 0
+        self.name = settings.name
+        self._locator: ClusterLocator | None = None
+        self._handover: Handover | None = None
+        self._etcd: Etcd | None = None
+        self._nursery_cm: Any = None
+        self._nursery: trio.Nursery | None = None
+
+    @property
+    def locator(self) -> ClusterLocator:
+        if self._locator is None:
+            raise DotdoError("the cluster node is not running (use `async with`)")
+        return self._locator
+
+    @property
+    def view(self) -> ClusterView:
+        return self.locator.view
+
+    @property
+    def session(self) -> Session:
+        return self.locator.session
+
+    async def __aenter__(self) -> ClusterNode:
+        settings = self.settings
+        self._etcd = etcd = Etcd(list(settings.endpoints))
+        await etcd.__aenter__()
+        try:
+            info = NodeInfo(settings.name, settings.advertise, data_identity(self.data_dir), settings.http)
+            session = Session(etcd, PREFIX, info, ttl=settings.ttl, follow=not self.leader)
+            view = ClusterView(etcd, PREFIX)
+            self._nursery_cm = trio.open_nursery()
+            self._nursery = nursery = await self._nursery_cm.__aenter__()
+        except BaseException:
+            await etcd.aclose()
+            raise
+        try:
+            await nursery.start(view.run)
+            await nursery.start(session.run)
+            if self.leader:
+                await etcd.delete(f"{PREFIX}/drain/{settings.name}")  # a node that starts means to serve
+                await view.form(settings.name, settings.slots)
+            else:
+                while not view.formed:
+                    await view.changed()
+        except BaseException as exc:
+            await self._close(exc)
+            raise
+        self._locator = ClusterLocator(view, session, Nodes(settings.secret), self.peers)
+        log.info("node %s is in the cluster (%d slots, revision %d)", settings.name, len(view.state.slots), view.revision)
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self._close(exc_info[1])
+
+    async def _close(self, exc: BaseException | None) -> None:
+        try:
+            if self._nursery is not None:
+                self._nursery.cancel_scope.cancel()
+                await self._nursery_cm.__aexit__(type(exc) if exc else None, exc, exc.__traceback__ if exc else None)
+        finally:
+            self._nursery = None
+            if self._etcd is not None:
+                with trio.CancelScope(shield=True):
+                    await self._etcd.aclose()
+
+    # -- with a supervisor -------------------------------------------------------------
+
+    def attach(self, supervisor: Supervisor) -> None:
+        """Guard the supervisor's activations, take node operations, follow placement
+        and (worker 0) coordinate moves, in the supervisor's nursery."""
+        locator = self.locator
+        self._handover = handover = Handover(supervisor, locator.view, self.name, locator.nodes, self.peers)
+        supervisor.node_calls = handover.handle
+
+        def guard(activation: Activation) -> None:
+            activation.db.guard = locator.guard(activation.id)
+
+        supervisor.hooks.activated.append(guard)
+        supervisor.nursery.start_soon(self._follow, supervisor)
+        if self.leader:
+            supervisor.nursery.start_soon(self._coordinate)
+
+    async def _follow(self, supervisor: Supervisor) -> None:
+        """Close the activations this node may no longer hold, when that changes."""
+        locator = self.locator
+        before: tuple[bool, frozenset[int]] | None = None
+        while True:
+            now = (locator.session.serving, locator.owned())
+            if now != before:
+                before = now
+                self._release_lost(supervisor, *now)
+                supervisor.alarms.placement_changed()
+            with trio.move_on_after(SETTLE_EVERY):
+                await locator.view.changed()
+
+    def _release_lost(self, supervisor: Supervisor, serving: bool, owned: frozenset[int]) -> None:
+        config = self.view.state.config
+        if config is None:
+            return
+        lost = 0
+        for activation in supervisor.table:
+            if not serving or slot_of(activation.id.hex, config.slots) not in owned:
+                supervisor.moved(activation.id)
+                lost += 1
+        if lost:
+            log.warning("node %s: closing %d activations it no longer holds (serving: %s)", self.name, lost, serving)
+
+    async def _coordinate(self) -> None:
+        """Carry out this node's moves, one slot at a time, as the plan names them."""
+        view, handover = self.view, self._handover
+        assert handover is not None
+        # A move this node began before it stopped: it ends where it began.
+        for record in list(view.state.slots.values()):
+            if record.owner == self.name and record.moving:
+                log.info("slot %d: ending the move to %s begun before this node restarted", record.slot, record.moving_to)
+                await handover.end(record, done=False)
+        while True:
+            move = self._next_move()
+            if move is not None:
+                record = view.slot(move.slot)
+                try:
+                    if record is not None and await handover.move(record, move.target):
+                        continue
+                except (MoveFailed, EtcdError) as exc:
+                    log.warning("%s", exc)
+                await trio.sleep(RETRY_MOVE)
+                continue
+            with trio.move_on_after(SETTLE_EVERY * 4):
+                await view.changed()
+
+    def _next_move(self) -> Any:
+        state = self.view.state
+        if not self.session.serving or not self.view.formed:
+            return None
+        mine = [m for m in plan(state.slots, state.nodes, state.draining) if m.source == self.name]
+        return mine[0] if mine else None
+
+    # -- leaving -----------------------------------------------------------------------
+
+    async def leave(self) -> None:
+        """Drain: ask for this node's slots to move, and wait (up to the drain timeout)
+        until they have, or until no other node could take them."""
+        view, name = self.view, self.name
+        if not self.session.serving:
+            return
+        try:
+            await view.set_draining(name)
+        except EtcdError as exc:
+            log.warning("node %s cannot drain: %s; stopping with its slots", name, exc)
+            return
+        with trio.move_on_after(self.settings.drain_timeout) as waited:
+            while True:
+                state = view.state
+                held = [r for r in state.slots.values() if r.owner == name]
+                takers = [n for n in state.nodes if n != name and n not in state.draining]
+                if not held or not takers:
+                    break
+                await view.changed()
+        if waited.cancelled_caught:
+            log.warning("node %s: the drain did not finish within %g s; stopping with its remaining slots", name, self.settings.drain_timeout)
+        held = sum(1 for r in view.state.slots.values() if r.owner == name)
+        log.info("node %s leaves holding %d slots", name, held)

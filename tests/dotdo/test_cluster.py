@@ -1,0 +1,87 @@
+"""``dotdo serve --cluster``: nodes as processes on loopback, with a real etcd.
+
+Every address is served by exactly one node; any node answers any address and relays
+it; a node that joins takes its share of the slots, one that stops hands them over
+(its actors' files go with them), one that dies leaves its slots unavailable (503,
+with Retry-After) until it returns.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import httpx
+import trio
+
+from tests.dotdo.cluster import SLOTS, cluster_node, health, increment, until_slots
+from tests.dotdo.serving import dotdo, kill_group
+from tests.etcd_server import EtcdServer
+
+COUNTERS = [f"c{i}" for i in range(24)]
+
+
+async def test_nodes_share_the_slots_relay_calls_and_hand_slots_over(tmp_path: Path, etcd: EtcdServer) -> None:
+    async with httpx.AsyncClient(timeout=30) as client, cluster_node(tmp_path, etcd, "a") as a:
+        for name in COUNTERS:
+            response = await increment(client, a, name)
+            assert response.json() == {"result": 1}
+        assert (await health(client, a))["slots"] == SLOTS
+        async with cluster_node(tmp_path, etcd, "b") as b:
+            await until_slots(client, {"a": SLOTS // 2, "b": SLOTS // 2}, {"a": a, "b": b})
+            # The actors that moved to b came with their data; either node reaches each.
+            for name in COUNTERS:
+                assert (await increment(client, a, name)).json() == {"result": 2}
+                assert (await increment(client, b, name)).json() == {"result": 3}
+            assert (await health(client, b))["active_actors"] > 0  # b serves some itself
+            b.process.send_signal(signal.SIGTERM)  # leaves gracefully: its slots go back to a
+            with trio.fail_after(60):
+                assert await b.process.wait() == 0
+            assert "leaves holding 0 slots" in b.errors()
+        assert (await health(client, a))["slots"] == SLOTS
+        for name in COUNTERS:
+            assert (await increment(client, a, name)).json() == {"result": 4}
+    assert not list((tmp_path / "b-data").glob("Counter/*/*.sqlite"))  # handed over, none left behind
+
+
+async def test_a_dead_nodes_slots_are_unavailable_until_it_returns(tmp_path: Path, etcd: EtcdServer) -> None:
+    async with httpx.AsyncClient(timeout=30) as client, cluster_node(tmp_path, etcd, "a") as a:
+        async with cluster_node(tmp_path, etcd, "b") as b:
+            await until_slots(client, {"a": SLOTS // 2, "b": SLOTS // 2}, {"a": a, "b": b})
+            for name in COUNTERS:
+                assert (await increment(client, a, name)).json() == {"result": 1}
+            await kill_group(b.process)  # kill -9: nothing handed over
+        # Until its lease expires the link to b fails (NotSent: the call did not run);
+        # then the view says b is gone. Either way: 503, retry.
+        refused: list[str] = []
+        with trio.fail_after(30):
+            while not refused:
+                for name in COUNTERS:
+                    response = await increment(client, a, name)
+                    if response.status_code == 503:
+                        assert response.headers["retry-after"] == "1"
+                        if "not live" in response.json()["message"]:
+                            assert response.json()["error"] == "Unavailable"
+                            refused.append(name)
+                    else:
+                        assert response.status_code == 200
+                await trio.sleep(0.2)
+        # Never served elsewhere: a holds on to them as b's (it has no copy).
+        assert (await health(client, a))["slots"] == SLOTS // 2
+        async with cluster_node(tmp_path, etcd, "b") as b:
+            for name in refused:
+                with trio.fail_after(30):
+                    while (response := await increment(client, b, name)).status_code == 503:
+                        await trio.sleep(0.2)
+                assert response.status_code == 200
+                assert response.json()["result"] == 2  # b's data came back with it; no refused call ran
+
+
+async def test_a_cluster_node_refuses_settings_that_cannot_work(tmp_path: Path, etcd: EtcdServer) -> None:
+    args = ["serve", "--port", "0", "--workers", "1", "--cluster", etcd.url]
+    no_node = await dotdo(*args, cwd=tmp_path, env={"DOTDO_CLUSTER_SECRET": "x" * 32})
+    assert no_node.returncode == 1 and b"--cluster needs --node NAME" in no_node.stderr
+    no_secret = await dotdo(*args, "--node", "a", cwd=tmp_path)
+    assert no_secret.returncode == 1 and b"DOTDO_CLUSTER_SECRET" in no_secret.stderr
+    bad_url = await dotdo(*args[:-1], "etcd:2379", "--node", "a", cwd=tmp_path)
+    assert bad_url.returncode == 2 and b"http://" in bad_url.stderr
