@@ -112,6 +112,13 @@ def _commands() -> dict[str, tuple[str, str, Callable[[argparse.ArgumentParser],
             "with the time it runs next (UTC).",
             _alarms_arguments,
         ),
+        "cluster": (
+            "see and steer a cluster of nodes: status, drain",
+            "The cluster's state as etcd holds it (nodes, the slots each owns and their epochs, "
+            "what is moving, what is unavailable), and draining a node. Reads etcd directly, "
+            "so it works whichever nodes are up.",
+            _cluster_arguments,
+        ),
     }
     for command, (summary, _) in LIFECYCLE.items():
         description = f"{summary[0].upper()}{summary[1:]}, on a running server."
@@ -226,6 +233,12 @@ def _alarms_arguments(alarms: argparse.ArgumentParser) -> None:
     alarms.add_argument("--limit", type=_positive(int), default=1000, metavar="N", help="list at most N (default: 1000)")
     alarms.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     _server_arguments(alarms, timeout=30.0)
+
+
+def _cluster_arguments(cluster: argparse.ArgumentParser) -> None:
+    from dotdo.cluster_cli import add_arguments
+
+    add_arguments(cluster, _urls)
 
 
 def _server_arguments(sub: argparse.ArgumentParser, timeout: float) -> None:
@@ -441,6 +454,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from dotdo.cluster_cli import main as cluster_main
+
+    return cluster_main(args)
+
+
 def cmd_call(args: argparse.Namespace) -> int:
     body = {"args": [_json_or_text(a) for a in args.args], "kwargs": {k: _json_or_text(v) for k, v in args.kw}}
     return _post_and_print(args, ("_rpc", args.namespace, args.id, args.method), body)
@@ -489,7 +508,7 @@ def _print_http_error(exc: urllib.error.HTTPError) -> None:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
-    handlers = {"serve": cmd_serve, "call": cmd_call, "alarms": cmd_alarms}
+    handlers = {"serve": cmd_serve, "call": cmd_call, "alarms": cmd_alarms, "cluster": cmd_cluster}
     sys.exit(handlers.get(args.command, cmd_lifecycle)(args))
 
 

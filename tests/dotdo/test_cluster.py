@@ -8,6 +8,7 @@ with Retry-After) until it returns.
 
 from __future__ import annotations
 
+import json
 import signal
 from pathlib import Path
 
@@ -85,3 +86,62 @@ async def test_a_cluster_node_refuses_settings_that_cannot_work(tmp_path: Path, 
     assert no_secret.returncode == 1 and b"DOTDO_CLUSTER_SECRET" in no_secret.stderr
     bad_url = await dotdo(*args[:-1], "etcd:2379", "--node", "a", cwd=tmp_path)
     assert bad_url.returncode == 2 and b"http://" in bad_url.stderr
+
+
+async def test_cluster_status_and_drain_from_the_command_line(tmp_path: Path, etcd: EtcdServer) -> None:
+    cli = ["cluster"]
+    async with httpx.AsyncClient(timeout=30) as client, cluster_node(tmp_path, etcd, "a") as a, cluster_node(tmp_path, etcd, "b") as b:
+        await until_slots(client, {"a": SLOTS // 2, "b": SLOTS // 2}, {"a": a, "b": b})
+        for name in COUNTERS:
+            assert (await increment(client, b, name)).json() == {"result": 1}
+        shown = await dotdo(*cli, "status", "--cluster", etcd.url, cwd=tmp_path)
+        assert shown.returncode == 0, shown.stderr
+        text = shown.stdout.decode()
+        assert f"cluster of {SLOTS} slots, formed" in text
+        assert [line.split()[:3] for line in text.splitlines()[2:4]] == [["a", "live", "8"], ["b", "live", "8"]]
+        drained = await dotdo(*cli, "drain", "b", "--cluster", etcd.url, cwd=tmp_path)
+        assert drained.returncode == 0, drained.stderr
+        assert b"node b is drained" in drained.stdout and b"slots left" in drained.stderr
+        status = json.loads((await dotdo(*cli, "status", "--json", "--cluster", etcd.url, cwd=tmp_path)).stdout)
+        by_name = {node["name"]: node for node in status["nodes"]}
+        assert by_name["b"] == {**by_name["b"], "live": True, "draining": True, "slots": 0}
+        assert by_name["a"]["slots"] == SLOTS and not status["moving"] and status["unavailable_slots"] == 0
+        for name in COUNTERS:  # b still answers, relaying to a
+            assert (await increment(client, b, name)).json() == {"result": 2}
+        cancelled = await dotdo(*cli, "drain", "b", "--cancel", "--cluster", etcd.url, cwd=tmp_path)
+        assert cancelled.returncode == 0
+        await until_slots(client, {"a": SLOTS // 2, "b": SLOTS // 2}, {"a": a, "b": b})
+        for name in COUNTERS:
+            assert (await increment(client, a, name)).json() == {"result": 3}
+    # Both were killed (no drain): once their leases expire, every slot is unavailable.
+    with trio.fail_after(30):
+        while True:
+            dead = json.loads((await dotdo(*cli, "status", "--json", "--cluster", etcd.url, cwd=tmp_path)).stdout)
+            if not any(node["live"] for node in dead["nodes"]):
+                break
+            await trio.sleep(0.5)
+    assert dead["unavailable_slots"] == SLOTS and dead["unavailable"] == f"0-{SLOTS - 1}"
+    shown = await dotdo(*cli, "status", "--cluster", etcd.url, cwd=tmp_path)
+    assert b"NOT LIVE" in shown.stdout and b"unavailable: 16 slots" in shown.stdout
+
+
+async def test_a_node_of_several_workers_shares_one_lease_and_moves_slots_from_every_worker(tmp_path: Path, etcd: EtcdServer) -> None:
+    async with httpx.AsyncClient(timeout=30) as client, cluster_node(tmp_path, etcd, "a", "--workers", "2") as a:
+        for name in COUNTERS:
+            assert (await increment(client, a, name)).json() == {"result": 1}
+        async with cluster_node(tmp_path, etcd, "b", "--workers", "2") as b:
+            with trio.fail_after(60):
+                while True:
+                    status = json.loads((await dotdo("cluster", "status", "--json", "--cluster", etcd.url, cwd=tmp_path)).stdout)
+                    held = {node["name"]: node["slots"] for node in status["nodes"]}
+                    if held == {"a": SLOTS // 2, "b": SLOTS // 2} and not status["moving"]:
+                        break
+                    await trio.sleep(0.2)
+            for name in COUNTERS:
+                assert (await increment(client, b, name)).json() == {"result": 2}
+                assert (await increment(client, a, name)).json() == {"result": 3}
+            b.process.send_signal(signal.SIGTERM)
+            with trio.fail_after(60):
+                assert await b.process.wait() == 0
+        for name in COUNTERS:
+            assert (await increment(client, a, name)).json() == {"result": 4}
