@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +15,12 @@ import trio
 
 from tests.dotdo.serving import Served, dotdo_serve_group
 from tests.etcd_server import EtcdServer
+
+FAULT_KINDS = str(Path(__file__).with_name("cluster_fault_kinds.py"))
+"""The ``Account`` kind of the fault tests, by path."""
+ACCOUNTS = [f"acct{i}" for i in range(40)]
+CALLERS = 8
+CALL_TIMEOUT = 10.0
 
 SECRET = "cluster-secret-for-tests-0123456789"
 TTL = 2
@@ -54,3 +63,82 @@ async def until_slots(client: httpx.AsyncClient, expected: dict[str, int], nodes
 
 async def increment(client: httpx.AsyncClient, served: Served, name: str) -> httpx.Response:
     return await client.post(f"{served.url}/_rpc/Counter/{name}/increment", json={"args": [], "kwargs": {}})
+
+
+# -- a write load, and what it must find afterwards ------------------------------------
+
+
+@dataclass
+class Load:
+    """Writes to random accounts through random live nodes, noting what was
+    acknowledged and how long each account went without a successful write."""
+
+    client: httpx.AsyncClient
+    live: dict[str, Served]
+    rng: random.Random
+    acked: dict[str, set[int]] = field(default_factory=dict)
+    armed: set[str] = field(default_factory=set)
+    refused: int = 0
+    sent: int = 0
+    last_ok: dict[str, float] = field(default_factory=dict)
+    gaps: list[float] = field(default_factory=list)
+    seqs: Any = field(default_factory=itertools.count)
+    running: bool = True
+
+    async def caller(self) -> None:
+        """Write until ``running`` is cleared (each caller then ends after its request:
+        cancelling one mid-request would leave httpx's request stream unfinished)."""
+        while self.running:
+            account = self.rng.choice(ACCOUNTS)
+            node = self.rng.choice(sorted(self.live.values(), key=lambda s: s.url))
+            seq = next(self.seqs)
+            arm = self.rng.random() < 0.05
+            self.sent += 1
+            try:
+                response = await self.client.post(
+                    f"{node.url}/_rpc/Account/{account}/write", json={"args": [seq], "kwargs": {"arm": arm}}, timeout=CALL_TIMEOUT
+                )
+            except httpx.HTTPError:
+                self.refused += 1
+                continue
+            if response.status_code == 200:
+                assert response.json() == {"result": seq}
+                self.acked.setdefault(account, set()).add(seq)
+                if arm:
+                    self.armed.add(account)
+                now = trio.current_time()
+                if account in self.last_ok:
+                    self.gaps.append(now - self.last_ok[account])
+                self.last_ok[account] = now
+            else:
+                assert response.status_code in (503, 504), response.text
+                self.refused += 1
+                await trio.sleep(0.05)
+
+
+async def history(client: httpx.AsyncClient, node: Served, account: str) -> dict[str, Any]:
+    with trio.fail_after(60):
+        while True:
+            response = await client.post(f"{node.url}/_rpc/Account/{account}/history", json={"args": [], "kwargs": {}})
+            if response.status_code == 200:
+                return response.json()["result"]  # type: ignore[no-any-return]
+            await trio.sleep(0.2)
+
+
+def check_history(account: str, record: dict[str, Any], acked: set[int]) -> None:
+    """Every acknowledged write is there, and the activations never overlapped: each
+    one's writes all come before the next one started."""
+    writes = record["writes"]
+    present = {w["seq"] for w in writes}
+    assert acked <= present, f"{account}: acknowledged writes missing: {sorted(acked - present)[:10]}"
+    starts = {a["id"]: a["started"] for a in record["activations"]}
+    last: dict[int, float] = {}
+    previous = 0
+    for write in writes:
+        assert write["activation"] >= previous, f"{account}: activation {previous} wrote after {write['activation']} began"
+        previous = write["activation"]
+        last[write["activation"]] = write["at"]
+    ids = sorted(starts)
+    for earlier, later in zip(ids, ids[1:]):
+        if earlier in last:
+            assert last[earlier] <= starts[later], f"{account}: activations {earlier} and {later} overlapped"
