@@ -38,6 +38,10 @@ log = logging.getLogger("dotdo.cluster")
 BATCH = 100
 """Slot records created per transaction while forming (etcd's limit is 128 operations)."""
 REREAD_DELAY = 0.5
+REFRESH_EVERY = 10.0
+"""Seconds a watch runs before the view reads the prefix whole again and watches on
+from there: a watch whose connection was cut without a word (a partition) gives no
+error and no events, and an etcd that sends no progress notifications cannot tell."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +92,7 @@ class ClusterView:
         self.prefix = prefix.rstrip("/")
         self.state = State()
         self._changed = trio.Event()
+        self._refresh = trio.Event()
 
     # -- reading ---------------------------------------------------------------------
 
@@ -112,23 +117,40 @@ class ClusterView:
         while self.state.revision < revision:
             await self.changed()
 
+    def refresh(self) -> None:
+        """Read the cluster whole again now and watch on from there (the node could
+        not reach etcd for a while: its watch may be dead without knowing it)."""
+        self._refresh.set()
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Read the cluster, report started, then follow it until cancelled (reading it
-        all again whenever the watch breaks)."""
+        """Read the cluster, report started, then follow it until cancelled: reading it
+        all again whenever the watch breaks, every ``REFRESH_EVERY`` seconds, and when
+        asked (``refresh``)."""
         await self.reload()
         task_status.started()
         while True:
-            try:
-                async with self.etcd.watch(self.prefix + "/", self.state.revision + 1) as batches:
-                    async for events, revision in batches:
-                        self.apply(events, revision)
-            except (Compacted, EtcdUnavailable) as exc:
-                log.info("cluster watch ended (%s); reading the cluster again", exc)
-            await trio.sleep(REREAD_DELAY)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch, nursery.cancel_scope)
+                with trio.move_on_after(REFRESH_EVERY):
+                    await self._refresh.wait()
+                nursery.cancel_scope.cancel()
+            self._refresh = trio.Event()
             try:
                 await self.reload()
             except EtcdUnavailable as exc:
                 log.warning("etcd does not answer: %s", exc)
+                await trio.sleep(REREAD_DELAY)
+
+    async def _watch(self, done: trio.CancelScope) -> None:
+        """Follow the watch until it ends, then cancel ``done`` (to read again)."""
+        try:
+            async with self.etcd.watch(self.prefix + "/", self.state.revision + 1) as batches:
+                async for events, revision in batches:
+                    self.apply(events, revision)
+        except (Compacted, EtcdUnavailable) as exc:
+            log.info("cluster watch ended (%s); reading the cluster again", exc)
+            await trio.sleep(REREAD_DELAY)
+        done.cancel()
 
     async def reload(self) -> None:
         """Read everything under the prefix again."""

@@ -180,6 +180,8 @@ class ClusterNode:
         while True:
             now = (locator.session.serving, locator.owned())
             if now != before:
+                if before is not None and now[0] and not before[0]:
+                    locator.view.refresh()  # back from a cut: the watch may have died unseen
                 before = now
                 self._release_lost(supervisor, *now)
                 supervisor.alarms.placement_changed()

@@ -10,6 +10,7 @@ import trio
 from dotdo.runtime.cluster.etcd import Etcd, EtcdError
 from dotdo.runtime.cluster.session import NodeInfo, Session
 from dotdo.runtime.cluster.slots import plan
+from dotdo.runtime.cluster import view as view_module
 from dotdo.runtime.cluster.view import ClusterView, owners
 
 PREFIX = "/dotdo/viewtest"
@@ -91,4 +92,46 @@ async def test_the_view_reads_everything_again_after_etcd_comes_back(etcd: Any) 
             assert moved is not None
             await view.until(moved.epoch)
         assert view.slot(0) == moved
+        nursery.cancel_scope.cancel()
+
+
+class _DeadWatch:
+    """A watch whose connection was cut without a word: it never yields, never ends."""
+
+    async def __aenter__(self) -> _DeadWatch:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        pass
+
+    def __aiter__(self) -> _DeadWatch:
+        return self
+
+    async def __anext__(self) -> Any:
+        await trio.sleep_forever()
+
+
+async def test_a_view_whose_watch_died_silently_catches_up_on_refresh_and_on_its_own(etcd: Any, monkeypatch: Any) -> None:
+    async with Etcd(etcd.endpoints) as client, Etcd(etcd.endpoints) as other, trio.open_nursery() as nursery:
+        view = ClusterView(client, PREFIX)
+        await nursery.start(view.run)
+        with trio.fail_after(10):
+            await view.form("a", 2)
+        monkeypatch.setattr(client, "watch", lambda prefix, start: _DeadWatch())
+        view.refresh()  # restarts the watch: now a dead one
+        await trio.sleep(0.2)
+        revision = await other.put(f"{PREFIX}/drain/a", b"")
+        await trio.sleep(0.3)
+        assert "a" not in view.state.draining  # the dead watch missed it
+        view.refresh()
+        with trio.fail_after(5):
+            await view.until(revision)
+        assert "a" in view.state.draining
+        monkeypatch.setattr(view_module, "REFRESH_EVERY", 0.5)
+        view.refresh()  # the next watch runs 0.5 s before the view reads again
+        await trio.sleep(0.2)
+        await other.delete(f"{PREFIX}/drain/a")
+        with trio.fail_after(5):
+            while "a" in view.state.draining:
+                await view.changed()
         nursery.cancel_scope.cancel()
