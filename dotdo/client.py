@@ -8,15 +8,19 @@
 
     async with connect("tcp://127.0.0.1:8788") as S:   # closes on exit
         ...
+
+    # the nodes of a cluster: the first that answers (each relays to the owner)
+    S = await connect(["tcp://10.0.0.1:8788", "tcp://10.0.0.2:8788"])
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from dotdo.runtime.core.errors import ConnectionLost
 from dotdo.runtime.transport.connection import Connection, RemoteNamespaces
 from dotdo.storage.errors import InvalidInput
 
@@ -42,17 +46,27 @@ def parse_url(url: str) -> tuple[str, int]:
 class _Connect:
     """What ``connect`` returns: await it, or use it with ``async with``."""
 
-    __slots__ = ("_url", "_kwargs", "_S")
+    __slots__ = ("_urls", "_kwargs", "_S")
 
-    def __init__(self, url: str, kwargs: dict[str, Any]) -> None:
-        self._url = url
+    def __init__(self, urls: list[str], kwargs: dict[str, Any]) -> None:
+        self._urls = urls
         self._kwargs = kwargs
         self._S: RemoteNamespaces | None = None
 
     async def _open(self) -> RemoteNamespaces:
-        host, port = parse_url(self._url)
-        connection = await Connection.open(host, port, **self._kwargs)
-        return connection.S
+        """A connection to the first address that answers, in order."""
+        addresses = [parse_url(url) for url in self._urls]  # refuse a bad one before trying any
+        failures: list[str] = []
+        for url, (host, port) in zip(self._urls, addresses):
+            try:
+                connection = await Connection.open(host, port, **self._kwargs)
+            except ConnectionLost as exc:  # nothing answered there: the next one
+                failures.append(f"{url}: {exc}")
+                continue
+            return connection.S
+        if len(failures) == 1:
+            raise ConnectionLost(failures[0])
+        raise ConnectionLost("none of the servers answered: " + "; ".join(failures))
 
     def __await__(self) -> Generator[Any, None, RemoteNamespaces]:
         return self._open().__await__()
@@ -66,11 +80,16 @@ class _Connect:
             await self._S.aclose()
 
 
-def connect(url: str, *, token: str | None = None, max_inflight: int = 64, connect_timeout: float = 10.0) -> _Connect:
+def connect(
+    url: str | Sequence[str], *, token: str | None = None, max_inflight: int = 64, connect_timeout: float = 10.0
+) -> _Connect:
     """Connect to a dotdo server's transport (``dotdo serve`` prints its address).
 
     Args:
-        url: ``tcp://host:port``.
+        url: ``tcp://host:port``; or several (a list, or one string with commas), such
+            as the nodes of a cluster: they are tried in order and the first that
+            answers is used (any node reaches every actor). A connection that breaks
+            later is not moved to another: connect again.
         token: The server's client token (its admin token works too); defaults to
             ``$DOTDO_TOKEN``.
         max_inflight: Calls this connection sends before waiting for replies (the
@@ -83,4 +102,7 @@ def connect(url: str, *, token: str | None = None, max_inflight: int = 64, conne
     """
     if token is None:
         token = os.environ.get(TOKEN_ENV) or None
-    return _Connect(url, {"token": token, "max_inflight": max_inflight, "connect_timeout": connect_timeout})
+    urls = [part.strip() for part in url.split(",")] if isinstance(url, str) else list(url)
+    if not urls or not all(isinstance(u, str) and u for u in urls):
+        raise InvalidInput(f"connect() needs one or more tcp://host:port addresses, got {url!r}")
+    return _Connect(urls, {"token": token, "max_inflight": max_inflight, "connect_timeout": connect_timeout})

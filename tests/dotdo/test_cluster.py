@@ -16,8 +16,9 @@ import httpx
 import trio
 
 from tests.dotdo.cluster import SLOTS, cluster_node, health, increment, until_slots
-from tests.dotdo.serving import dotdo, kill_group
-from tests.etcd_server import EtcdServer
+from dotdo import connect
+from tests.dotdo.serving import dotdo, kill_group, rpc_url
+from tests.etcd_server import EtcdServer, free_port
 
 COUNTERS = [f"c{i}" for i in range(24)]
 
@@ -113,6 +114,10 @@ async def test_cluster_status_and_drain_from_the_command_line(tmp_path: Path, et
         await until_slots(client, {"a": SLOTS // 2, "b": SLOTS // 2}, {"a": a, "b": b})
         for name in COUNTERS:
             assert (await increment(client, a, name)).json() == {"result": 3}
+        # Over the transport too, through whichever node answers first.
+        async with connect([f"tcp://127.0.0.1:{free_port()}", rpc_url(b), rpc_url(a)], connect_timeout=2) as S:
+            for name in COUNTERS:
+                assert await S.Counter(name).increment() == 4
     # Both were killed (no drain): once their leases expire, every slot is unavailable.
     with trio.fail_after(30):
         while True:

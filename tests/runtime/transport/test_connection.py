@@ -19,6 +19,7 @@ from dotdo.runtime.supervisor import Supervisor
 from dotdo.runtime.transport.server import TransportServer
 from dotdo.storage.errors import InvalidInput
 from tests.runtime.transport.test_transport import Shop, transport
+from tests.etcd_server import free_port
 
 
 async def outcome(call: Any) -> Any:
@@ -127,3 +128,20 @@ def test_urls() -> None:
     for bad in ("http://x:1", "tcp://x", "tcp://:5", "tcp://x:1/path", "x"):
         with pytest.raises(InvalidInput, match="tcp://host:port"):
             parse_url(bad)
+
+
+async def test_connect_to_several_servers_takes_the_first_that_answers(tmp_path: Path) -> None:
+    dead = f"tcp://127.0.0.1:{free_port()}"
+    async with transport(tmp_path) as (_, _, port):
+        live = f"tcp://127.0.0.1:{port}"
+        async with connect([dead, live], connect_timeout=2) as S:
+            assert await S.Shop("n").add(1, 1) == 2
+        async with connect(f"{dead}, {live}", connect_timeout=2) as S:  # one string, with commas
+            assert await S.Shop("n").add(2, 2) == 4
+    with pytest.raises(ConnectionLost, match="none of the servers answered") as failed:
+        await connect([dead, live], connect_timeout=2)
+    assert dead in str(failed.value) and live in str(failed.value)
+    with pytest.raises(InvalidInput):
+        await connect([live, "http://not-a-transport"])  # refused before any is tried
+    with pytest.raises(InvalidInput):
+        connect([])
