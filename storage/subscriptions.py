@@ -122,6 +122,10 @@ class SubscriptionIndex(IndexFile):
             )
         ]
 
+    def all(self) -> list[Subscription]:
+        """Every entry, by actor."""
+        return [Subscription(*row) for row in self._exec(f"SELECT {_COLUMNS} FROM subscriptions ORDER BY namespace, hex, noun, verb, method")]
+
     # -- writes ----------------------------------------------------------------------
 
     def add(self, subscription: Subscription) -> None:

@@ -451,6 +451,26 @@ class Etcd:
         data = await self._call("/v3/kv/range", _range(prefix, True), idempotent=True)
         return _kvs(data), _revision(data)
 
+    async def scan(self, prefix: str, *, page: int = 1000) -> tuple[list[KeyValue], int]:
+        """Like ``range``, for a prefix with many keys: read in pages of ``page`` keys,
+        every page at the revision of the first (one consistent snapshot)."""
+        raw = _key_bytes(prefix)
+        end = _b64(prefix_end(raw))
+        start = raw or b"\0"
+        found: list[KeyValue] = []
+        revision = 0
+        while True:
+            body = {"key": _b64(start), "range_end": end, "limit": str(page)}
+            if revision:
+                body["revision"] = str(revision)
+            data = await self._call("/v3/kv/range", body, idempotent=True)
+            revision = revision or _revision(data)
+            kvs = _kvs(data)
+            found.extend(kvs)
+            if not data.get("more") or not kvs:
+                return found, revision
+            start = _key_bytes(kvs[-1].key) + b"\0"
+
     async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
         """Set ``key`` (bound to ``lease`` if not 0: deleted when it ends); the revision
         of the write. After ``EtcdUnavailable`` it may or may not have been applied."""

@@ -315,9 +315,9 @@ class Handover:
         directory = self.sup.table.directory
         for entry in sent:
             _remove(files_of(self.data_dir, entry.namespace, entry.hex))
-            actor = ActorId(entry.namespace, entry.hex, entry.name)
-            self.sup.alarms.forget(actor)
-            self.sup.subscriptions.forget(actor)
+            # Its subscriptions stay in the index: the cluster's mirror of them
+            # (dotdo.runtime.placement.subscription_mirror), now published by its new owner.
+            self.sup.alarms.forget(ActorId(entry.namespace, entry.hex, entry.name))
         if directory is not None:
             directory.forget(sent)
 

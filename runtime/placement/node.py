@@ -37,6 +37,7 @@ from dotdo.runtime.cluster.slots import DEFAULT_SLOTS, plan, slot_of
 from dotdo.runtime.cluster.view import ClusterView
 from dotdo.runtime.placement.cluster import ClusterLocator, Nodes
 from dotdo.runtime.placement.handover import Handover, MoveFailed
+from dotdo.runtime.placement.subscription_mirror import SubscriptionMirror
 
 if TYPE_CHECKING:
     from dotdo.runtime.core.activation import Activation
@@ -95,6 +96,7 @@ class ClusterNode:
         self.name = settings.name
         self._locator: ClusterLocator | None = None
         self._handover: Handover | None = None
+        self._mirror: SubscriptionMirror | None = None
         self._etcd: Etcd | None = None
         self._nursery_cm: Any = None
         self._nursery: trio.Nursery | None = None
@@ -169,11 +171,14 @@ class ClusterNode:
             activation.db.guard = locator.guard(activation.id)
 
         supervisor.hooks.activated.append(guard)
-        supervisor.nursery.start_soon(self._follow, supervisor)
+        assert self._etcd is not None
+        self._mirror = SubscriptionMirror(self._etcd, supervisor, locator, follow=self.leader)
+        supervisor.nursery.start_soon(self._mirror.run)
+        supervisor.nursery.start_soon(self._follow, supervisor, self._mirror)
         if self.leader:
             supervisor.nursery.start_soon(self._coordinate)
 
-    async def _follow(self, supervisor: Supervisor) -> None:
+    async def _follow(self, supervisor: Supervisor, mirror: SubscriptionMirror) -> None:
         """Close the activations this node may no longer hold, when that changes."""
         locator = self.locator
         before: tuple[bool, frozenset[int]] | None = None
@@ -181,7 +186,10 @@ class ClusterNode:
             now = (locator.session.serving, locator.owned())
             if now != before:
                 if before is not None and now[0] and not before[0]:
-                    locator.view.refresh()  # back from a cut: the watch may have died unseen
+                    locator.view.refresh()  # back from a cut: the watches may have died unseen
+                    mirror.refresh()
+                if self.leader:  # slots taken (all of them at start): publish their subscribers
+                    mirror.publish_slots(now[1] - (before[1] if before is not None else frozenset()))
                 before = now
                 self._release_lost(supervisor, *now)
                 supervisor.alarms.placement_changed()

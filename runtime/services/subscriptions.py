@@ -10,7 +10,7 @@ left behind by a crash only sends the actor an event it drops (``listens``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +62,9 @@ class SubscriptionService:
         # read; and the activations whose turn changed it (sync the index at its end).
         self._subscribed: dict[Activation, set[tuple[str, str, str]]] = {}
         self._dirty: set[Activation] = set()
+        # Told of each actor whose entries this process rewrote from its table (a
+        # cluster node publishes them to the other nodes).
+        self.on_change: list[Callable[[ActorId], None]] = []
         hooks = supervisor.hooks
         hooks.activated.append(self._activated)
         hooks.turn_ended.append(self._turn_ended)
@@ -173,6 +176,7 @@ class SubscriptionService:
             if have.get((noun, verb, method)) != row:
                 workflow.subscribe(row)  # outside a turn: commits now
                 self.index.add(_entry(activation.id, row))
+                self._told(activation.id)
 
     def sync(self, activation: Activation) -> None:
         """After a turn that changed subscriptions: the index says what the actor's
@@ -186,14 +190,22 @@ class SubscriptionService:
             self.index.replace(activation.id.namespace, activation.id.hex, [_entry(activation.id, r) for r in rows])
         except StorageError:
             log.exception("cannot update the subscription index for %s", activation.label)
+            return
+        self._told(activation.id)
+
+    def _told(self, actor: ActorId) -> None:
+        for listener in self.on_change:
+            listener(actor)
 
     def reindex(self, actor: ActorId, db: ActorDatabase) -> None:
         """Make the index match the table of an actor that is not active here."""
         self.index.replace(actor.namespace, actor.hex, [_entry(actor, r) for r in db.workflow.subscriptions()])
+        self._told(actor)
 
     def forget(self, actor: ActorId) -> None:
         """Drop the index entries of an actor whose database was deleted."""
         self.index.replace(actor.namespace, actor.hex, [])
+        self._told(actor)
 
     def listens(self, activation: Activation, noun: str, verb: str, method: str) -> bool:
         subscribed = self._subscribed.get(activation)

@@ -3,7 +3,8 @@
 An ``Account`` records each of its activations (the node, the process, when) and each
 write with the activation that made it, in its own tables, so that after a test the
 history of every address shows whether two activations ever overlapped and whether an
-acknowledged write is missing. Its alarm records where it fired.
+acknowledged write is missing. Its alarm records where it fired. An ``Auditor``
+counts the ``Account.wrote`` events it handles, wherever the two live.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 import trio
 
-from dotdo import DO
+from dotdo import DO, Event, on
 
 
 class Account(DO):
@@ -28,10 +29,12 @@ class Account(DO):
         )
         self.activation = self.sql.exec("SELECT max(id) AS id FROM activations").one()["id"]
 
-    async def write(self, seq: int, arm: bool = False) -> int:
+    async def write(self, seq: int, arm: bool = False, event: bool = False) -> int:
         self.sql.exec("INSERT INTO writes(seq, activation, at) VALUES (?, ?, ?)", seq, self.activation, time.time())
         if arm:
             self.set_alarm(dt.timedelta(seconds=0.3))
+        if event:
+            self.S.send("Account.wrote", {"account": self.id.name, "seq": seq})
         await trio.sleep(0.001)
         return seq
 
@@ -44,3 +47,23 @@ class Account(DO):
             "writes": self.sql.exec("SELECT n, seq, activation, at FROM writes ORDER BY n").fetchall(),
             "fired": self.sql.exec("SELECT node, at FROM fired ORDER BY n").fetchall(),
         }
+
+
+class Auditor(DO):
+    async def on_start(self) -> None:
+        self.sql.exec("CREATE TABLE IF NOT EXISTS seen(account TEXT, seq INTEGER, times INTEGER, node TEXT, PRIMARY KEY (account, seq))")
+
+    @on.Account.wrote
+    async def wrote(self, event: Event) -> None:
+        self.sql.exec(
+            "INSERT INTO seen(account, seq, times, node) VALUES (?, ?, 1, ?) "
+            "ON CONFLICT(account, seq) DO UPDATE SET times = times + 1",
+            event.data["account"], event.data["seq"], self.env.get("NODE", "?"),
+        )
+
+    async def ready(self) -> str:
+        return self.env.get("NODE", "?")
+
+    async def seen(self) -> list[list[Any]]:
+        rows = self.sql.exec("SELECT account, seq, times FROM seen ORDER BY account, seq").fetchall()
+        return [[r["account"], r["seq"], r["times"]] for r in rows]

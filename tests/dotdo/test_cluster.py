@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import signal
 from pathlib import Path
+from typing import Any
 
 import httpx
 import trio
 
-from tests.dotdo.cluster import SLOTS, cluster_node, health, increment, until_slots
+from tests.dotdo.cluster import FAULT_KINDS, SLOTS, cluster_node, health, increment, until_slots
 from dotdo import connect
-from tests.dotdo.serving import dotdo, kill_group, rpc_url
+from tests.dotdo.serving import Served, dotdo, kill_group, rpc_url
 from tests.etcd_server import EtcdServer, free_port
 
 COUNTERS = [f"c{i}" for i in range(24)]
@@ -150,3 +151,39 @@ async def test_a_node_of_several_workers_shares_one_lease_and_moves_slots_from_e
                 assert await b.process.wait() == 0
         for name in COUNTERS:
             assert (await increment(client, a, name)).json() == {"result": 4}
+
+
+async def test_events_reach_subscribers_on_every_node_and_follow_them_when_they_move(tmp_path: Path, etcd: EtcdServer) -> None:
+    def rpc(node: Served, namespace: str, name: str, method: str, *args: Any, **kwargs: Any) -> Any:
+        return client.post(f"{node.url}/_rpc/{namespace}/{name}/{method}", json={"args": list(args), "kwargs": kwargs})
+
+    auditors = [f"aud{i}" for i in range(6)]
+    async with httpx.AsyncClient(timeout=30) as client, cluster_node(tmp_path, etcd, "a", "--env", "NODE=a", FAULT_KINDS) as a:
+        async with cluster_node(tmp_path, etcd, "b", "--env", "NODE=b", FAULT_KINDS) as b:
+            await until_slots(client, {"a": SLOTS // 2, "b": SLOTS // 2}, {"a": a, "b": b})
+            homes = {(await rpc(a, "Auditor", name, "ready")).json()["result"] for name in auditors}
+            assert homes == {"a", "b"}  # subscribers on both nodes
+            await trio.sleep(1)  # their subscriptions reach the other node's index through etcd
+            sent = []
+            for i, account in enumerate(f"acct{n}" for n in range(10)):
+                node = (a, b)[i % 2]
+                assert (await rpc(node, "Account", account, "write", i, event=True)).status_code == 200
+                sent.append([account, i, 1])
+            await until_seen(client, a, auditors, sent)
+            b.process.send_signal(signal.SIGTERM)  # b's auditors move to a, subscriptions and all
+            with trio.fail_after(60):
+                assert await b.process.wait() == 0
+        for i, account in enumerate(f"acct{n}" for n in range(10, 14)):
+            assert (await rpc(a, "Account", account, "write", 100 + i, event=True)).status_code == 200
+            sent.append([account, 100 + i, 1])
+        await until_seen(client, a, auditors, sorted(sent))
+
+
+async def until_seen(client: httpx.AsyncClient, node: Served, auditors: list[str], sent: list[list[Any]]) -> None:
+    """Wait until every auditor handled exactly the events of ``sent``, once each."""
+    with trio.fail_after(30):
+        while True:
+            seen = [(await client.post(f"{node.url}/_rpc/Auditor/{name}/seen", json={"args": [], "kwargs": {}})).json()["result"] for name in auditors]
+            if all(sorted(s) == sorted(sent) for s in seen):
+                return
+            await trio.sleep(0.2)
