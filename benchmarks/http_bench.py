@@ -313,14 +313,26 @@ end
 
 
 def wrk_load(wrk: str, server: Server, counters: list[str], route: str, args: argparse.Namespace, scratch: Path) -> Load:
-    script = scratch / "load.lua"
+    argv = wrk_command(wrk, server.url, counters, route, args, scratch, token=server.token)
+    return parse_wrk(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
+
+
+def wrk_command(
+    wrk: str, url: str, counters: list[str], route: str, args: argparse.Namespace, scratch: Path, *, token: str | None = None
+) -> list[str]:
+    """The wrk command line of a load on ``url`` over ``counters`` (its Lua script is
+    written in ``scratch``); ``args`` gives threads, connections and duration."""
+    script = scratch / f"load-{abs(hash((url, tuple(counters)))):x}.lua"
     body = "wrk.body = '" + RPC_BODY.decode() + "'\nwrk.headers[\"Content-Type\"] = \"application/json\"" if route == "rpc" else ""
-    if server.token is not None:
-        body += f'\nwrk.headers["Authorization"] = "Bearer {server.token}"'
+    if token is not None:
+        body += f'\nwrk.headers["Authorization"] = "Bearer {token}"'
     script.write_text(_WRK_SCRIPT.format(body=body, counters=",".join(f'"{c}"' for c in counters), route=route))
-    argv = [wrk, "-t", str(args.threads), "-c", str(args.connections), "-d", f"{args.duration:g}s",
-            "--timeout", "10s", "--latency", "-s", str(script), server.url]
-    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    return [wrk, "-t", str(args.threads), "-c", str(args.connections), "-d", f"{args.duration:g}s",
+            "--timeout", "10s", "--latency", "-s", str(script), url]
+
+
+def parse_wrk(out: str) -> Load:
+    """The ``Load`` a wrk run of ``wrk_command`` printed."""
     line = next((x for x in out.splitlines() if x.startswith("WRKJSON ")), None)
     if line is None:
         raise RuntimeError(f"wrk printed no summary:\n{out}")
