@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import trio
 
 from dotdo.runtime.cluster.etcd import Compacted, Compare, Etcd, EtcdError, EtcdUnavailable, Event, KeyValue, Op
-from dotdo.runtime.cluster.session import NodeInfo
+from dotdo.runtime.cluster.session import NodeInfo, node_key
 from dotdo.runtime.cluster.slots import DEFAULT_SLOTS, MAX_SLOTS, SlotRecord, parse_slot_key, slot_key
 
 log = logging.getLogger("dotdo.cluster")
@@ -257,16 +257,19 @@ class ClusterView:
         return await self._replace(record, moving)
 
     async def end_move(self, record: SlotRecord, *, done: bool) -> SlotRecord | None:
-        """End the move of a moving ``record``: ownership goes to its target (``done``)
-        or stays with its owner; the record at its new epoch, or None if it changed."""
+        """End the move of a moving ``record``: ownership goes to its target (``done``:
+        only while the target is live) or stays with its owner; the record at its new
+        epoch, or None if it changed (or, with ``done``, the target is not live)."""
         if record.moving_to is None:
             raise ValueError(f"slot {record.slot} is not moving")
         owner = record.moving_to if done else record.owner
-        return await self._replace(record, SlotRecord(record.slot, owner, 0))
+        live = [Compare.create_revision(node_key(self.prefix, record.moving_to), ">", 0)] if done else []
+        return await self._replace(record, SlotRecord(record.slot, owner, 0), live)
 
-    async def _replace(self, record: SlotRecord, new: SlotRecord) -> SlotRecord | None:
+    async def _replace(self, record: SlotRecord, new: SlotRecord, also: list[Compare] | None = None) -> SlotRecord | None:
         key = slot_key(self.prefix, record.slot)
-        result = await self.etcd.txn([Compare.mod_revision(key, "==", record.epoch)], [Op.put(key, new.encode())])
+        compare = [Compare.mod_revision(key, "==", record.epoch), *(also or [])]
+        result = await self.etcd.txn(compare, [Op.put(key, new.encode())])
         if not result.succeeded:
             return None
         return SlotRecord(new.slot, new.owner, result.revision, new.moving_to)

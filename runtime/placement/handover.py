@@ -43,7 +43,7 @@ from dotdo.storage.directory import Entry, files_of
 from dotdo.storage.errors import DotdoError, StorageError
 
 from dotdo.runtime.cluster.etcd import EtcdUnavailable
-from dotdo.runtime.cluster.slots import SlotRecord, slot_of
+from dotdo.runtime.cluster.slots import SlotRecord, slot_key, slot_of
 from dotdo.runtime.cluster.view import ClusterView
 from dotdo.runtime.core import values
 from dotdo.runtime.core.errors import ProtocolError
@@ -246,7 +246,8 @@ class Handover:
             if isinstance(exc, Exception):
                 raise MoveFailed(f"slot {record.slot} could not move to {target}: {exc}; it stays on {self.name}") from exc
             raise
-        await self.end(moving, done=True)
+        if not await self.end(moving, done=True):
+            raise MoveFailed(f"slot {record.slot} could not move to {target}: it is not live any more; the slot stays on {self.name}")
         self._drop(sent)
         log.info(
             "slot %d moved to %s: %d actors in %.2f s", record.slot, target, len(sent), trio.current_time() - started
@@ -294,18 +295,23 @@ class Handover:
                 if not data:
                     return
 
-    async def end(self, moving: SlotRecord, *, done: bool) -> None:
-        """End the move in etcd, however long etcd takes to answer: an answer lost in
-        transit is read back from the record."""
+    async def end(self, moving: SlotRecord, *, done: bool) -> bool:
+        """End the move in etcd, however long etcd takes to answer (an answer lost in
+        transit is read back from the record); whether the slot went to the target. A
+        target that is not live any more does not get it: the move ends the other way."""
+        key = slot_key(self.view.prefix, moving.slot)
         while True:
             try:
                 if await self.view.end_move(moving, done=done) is not None:
-                    return
-                current = self.view.slot(moving.slot)
-                kv = await self.view.etcd.get(f"{self.view.prefix}/slots/{moving.slot:05d}")
+                    return done
+                kv = await self.view.etcd.get(key)
                 if kv is None or kv.mod_revision != moving.epoch:
-                    return  # ended already (by the attempt whose answer was lost)
-                del current
+                    # Ended already, by the attempt whose answer was lost: as it said.
+                    ended = None if kv is None else SlotRecord.decode(moving.slot, kv.value, kv.mod_revision)
+                    return ended is not None and ended.owner == moving.moving_to
+                if done:
+                    log.warning("slot %d: its target %s is not live; the move ends the other way", moving.slot, moving.moving_to)
+                    done = False
             except EtcdUnavailable as exc:
                 log.warning("slot %d: cannot end its move yet (%s); trying again", moving.slot, exc)
                 await trio.sleep(0.5)

@@ -135,3 +135,19 @@ async def test_a_view_whose_watch_died_silently_catches_up_on_refresh_and_on_its
             while "a" in view.state.draining:
                 await view.changed()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_move_is_never_given_to_a_target_that_is_not_live(etcd: Any) -> None:
+    async with Etcd(etcd.endpoints) as client, trio.open_nursery() as nursery:
+        view = ClusterView(client, PREFIX)
+        await nursery.start(view.run)
+        with trio.fail_after(10):
+            await view.form("a", 2)
+        record = view.slot(1)
+        assert record is not None
+        moving = await view.begin_move(record, "ghost")  # no node "ghost" holds a lease
+        assert moving is not None
+        assert await view.end_move(moving, done=True) is None
+        back = await view.end_move(moving, done=False)
+        assert back is not None and back.owner == "a" and not back.moving
+        nursery.cancel_scope.cancel()
