@@ -64,6 +64,8 @@ RECEIVE = "$node.receive"
 INSTALL = "$node.install"
 CHUNK = 1024 * 1024
 """Bytes of a file sent per ``$node.receive``."""
+IN_FLIGHT = 4
+"""Chunks of a slot's files on their way at once."""
 RELEASE_POLL = 0.01
 STAGING = "_dotdo/incoming"
 MOVE_TIMEOUT = 300.0
@@ -274,25 +276,40 @@ class Handover:
         assert directory is not None and config is not None and moving.moving_to is not None
         entries = [e for e in directory.of_slot(config.slots, moving.slot) if files_of(self.data_dir, e.namespace, e.hex)]
         link = await self.nodes.link(moving.moving_to, advertise)
-        for entry in entries:
-            for path in _actor_files(self.data_dir, entry):
-                await self._send_file(link, moving, path)
+        window = trio.Semaphore(IN_FLIGHT)
+        async with trio.open_nursery() as nursery:
+            for entry in entries:
+                for path in _actor_files(self.data_dir, entry):
+                    await self._send_file(link, moving, path, window, nursery)
         listed = [[e.namespace, e.hex, e.name] for e in entries]
         await link.call_raw(NODE_TARGET, [(INSTALL, values.pack([moving.slot, moving.epoch, listed]))], MOVE_TIMEOUT)
         return entries
 
-    async def _send_file(self, link: Connection, moving: SlotRecord, path: Path) -> None:
+    async def _send_file(self, link: Connection, moving: SlotRecord, path: Path, window: trio.Semaphore, nursery: trio.Nursery) -> None:
+        """Send one file in chunks: the first (which creates the file there) alone, the
+        rest up to ``IN_FLIGHT`` at a time (each lands at its offset)."""
         relative = str(path.relative_to(self.data_dir))
-        offset = 0
-        with open(path, "rb") as handle:
-            while True:
-                data = handle.read(CHUNK)
-                if not data and offset:
-                    return
+
+        async def send(offset: int, data: bytes) -> None:
+            try:
                 payload = values.pack([moving.slot, moving.epoch, relative, offset, data])
                 await link.call_raw(NODE_TARGET, [(RECEIVE, payload)], MOVE_TIMEOUT)
+            finally:
+                window.release()
+
+        with open(path, "rb") as handle:
+            offset = 0
+            while True:
+                data = handle.read(CHUNK)
+                if offset and not data:
+                    return
+                await window.acquire()
+                if offset == 0:
+                    await send(0, data)
+                else:
+                    nursery.start_soon(send, offset, data)
                 offset += len(data)
-                if not data:
+                if len(data) < CHUNK:
                     return
 
     async def end(self, moving: SlotRecord, *, done: bool) -> bool:
