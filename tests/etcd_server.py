@@ -16,7 +16,7 @@ import signal
 import socket
 import stat
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
@@ -67,10 +67,12 @@ def free_port() -> int:
 
 class EtcdServer:
     """One etcd member, alone in its cluster, with its data in ``data_dir``; it keeps
-    its ports across ``stop``/``start``."""
+    its ports across ``stop``/``start``. It serves clients on 127.0.0.1 (``url``) and,
+    with ``hosts``, on those local addresses too, at the same port (``url_at``)."""
 
-    def __init__(self, binary: str, root: Path) -> None:
+    def __init__(self, binary: str, root: Path, hosts: Sequence[str] = ()) -> None:
         self.binary = binary
+        self.hosts = tuple(hosts)
         self.data_dir = root / "etcd"
         self.log = root / "etcd.log"
         self.client_port = free_port()
@@ -86,13 +88,18 @@ class EtcdServer:
     def endpoints(self) -> list[str]:
         return [self.url]
 
+    def url_at(self, host: str) -> str:
+        """The client URL on ``host``, one of ``hosts``."""
+        assert host in self.hosts, f"etcd does not listen on {host}"
+        return f"http://{host}:{self.client_port}"
+
     def command(self) -> list[str]:
         peer = f"http://127.0.0.1:{self.peer_port}"
         return [
             self.binary,
             "--name", "test",
             "--data-dir", str(self.data_dir),
-            "--listen-client-urls", self.url,
+            "--listen-client-urls", ",".join([self.url, *(self.url_at(host) for host in self.hosts)]),
             "--advertise-client-urls", self.url,
             "--listen-peer-urls", peer,
             "--initial-advertise-peer-urls", peer,
@@ -162,10 +169,10 @@ class EtcdServer:
 
 
 @asynccontextmanager
-async def etcd_server(tmp_path: Path) -> AsyncIterator[EtcdServer]:
-    """A started etcd with its data under ``tmp_path``; killed (and waited for) when the
-    block ends, however it ends."""
-    server = EtcdServer(find_etcd(), tmp_path)
+async def etcd_server(tmp_path: Path, hosts: Sequence[str] = ()) -> AsyncIterator[EtcdServer]:
+    """A started etcd with its data under ``tmp_path`` (listening on ``hosts`` too, see
+    ``EtcdServer``); killed (and waited for) when the block ends, however it ends."""
+    server = EtcdServer(find_etcd(), tmp_path, hosts)
     try:
         await server.start()
         yield server

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import trio
 
-from tests.dotdo.serving import Served, dotdo_serve_group
+from tests.dotdo.serving import DOTDO, Served, dotdo_serve_group
 from tests.etcd_server import EtcdServer
 
 FAULT_KINDS = str(Path(__file__).with_name("cluster_fault_kinds.py"))
@@ -28,20 +28,25 @@ SLOTS = 16
 SETTLE_TIMEOUT = 60.0
 
 
-def node_args(etcd: EtcdServer, name: str, *extra: str) -> list[str]:
-    """``dotdo serve`` arguments of node ``name`` (its data in ``NAME-data``)."""
+def node_args(etcd: EtcdServer, name: str, *extra: str, url: str | None = None) -> list[str]:
+    """``dotdo serve`` arguments of node ``name`` (its data in ``NAME-data``), reaching
+    etcd at ``url`` (default: ``etcd.url``)."""
     return [
-        "--cluster", etcd.url, "--node", name, "--data", f"{name}-data",
+        "--cluster", url or etcd.url, "--node", name, "--data", f"{name}-data",
         "--lease-ttl", str(TTL), "--slots", str(SLOTS), "--log-level", "info", *extra,
     ]  # fmt: skip
 
 
 @asynccontextmanager
-async def cluster_node(run_dir: Path, etcd: EtcdServer, name: str, *extra: str) -> AsyncIterator[Served]:
+async def cluster_node(
+    run_dir: Path, etcd: EtcdServer, name: str, *extra: str, url: str | None = None, program: Sequence[str] = DOTDO
+) -> AsyncIterator[Served]:
     """Node ``name`` as a process group of its own (so that kill -9 reaches all of it),
-    with the cluster secret in its environment."""
+    with the cluster secret in its environment; ``url``: where it reaches etcd (default:
+    ``etcd.url``), ``program``: the dotdo command (``serving.spawn_group``)."""
     env = {"DOTDO_CLUSTER_SECRET": SECRET}
-    async with dotdo_serve_group(run_dir, name, *node_args(etcd, name, *extra), env=env) as served:
+    args = node_args(etcd, name, *extra, url=url)
+    async with dotdo_serve_group(run_dir, name, *args, env=env, program=program) as served:
         yield served
 
 
@@ -70,18 +75,21 @@ async def increment(client: httpx.AsyncClient, served: Served, name: str) -> htt
 
 @dataclass
 class Load:
-    """Writes to random accounts through random live nodes, noting what was
-    acknowledged and how long each account went without a successful write."""
+    """Writes to random accounts (of ``accounts``) through random live nodes, noting
+    what was acknowledged and how long each account went without a successful write."""
 
     client: httpx.AsyncClient
     live: dict[str, Served]
     rng: random.Random
+    accounts: list[str] = field(default_factory=lambda: list(ACCOUNTS))
     acked: dict[str, set[int]] = field(default_factory=dict)
     armed: set[str] = field(default_factory=set)
     refused: int = 0
     sent: int = 0
     last_ok: dict[str, float] = field(default_factory=dict)
     gaps: list[float] = field(default_factory=list)
+    longest: dict[str, float] = field(default_factory=dict)
+    """Per account, the longest time between two successful writes."""
     seqs: Any = field(default_factory=itertools.count)
     running: bool = True
 
@@ -89,7 +97,7 @@ class Load:
         """Write until ``running`` is cleared (each caller then ends after its request:
         cancelling one mid-request would leave httpx's request stream unfinished)."""
         while self.running:
-            account = self.rng.choice(ACCOUNTS)
+            account = self.rng.choice(self.accounts)
             node = self.rng.choice(sorted(self.live.values(), key=lambda s: s.url))
             seq = next(self.seqs)
             arm = self.rng.random() < 0.05
@@ -108,7 +116,9 @@ class Load:
                     self.armed.add(account)
                 now = trio.current_time()
                 if account in self.last_ok:
-                    self.gaps.append(now - self.last_ok[account])
+                    gap = now - self.last_ok[account]
+                    self.gaps.append(gap)
+                    self.longest[account] = max(gap, self.longest.get(account, 0.0))
                 self.last_ok[account] = now
             else:
                 assert response.status_code in (503, 504), response.text

@@ -116,16 +116,17 @@ def owned_by(namespace: str, worker: int, count: int, workers: int = 2, prefix: 
     return names
 
 
-async def wait_for_url(process: trio.Process, stdout: Path, stderr: Path) -> str:
+async def wait_for_url(process: trio.Process, stdout: Path, stderr: Path, host: str = "127.0.0.1") -> str:
     """The HTTP URL a starting ``dotdo serve`` prints (its output in ``stdout``), once
-    its banner is complete; fails if the process exits first."""
+    its banner is complete (on ``host``: its ``--host``); fails if the process exits
+    first."""
     with trio.fail_after(STARTUP_TIMEOUT):
         while "stop: Ctrl-C" not in stdout.read_text():
             if process.poll() is not None:
                 raise AssertionError(f"dotdo serve exited with {process.returncode}: {stderr.read_text()}")
             await trio.sleep(0.02)
     [url] = [line.split("http: ", 1)[1].split()[0] for line in stdout.read_text().splitlines() if "http: " in line]
-    assert url.startswith("http://127.0.0.1:") and not url.endswith(":0")
+    assert url.startswith(f"http://{host}:") and not url.endswith(":0")
     return url
 
 
@@ -207,15 +208,16 @@ def group_environment(tmp_dir: Path) -> dict[str, str]:
 
 
 async def spawn_group(
-    run_dir: Path, name: str, *args: str, env: dict[str, str] | None = None
+    run_dir: Path, name: str, *args: str, env: dict[str, str] | None = None, program: Sequence[str] = DOTDO
 ) -> tuple[trio.Process, Path, Path]:
-    """Start ``python -m dotdo serve --port 0 ARGS`` in a session of its own (so
-    ``kill_group`` reaches the server and every worker it starts), its output in
-    ``run_dir/NAME.out`` and ``.err`` (returned with the process). One worker process
-    unless ARGS say ``--workers``; ``env`` adds environment variables."""
+    """Start ``python -m dotdo serve --port 0 ARGS`` (or ``program``'s: it must exec the
+    server in its own process, as ``ip netns exec NS python -m dotdo`` does) in a session
+    of its own (so ``kill_group`` reaches the server and every worker it starts), its
+    output in ``run_dir/NAME.out`` and ``.err`` (returned with the process). One worker
+    process unless ARGS say ``--workers``; ``env`` adds environment variables."""
     stdout, stderr = run_dir / f"{name}.out", run_dir / f"{name}.err"
     environ = {**group_environment(run_dir / "tmp"), **(env or {})}
-    process = await _open_serve(run_dir, stdout, stderr, args, environ, new_session=True)
+    process = await _open_serve(run_dir, stdout, stderr, args, environ, new_session=True, program=program)
     return process, stdout, stderr
 
 
@@ -248,12 +250,15 @@ async def _open_serve(
 
 
 @asynccontextmanager
-async def dotdo_serve_group(run_dir: Path, name: str, *args: str, env: dict[str, str] | None = None) -> AsyncIterator[Served]:
-    """``spawn_group`` until the server printed its URL; the group is killed on exit
-    if a process of it still runs."""
-    process, stdout, stderr = await spawn_group(run_dir, name, *args, env=env)
+async def dotdo_serve_group(
+    run_dir: Path, name: str, *args: str, env: dict[str, str] | None = None, program: Sequence[str] = DOTDO
+) -> AsyncIterator[Served]:
+    """``spawn_group`` until the server printed its URL (on ARGS' ``--host``, if they
+    give one); the group is killed on exit if a process of it still runs."""
+    process, stdout, stderr = await spawn_group(run_dir, name, *args, env=env, program=program)
+    host = args[args.index("--host") + 1] if "--host" in args else "127.0.0.1"
     try:
-        url = await wait_for_url(process, stdout, stderr)
+        url = await wait_for_url(process, stdout, stderr, host)
         yield Served(process, url, stdout, stderr)
     finally:
         if process.returncode is None or group_alive(process.pid):
