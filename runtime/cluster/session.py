@@ -135,6 +135,7 @@ class Session:
         self.lease = 0
         self.deadline = -float("inf")
         self.joins = 0  # leases this session held (a new one after each expiry)
+        self._cut_off = False  # past the deadline for want of etcd's answer (and said so)
         self._changed = trio.Event()
 
     @property
@@ -265,10 +266,17 @@ class Session:
                 await self._rejoin()
                 return
             except (EtcdUnavailable, trio.TooSlowError) as exc:
-                if not self.serving:
-                    log.warning("node %s: etcd does not answer (%s); not serving", self.info.name, exc)
+                if not self._cut_off:
+                    self._cut_off = True  # said once, not at every retry
+                    why = f"no answer within {max(self.ttl / 3, RETRY):.3g} s" if isinstance(exc, trio.TooSlowError) else str(exc)
+                    left = self.remaining()
+                    when = f"it stops serving in {left:.2f} s" if left > 0 else "it is not serving"
+                    log.warning("node %s: etcd does not answer (%s); %s unless etcd answers", self.info.name, why, when)
                 await trio.sleep(RETRY)
                 continue
+            if self._cut_off:
+                self._cut_off = False
+                log.warning("node %s: etcd answers again", self.info.name)
             self._set_deadline(sent + granted - self.margin)
             return
 

@@ -3,6 +3,7 @@ node's key, the local deadline, and what happens when etcd or the node stops ans
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -54,7 +55,8 @@ async def test_a_name_held_by_another_data_directory_is_refused_but_our_own_is_t
         nursery.cancel_scope.cancel()
 
 
-async def test_a_node_whose_etcd_stops_answering_stops_serving_before_its_lease_can_expire(etcd: Any) -> None:
+async def test_a_node_whose_etcd_stops_answering_stops_serving_before_its_lease_can_expire(etcd: Any, caplog: Any) -> None:
+    caplog.set_level(logging.WARNING, logger="dotdo.cluster")
     async with Etcd(etcd.endpoints, timeout=0.5) as client, trio.open_nursery() as nursery:
         session = Session(client, PREFIX, info(), ttl=2, margin=0.5)
         with trio.fail_after(10):
@@ -75,6 +77,11 @@ async def test_a_node_whose_etcd_stops_answering_stops_serving_before_its_lease_
         held = await client.get(node_key(PREFIX, "n1"))
         assert held is not None and held.lease == session.lease
         nursery.cancel_scope.cancel()
+    # Said once each way, with the reason (a keep-alive that timed out has no message).
+    said = [r.getMessage() for r in caplog.records if "etcd" in r.getMessage()]
+    assert len(said) == 2 and said[1] == "node n1: etcd answers again", said
+    assert said[0].startswith("node n1: etcd does not answer (") and "unless etcd answers" in said[0]
+    assert "()" not in said[0]  # the reason is never empty
 
 
 async def test_a_node_paused_past_its_deadline_does_not_serve_until_it_renewed(etcd: Any) -> None:
