@@ -26,7 +26,7 @@ import trio
 from dotdo.runtime.cluster.session import Session
 from dotdo.runtime.cluster.slots import slot_of
 from dotdo.runtime.cluster.view import ClusterView
-from dotdo.runtime.core.errors import Unavailable
+from dotdo.runtime.core.errors import ConnectionLost, NotSent, Unavailable
 from dotdo.runtime.core.ids import ActorId
 from dotdo.runtime.placement.locator import MOVING, Locator, Owner, Worker, worker_of
 from dotdo.runtime.transport import wire
@@ -104,11 +104,25 @@ class Nodes:
             if held is not None:
                 await held[1].aclose()
             host, _, port = advertise.rpartition(":")
-            conn = await Connection.open(
-                host.strip("[]"), int(port), token=self._secret, max_inflight=PEER_INFLIGHT, connect_timeout=self._connect_timeout
-            )
+            try:
+                conn = await Connection.open(
+                    host.strip("[]"), int(port), token=self._secret, max_inflight=PEER_INFLIGHT, connect_timeout=self._connect_timeout
+                )
+            except NotSent:
+                raise
+            except ConnectionLost as exc:  # no connection, so nothing was sent on it
+                raise NotSent(f"node {name} at {advertise}: {exc}; the call was not sent") from None
             self._links[name] = (advertise, conn)
             return conn
+
+    async def drop(self, name: str) -> None:
+        """Close the link to node ``name``, which left the cluster (its lease is gone):
+        calls still waiting on it get ``ConnectionLost`` now rather than at their
+        deadline (the node stopped serving before its lease could expire, so no answer
+        can come that it may give)."""
+        held = self._links.pop(name, None)
+        if held is not None:
+            await held[1].aclose()
 
     async def aclose(self) -> None:
         links, self._links = self._links, {}
@@ -194,6 +208,19 @@ class ClusterLocator(Locator):
             owner = self.locate(target)
             if owner is not MOVING:
                 return owner
+            await self.view.changed()
+
+    async def elsewhere(self, target: ActorId, owner: Owner) -> Owner | None:
+        """Where ``target`` runs once the view no longer names ``owner`` (a node that
+        went away: it handed the slot over, or its lease expires), waiting for the
+        view to change (the caller's deadline bounds the wait). Another worker of this
+        node is not waited for: it is being restarted, the caller hears so."""
+        if not isinstance(owner, Node):
+            return owner
+        while True:
+            current = self.locate(target)
+            if current is not owner and current is not MOVING:
+                return current
             await self.view.changed()
 
     def serves(self, hex_id: str) -> bool:

@@ -16,7 +16,7 @@ import trio
 
 from dotdo.runtime.core.calls import CallsInFlight
 from dotdo.runtime.core.context import Turn, current_turn
-from dotdo.runtime.core.errors import CallTimeout, SupervisorClosed, Unavailable
+from dotdo.runtime.core.errors import CallTimeout, NotSent, SupervisorClosed, Unavailable
 from dotdo.runtime.core.ids import ActorId
 from dotdo.runtime.placement.locator import Locator, Owner
 from dotdo.runtime.transport import wire
@@ -65,16 +65,31 @@ class Relay:
         chain: str | None = None,
         path: tuple[str, ...] = (),
     ) -> bytes:
-        """Run a call (or pipeline) on ``owner``; the result packed."""
-        if owner.moving:
-            owner = await self.settle(target)
-        return await self._within(owner, target, timeout, lambda s: owner.call_raw(target, steps, s, chain, path))
+        """Run a call (or pipeline) on ``owner``; the result packed. A call that could
+        not be sent to an owner that went away goes to the next one (see ``_sent``)."""
+        return await self._sent(owner, target, timeout, lambda at, s: at.call_raw(target, steps, s, chain, path))
 
     async def fetch(self, owner: Owner, target: ActorId, request: wire.HttpRequest, timeout: float | None = None) -> HttpReply:
         """Hand an HTTP request to ``owner``'s actor; its (status, headers, body)."""
-        if owner.moving:
-            owner = await self.settle(target)
-        return await self._within(owner, target, timeout, lambda s: owner.fetch(target, request, s))
+        return await self._sent(owner, target, timeout, lambda at, s: at.fetch(target, request, s))
+
+    async def _sent(self, owner: Owner, target: ActorId, timeout: float | None, send: Callable[[Owner, float], Awaitable[T]]) -> T:
+        """``send`` to ``owner`` (once it is not moving); when it was not sent (``NotSent``:
+        the owner's node is gone, or going) and the locator places ``target`` elsewhere
+        once the owner is out of its view, to that one, within the same deadline."""
+        seconds = self._call_timeout if timeout is None else timeout
+        with trio.move_on_after(seconds + FORWARD_MARGIN):
+            while True:
+                if owner.moving:
+                    owner = await self.settle(target)
+                try:
+                    return await self._within(owner, target, timeout, lambda s: send(owner, s))
+                except NotSent:
+                    moved = await self._locator.elsewhere(target, owner)
+                    if moved is owner:
+                        raise
+                    owner = self._here if moved is None else moved
+        raise CallTimeout(f"call to {target} did not finish within {seconds:g} s: its owner went away and no other took it in time")
 
     async def settle(self, target: ActorId) -> Owner:
         """The owner of ``target`` once it is not moving (``here`` when it is this

@@ -77,6 +77,12 @@ class Locator:
         """Like ``locate``, once ``target`` is not moving (waiting for that)."""
         return self.locate(target)
 
+    async def elsewhere(self, target: ActorId, owner: Owner) -> Owner | None:
+        """Where ``target`` runs once that is no longer ``owner`` (a call to it was not
+        sent: its owner went away). Here nothing moves by itself: ``owner`` at once,
+        and the caller gives up."""
+        return owner
+
     def serves(self, hex_id: str) -> bool:
         """Whether actors with this id run here (the alarm index wakes only those)."""
         return True

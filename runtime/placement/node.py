@@ -182,7 +182,12 @@ class ClusterNode:
         """Close the activations this node may no longer hold, when that changes."""
         locator = self.locator
         before: tuple[bool, frozenset[int]] | None = None
+        members = set(locator.view.state.nodes)
         while True:
+            present = set(locator.view.state.nodes)
+            for gone in members - present:
+                await locator.nodes.drop(gone)
+            members = present
             now = (locator.session.serving, locator.owned())
             if now != before:
                 if before is not None and now[0] and not before[0]:
