@@ -89,7 +89,7 @@ class Cluster:
         )  # fmt: skip
         _until(lambda: _get(self.etcd_url + "/health") is not None, "etcd")
 
-    def start(self, name: str, *extra: str) -> Node:
+    def start(self, name: str, *extra: str, cpus: set[int] | None = None) -> Node:
         out, err = self.scratch / f"{name}.out", self.scratch / f"{name}.err"
         env = {k: v for k, v in os.environ.items() if not k.startswith("DOTDO_")}
         env.update(DOTDO_CLUSTER_SECRET=SECRET, PYTHONUNBUFFERED="1")
@@ -99,6 +99,7 @@ class Cluster:
                  "--node", name, "--data", str(self.scratch / f"{name}-data"), "--slots", str(SLOTS),
                  "--log-level", "info", "--idle-timeout", "600", *extra],
                 stdout=o, stderr=e, stdin=subprocess.DEVNULL, env=env, cwd=self.scratch,
+                preexec_fn=None if cpus is None else (lambda: os.sched_setaffinity(0, cpus)),
             )  # fmt: skip
 
         def banner() -> bool:
@@ -165,14 +166,26 @@ def call(url: str, namespace: str, name: str, method: str, *args: object) -> obj
         return json.loads(response.read())["result"]
 
 
-def loads(targets: list[tuple[str, list[str]]], args: argparse.Namespace, scratch: Path, connections: int) -> list[http_bench.Load]:
-    """wrk on each (url, counters) at once, ``connections`` each."""
+def cpu_seconds(nodes: list[Node]) -> float:
+    """User + system CPU the nodes' processes have used (one worker each: no children)."""
+    total = 0
+    for node in nodes:
+        fields = Path(f"/proc/{node.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def loads(
+    targets: list[tuple[str, list[str]]], args: argparse.Namespace, scratch: Path, connections: int, cpus: set[int] | None = None
+) -> list[http_bench.Load]:
+    """wrk on each (url, counters) at once, ``connections`` each (on ``cpus``)."""
     wrk = shutil.which("wrk")
     if wrk is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
     each = SimpleNamespace(threads=1, connections=connections, duration=args.duration)
+    pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
     procs = [
-        subprocess.Popen(http_bench.wrk_command(wrk, url, counters, "rpc", each, scratch), stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(http_bench.wrk_command(wrk, url, counters, "rpc", each, scratch), stdout=subprocess.PIPE, text=True, preexec_fn=pin)
         for url, counters in targets
     ]
     return [http_bench.parse_wrk(proc.communicate()[0]) for proc in procs]
@@ -187,28 +200,40 @@ def warm(url: str, counters: list[str]) -> None:
 
 
 def relay(args: argparse.Namespace, scratch: Path) -> list[str]:
+    """Both nodes on one core, wrk on the other (on a machine of two or more): the
+    relayed path and the direct one get the same CPU, and the CPU per request counts
+    both nodes."""
+    pinned = (os.cpu_count() or 1) >= 2
+    nodes_cpu, load_cpu = ({0}, {1}) if pinned else (None, None)
     cluster = Cluster(scratch)
     try:
-        a, b = cluster.start("a"), cluster.start("b")
+        a, b = cluster.start("a", cpus=nodes_cpu), cluster.start("b", cpus=nodes_cpu)
         status = cluster.settle(["a", "b"])
         names = owned(status, [f"c{i}" for i in range(args.counters)], "b")[:200]
         warm(b.url, names)
-        via: dict[str, list[http_bench.Load]] = {"owner": [], "relayed": []}
+        via: dict[str, list[tuple[http_bench.Load, float]]] = {"owner": [], "relayed": []}
         for _ in range(args.rounds):
-            via["owner"] += loads([(b.url, names)], args, scratch, args.connections)
-            via["relayed"] += loads([(a.url, names)], args, scratch, args.connections)
+            for label, url in (("owner", b.url), ("relayed", a.url)):
+                before = cpu_seconds([a, b])
+                [run] = loads([(url, names)], args, scratch, args.connections, load_cpu)
+                via[label].append((run, cpu_seconds([a, b]) - before))
         rows = []
         for label, runs in via.items():
-            rate = statistics.median(r.rate for r in runs)
-            p50 = statistics.median(r.p50_ms for r in runs)
-            p99 = statistics.median(r.p99_ms for r in runs)
-            failed = sum(r.non_2xx + r.errors for r in runs)
-            rows.append((label, rate, p50, p99, failed))
+            rate = statistics.median(r.rate for r, _ in runs)
+            p50 = statistics.median(r.p50_ms for r, _ in runs)
+            p99 = statistics.median(r.p99_ms for r, _ in runs)
+            cpu = statistics.median(c / r.requests * 1e6 for r, c in runs if r.requests)
+            failed = sum(r.non_2xx + r.errors for r, _ in runs)
+            rows.append((label, rate, p50, p99, cpu, failed))
         owner, relayed = rows
+        where = "both nodes on core 0, wrk on core 1" if pinned else "nothing pinned"
         return [
-            f"relay  {label:<8} {rate:>9,.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  failed {failed}"
-            for label, rate, p50, p99, failed in rows
-        ] + [f"relay  relayed/owner: {relayed[1] / owner[1]:.2f}x req/s, p50 +{relayed[2] - owner[2]:.2f} ms, p99 +{relayed[3] - owner[3]:.2f} ms"]
+            f"relay  {label:<8} {rate:>9,.0f} req/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  CPU {cpu:5.0f} us/req  failed {failed}"
+            for label, rate, p50, p99, cpu, failed in rows
+        ] + [
+            f"relay  relayed/owner ({where}): {relayed[1] / owner[1]:.2f}x req/s, p50 {relayed[2] / owner[2]:.2f}x, "
+            f"p99 {relayed[3] / owner[3]:.2f}x, CPU per request {relayed[4] / owner[4]:.2f}x"
+        ]
     finally:
         cluster.close()
 
