@@ -36,6 +36,7 @@ from dotdo.storage.errors import SqlError, StorageError, TransactionError, trans
 from dotdo.storage.history import History
 from dotdo.storage.kv import KVStore
 from dotdo.storage.opening import open_read_only, open_read_write
+from dotdo.storage.replication import CommitReader
 from dotdo.storage.options import DatabaseStats, StorageOptions
 from dotdo.storage.sql import SqlStore
 from dotdo.storage.things import ThingStore
@@ -133,6 +134,27 @@ class ActorDatabase:
                 db.close()
                 raise
         return db
+
+    def replicate(self, ship: Callable[[bytes], None], seq: int = 0) -> None:
+        """From the next commit on, read each commit from the WAL as a page set
+        (``dotdo.storage.replication``) and hand it, encoded, to ``ship``, right after
+        the commit and before anything else may checkpoint the WAL; ``seq``: the
+        position of the last commit already replicated. History, when on, still
+        archives each commit; without it the hook checkpoints as SQLite's
+        auto-checkpoint would have (which a WAL hook replaces)."""
+        reader = CommitReader(self._wal_path, seq)
+        archive = self._history.wal_hook if self._history is not None else None
+
+        def hook(conn: apsw.Connection, name: str, frames: int) -> int:
+            if name == "main":
+                ship(reader.read(frames).encode())
+            if archive is not None:
+                return archive(conn, name, frames)
+            if frames >= AUTO_CHECKPOINT:
+                conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+            return apsw.SQLITE_OK
+
+        self._conn.set_wal_hook(hook)
 
     def close(self) -> None:
         """Roll back anything uncommitted and close the file. The WAL is checkpointed
@@ -537,6 +559,11 @@ class ActorDatabase:
         finally:
             conn.enable_load_extension(False)
         self._vectors_loaded = True
+
+
+AUTO_CHECKPOINT = 1000
+"""WAL frames past which a commit checkpoints when a replication hook replaced
+SQLite's own auto-checkpoint (its default threshold)."""
 
 
 def _size(path: Path | str) -> int:

@@ -50,6 +50,7 @@ import contextlib
 import math
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -117,6 +118,12 @@ class History(Generations):
             self._load(created)
         except Exception as exc:  # never block an activation: a new generation follows
             self._fail(exc)
+
+    @property
+    def wal_hook(self) -> Callable[[apsw.Connection, str, int], int] | None:
+        """The WAL hook that archives commits (None: history is off), for an owner that
+        chains it behind its own (``ActorDatabase.replicate``)."""
+        return self._on_commit if self._on else None
 
     def before_close(self) -> None:
         """Archive everything (the close may checkpoint the WAL away)."""
