@@ -60,12 +60,15 @@ class SlotRecord:
             owners before it.
         moving_to: While the owner hands the slot over, the node that takes it; None
             when it is not moving. Calls to a moving slot wait for the move to end.
+        replicas: The nodes that keep copies of the slot's actors (``--replicas``),
+            besides its owner, in the order of their assignment.
     """
 
     slot: int
     owner: str
     epoch: int
     moving_to: str | None = None
+    replicas: tuple[str, ...] = ()
 
     @property
     def moving(self) -> bool:
@@ -73,9 +76,11 @@ class SlotRecord:
 
     def encode(self) -> bytes:
         """The record's value in etcd (the epoch is etcd's revision, not stored)."""
-        body: dict[str, str] = {"owner": self.owner}
+        body: dict[str, object] = {"owner": self.owner}
         if self.moving_to is not None:
             body["moving_to"] = self.moving_to
+        if self.replicas:
+            body["replicas"] = list(self.replicas)
         return json.dumps(body, sort_keys=True).encode()
 
     @classmethod
@@ -89,11 +94,17 @@ class SlotRecord:
             body = json.loads(value)
             owner = body["owner"]
             moving_to = body.get("moving_to")
+            replicas = body.get("replicas", [])
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"slot {slot}: not a slot record: {value[:80]!r}") from exc
-        if not isinstance(owner, str) or not (moving_to is None or isinstance(moving_to, str)):
+        if (
+            not isinstance(owner, str)
+            or not (moving_to is None or isinstance(moving_to, str))
+            or not isinstance(replicas, list)
+            or not all(isinstance(r, str) for r in replicas)
+        ):
             raise ValueError(f"slot {slot}: not a slot record: {value[:80]!r}")
-        return cls(slot, owner, epoch, moving_to)
+        return cls(slot, owner, epoch, moving_to, tuple(replicas))
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,3 +165,52 @@ def plan(table: Mapping[int, SlotRecord], live: Iterable[str], draining: Iterabl
 def first_table(slots: int, node: str) -> dict[int, bytes]:
     """The records of a new cluster's table: every slot owned by its first node."""
     return {slot: SlotRecord(slot, node, 0).encode() for slot in range(slots)}
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaChange:
+    """The replicas ``replica_plan`` gives one slot instead of the ones it has."""
+
+    slot: int
+    replicas: tuple[str, ...]
+
+
+def replica_plan(table: Mapping[int, SlotRecord], live: Iterable[str], count: int, draining: Iterable[str] = ()) -> list[ReplicaChange]:
+    """The slots whose replicas should change so that each has ``count`` replicas on
+    live nodes other than its owner (as many as there are), balanced, changing as few
+    as that allows: a replica that is live, not the owner and not draining stays; the
+    others are dropped, and the nodes holding the fewest replicas (then the next after
+    the owner, by name) are added. Deterministic, like ``plan``; moving slots are left
+    alone.
+    """
+    alive = set(live)
+    leaving = set(draining)
+    load: dict[str, int] = {node: 0 for node in alive - leaving}
+    ring = sorted(set(load) | {r.owner for r in table.values()})
+    place = {node: i for i, node in enumerate(ring)}
+    kept: dict[int, list[str]] = {}
+    for record in sorted(table.values(), key=lambda r: r.slot):
+        keep = [r for r in record.replicas if r in load and r != record.owner][:count]
+        kept[record.slot] = keep
+        for node in keep:
+            load[node] += 1
+    changes: list[ReplicaChange] = []
+    for record in sorted(table.values(), key=lambda r: r.slot):
+        if record.moving:
+            continue
+        chosen = list(kept[record.slot])
+        while len(chosen) < count:
+            # The least loaded first; among equals, the next nodes after the owner in
+            # name order (as a ring): with balanced owners this balances replicas too.
+            start = place[record.owner]
+            candidates = sorted(
+                (n for n in load if n != record.owner and n not in chosen),
+                key=lambda n: (load[n], (place[n] - start) % len(ring)),
+            )
+            if not candidates:
+                break
+            chosen.append(candidates[0])
+            load[candidates[0]] += 1
+        if tuple(chosen) != record.replicas:
+            changes.append(ReplicaChange(record.slot, tuple(chosen)))
+    return changes

@@ -253,7 +253,7 @@ class ClusterView:
     async def begin_move(self, record: SlotRecord, target: str) -> SlotRecord | None:
         """Mark ``record``'s slot as moving to ``target``, if it is still at
         ``record.epoch``; the record at its new epoch, or None if it changed."""
-        moving = SlotRecord(record.slot, record.owner, 0, target)
+        moving = SlotRecord(record.slot, record.owner, 0, target, record.replicas)
         return await self._replace(record, moving)
 
     async def end_move(self, record: SlotRecord, *, done: bool) -> SlotRecord | None:
@@ -264,7 +264,13 @@ class ClusterView:
             raise ValueError(f"slot {record.slot} is not moving")
         owner = record.moving_to if done else record.owner
         live = [Compare.create_revision(node_key(self.prefix, record.moving_to), ">", 0)] if done else []
-        return await self._replace(record, SlotRecord(record.slot, owner, 0), live)
+        replicas = tuple(r for r in record.replicas if r != owner)  # the new owner is no replica of its own
+        return await self._replace(record, SlotRecord(record.slot, owner, 0, None, replicas), live)
+
+    async def set_replicas(self, record: SlotRecord, replicas: tuple[str, ...]) -> SlotRecord | None:
+        """Give ``record``'s slot these replicas, if it is still at ``record.epoch``;
+        the record at its new epoch, or None if it changed."""
+        return await self._replace(record, SlotRecord(record.slot, record.owner, 0, record.moving_to, replicas))
 
     async def _replace(self, record: SlotRecord, new: SlotRecord, also: list[Compare] | None = None) -> SlotRecord | None:
         key = slot_key(self.prefix, record.slot)
@@ -272,7 +278,7 @@ class ClusterView:
         result = await self.etcd.txn(compare, [Op.put(key, new.encode())])
         if not result.succeeded:
             return None
-        return SlotRecord(new.slot, new.owner, result.revision, new.moving_to)
+        return SlotRecord(new.slot, new.owner, result.revision, new.moving_to, new.replicas)
 
     async def set_draining(self, node: str, draining: bool = True) -> int:
         """Ask ``node`` to hand all its slots over (or stop asking); the revision."""

@@ -12,10 +12,12 @@ from hypothesis import strategies as st
 
 from dotdo.runtime.cluster.slots import (
     Move,
+    ReplicaChange,
     SlotRecord,
     first_table,
     parse_slot_key,
     plan,
+    replica_plan,
     shares,
     slot_key,
     slot_of,
@@ -112,3 +114,50 @@ def test_a_plan_balances_and_moves_no_more_than_needed(owners: list[str], live: 
         assert sum(m.source == node for m in moves) == max(0, before[node] - want[node])
     assert plan(after, live, draining) == []
     assert all(after[s] == r for s, r in t.items() if r.owner not in live)
+
+
+def test_a_record_keeps_its_replicas_through_encoding_and_old_records_have_none() -> None:
+    record = SlotRecord(3, "a", 9, None, ("b", "c"))
+    assert SlotRecord.decode(3, record.encode(), 9) == record
+    assert SlotRecord.decode(3, b'{"owner": "a"}', 9).replicas == ()
+    with pytest.raises(ValueError):
+        SlotRecord.decode(3, b'{"owner": "a", "replicas": "b"}', 9)
+
+
+def test_replicas_are_balanced_on_live_nodes_other_than_the_owner_and_change_as_little_as_they_can() -> None:
+    owners = ["a", "b", "c", "d"] * 4
+    t = table(owners)
+    changes = replica_plan(t, ["a", "b", "c", "d"], 2)
+    assert len(changes) == 16
+    after = {c.slot: c.replicas for c in changes}
+    load = Counter(node for replicas in after.values() for node in replicas)
+    assert set(load.values()) == {8}  # 32 replicas over 4 nodes
+    assert all(t[s].owner not in r and len(set(r)) == 2 for s, r in after.items())
+    settled = {s: SlotRecord(s, t[s].owner, 1, None, r) for s, r in after.items()}
+    assert replica_plan(settled, ["a", "b", "c", "d"], 2) == []  # stable
+    # d dies: only the slots that had d as a replica change, each keeping its live one.
+    changed = replica_plan(settled, ["a", "b", "c"], 2)
+    assert {c.slot for c in changed} == {s for s, r in after.items() if "d" in r}
+    for change in changed:
+        assert "d" not in change.replicas and settled[change.slot].owner not in change.replicas
+        kept = [n for n in after[change.slot] if n != "d"]
+        assert change.replicas[: len(kept)] == tuple(kept)
+    # Fewer nodes than replicas asked for: as many as there are.
+    assert replica_plan(table(["a"] * 2), ["a", "b"], 2) == [ReplicaChange(0, ("b",)), ReplicaChange(1, ("b",))]
+    assert replica_plan(table(["a"]), ["a"], 2) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    owners=st.lists(st.sampled_from("abcde"), min_size=1, max_size=40),
+    live=st.sets(st.sampled_from("abcde"), min_size=1),
+    count=st.integers(0, 3),
+)
+def test_replica_plans_are_deterministic_and_never_use_the_owner_or_a_dead_node(owners: list[str], live: set[str], count: int) -> None:
+    t = table(owners)
+    changes = replica_plan(t, live, count)
+    assert changes == replica_plan(t, sorted(live, reverse=True), count)
+    for change in changes:
+        owner = t[change.slot].owner
+        assert owner not in change.replicas and set(change.replicas) <= live
+        assert len(change.replicas) == min(count, len(live - {owner}))
