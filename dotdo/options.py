@@ -50,6 +50,10 @@ class ServeOptions:
     lease_ttl: int = 5
     slots: int = 256
     drain_timeout: float = 120.0
+    replicas: int = 0
+    """Copies of each slot a cluster node keeps on other nodes (replication's data
+    path; failover is not built yet, so it has no command-line option)."""
+    ack: str = "quorum"
 
     def transport_port(self) -> int | None:
         """The transport's port: ``rpc_port`` if given (0: no transport), else the HTTP

@@ -285,6 +285,8 @@ def cluster_settings(options: ServeOptions) -> ClusterSettings:
         ttl=options.lease_ttl,
         slots=options.slots,
         drain_timeout=options.drain_timeout,
+        replicas=options.replicas,
+        ack=options.ack,
     )
 
 

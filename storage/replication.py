@@ -39,8 +39,8 @@ FRAME_HEADER = 24
 _FRAME = struct.Struct(">II")  # a frame header starts: page number, database pages after a commit
 _COMMIT = struct.Struct(">IIIQ")  # page size, database pages, page count, seq
 _RECORD = struct.Struct(">II")  # a redo record: body length, crc32 of the body
-_POSITION = struct.Struct(">Q")
-LOG_MAGIC = b"dotdo-replica-1\n"
+_POSITION = struct.Struct(">16sQ")  # the stream, the position in it
+LOG_MAGIC = b"dotdo-replica-2\n"
 
 
 class ReplicaGap(StorageError):
@@ -161,6 +161,7 @@ class ReplicaCopy:
         self.path = path
         self.log = Path(f"{path}.replica")
         self.durable = durable
+        self.stream = bytes(16)  # which primary's sequence the position counts in
         self.position = 0
         self._unsettled = 0  # commits in the log
 
@@ -184,7 +185,7 @@ class ReplicaCopy:
         data = self.log.read_bytes()
         if not data.startswith(LOG_MAGIC) or len(data) < len(LOG_MAGIC) + _POSITION.size:
             raise StorageError(f"{self.log} is not a replica's log")
-        (self.position,) = _POSITION.unpack_from(data, len(LOG_MAGIC))
+        self.stream, self.position = _POSITION.unpack_from(data, len(LOG_MAGIC))
         offset = len(LOG_MAGIC) + _POSITION.size
         commits = []
         while offset + _RECORD.size <= len(data):
@@ -200,9 +201,46 @@ class ReplicaCopy:
                 self.position = commit.seq
         self.settle()
 
-    def apply(self, data: bytes, fault: Callable[[], None] | None = None) -> bool:
+    @property
+    def base_path(self) -> Path:
+        """Where a base being received is written (``receive_base``)."""
+        return self.path.with_name(self.path.name + ".base")
+
+    def receive_base(self, stream: bytes, position: int, offset: int, total: int, chunk: bytes) -> bool:
+        """Write part of a base, a whole database image of the primary's ``stream`` at
+        ``position`` (a new primary, a new replica, or one that fell out of step);
+        whether it was the last part (the copy then starts over from it).
+
+        Raises:
+            StorageError: The parts do not fit together, or the files cannot be written.
+        """
+        if len(stream) != 16 or offset + len(chunk) > total:
+            raise StorageError("a replica base arrived malformed")
+        try:
+            fd = os.open(self.base_path, os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if offset == 0 else 0) | os.O_CLOEXEC, 0o644)
+            try:
+                os.pwrite(fd, chunk, offset)
+                done = offset + len(chunk) == total
+                if done and self.durable:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            if not done:
+                return False
+            if self.base_path.stat().st_size != total:
+                raise StorageError("a replica base arrived with parts missing")
+            os.replace(self.base_path, self.path)
+        except OSError as exc:
+            raise StorageError(f"cannot write the replica copy {self.path}: {exc}") from None
+        self.stream = stream
+        self._write_log(position)
+        return True
+
+    def apply(self, data: bytes, fault: Callable[[], None] | None = None, *, sync: bool = True) -> bool:
         """Hold the commit ``data`` (``Commit.encode``): in the log first, then in the
         copy; whether it was new (a repeat at or below the position is ignored).
+        ``sync=False`` leaves the log's fsync to a later ``sync()`` (several commits
+        held at once, then made durable together).
 
         Raises:
             ReplicaGap: It does not follow the position.
@@ -219,7 +257,7 @@ class ReplicaCopy:
             fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
             try:
                 os.write(fd, record)
-                if self.durable:
+                if self.durable and sync:
                     os.fsync(fd)
             finally:
                 os.close(fd)
@@ -244,6 +282,19 @@ class ReplicaCopy:
         except OSError as exc:
             raise StorageError(f"cannot write the replica copy {self.path}: {exc}") from None
 
+    def sync(self) -> None:
+        """Make the log durable (after ``apply(..., sync=False)``)."""
+        if not self.durable:
+            return
+        try:
+            fd = os.open(self.log, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise StorageError(f"cannot sync the replica log {self.log}: {exc}") from None
+
     def settle(self) -> None:
         """Make the copy durable and empty the log (its commits are all in the copy)."""
         try:
@@ -261,7 +312,7 @@ class ReplicaCopy:
     def _write_log(self, position: int) -> None:
         temporary = self.log.with_name(self.log.name + ".tmp")
         with open(temporary, "wb") as handle:
-            handle.write(LOG_MAGIC + _POSITION.pack(position))
+            handle.write(LOG_MAGIC + _POSITION.pack(self.stream, position))
             if self.durable:
                 os.fsync(handle.fileno())
         os.replace(temporary, self.log)
@@ -271,3 +322,66 @@ class ReplicaCopy:
     def unsettled(self) -> int:
         """Commits held in the log and not yet settled into the copy."""
         return self._unsettled
+
+
+REPLICAS_DIR = "replicas"
+"""Under the data directory's ``_dotdo``: the copies this node keeps for other nodes."""
+
+
+class ReplicaStore:
+    """The replica copies one data directory keeps of actors owned elsewhere, one
+    ``ReplicaCopy`` each, filed by address like the actors' own databases (under
+    ``<data_dir>/_dotdo/replicas``).
+
+    Args:
+        data_dir: The node's data directory.
+        durable: fsync what is held before it is acknowledged.
+    """
+
+    def __init__(self, data_dir: Path | str, durable: bool = False) -> None:
+        from dotdo.storage.alarm_index import INDEX_DIR
+
+        self.root = Path(data_dir) / INDEX_DIR / REPLICAS_DIR
+        self.durable = durable
+        self._copies: dict[tuple[str, str], ReplicaCopy] = {}
+
+    def path(self, namespace: str, hex_id: str) -> Path:
+        from dotdo.storage.address import Address
+
+        return Address(namespace, hex_id).path(self.root)
+
+    def copy(self, namespace: str, hex_id: str) -> ReplicaCopy:
+        """The copy of one actor (made empty at position 0 when there is none)."""
+        key = (namespace, hex_id)
+        held = self._copies.get(key)
+        if held is None:
+            held = self._copies[key] = ReplicaCopy.open(self.path(namespace, hex_id), durable=self.durable)
+        return held
+
+    def receive(self, namespace: str, hex_id: str, stream: bytes, commits: list[bytes]) -> int:
+        """Hold commits a primary sent for one actor, in order, in its ``stream``
+        (begun by a base: ``ReplicaCopy.receive_base``); the position now held.
+
+        Raises:
+            ReplicaGap: The stream is not the one this copy follows (a base must come
+                first), or a commit skips a position.
+            StorageError: Something arrived damaged, or the files cannot be written.
+        """
+        copy = self.copy(namespace, hex_id)
+        if copy.stream != stream:
+            raise ReplicaGap(f"{namespace}/{hex_id[:12]}: a new primary's stream needs a base first")
+        for data in commits:
+            copy.apply(data, sync=False)
+        copy.sync()
+        if copy.unsettled >= SETTLE_AFTER:
+            copy.settle()
+        return copy.position
+
+    def settle_all(self) -> None:
+        """Settle every copy (before the node stops)."""
+        for copy in self._copies.values():
+            copy.settle()
+
+
+SETTLE_AFTER = 64
+"""Commits a replica's log holds before its copy is settled (the log emptied)."""

@@ -81,6 +81,7 @@ class Activation:
         "after",
         "before_start",
         "divert",
+        "output",
     )
 
     def __init__(self, actor_id: ActorId, kind: KindSpec, db: ActorDatabase, supervisor: Any, graph: WaitGraph, now: float) -> None:
@@ -104,6 +105,9 @@ class Activation:
         # What must run, in order, before on_start (a promotion to settle); empty: nothing.
         self.before_start: list[Callable[[Activation], Awaitable[None]]] = []
         self.divert: Diverter | None = None  # takes over its calls (a sharded actor's router)
+        # What a turn awaits after its commit and before its reply leaves (a cluster's
+        # replicas acknowledging the commit); None: nothing.
+        self.output: Callable[[], Awaitable[None]] | None = None
 
     def mark(self) -> None:
         """Ask for the ``turn_ended`` hooks once the outermost turn ends."""

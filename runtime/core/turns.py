@@ -178,6 +178,9 @@ class Turns:
                 if convert is not None:
                     result = convert(result)
                 db.commit()
+                output = activation.output
+                if output is not None:
+                    await output()  # the reply leaves once the commit is held where it must be
             except BaseException as exc:
                 abort(activation, exc)
                 raise_public(exc, activation)

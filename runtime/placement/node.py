@@ -30,13 +30,15 @@ import trio
 
 from dotdo.storage.directory import data_identity
 from dotdo.storage.errors import DotdoError
+from dotdo.storage.options import Durability
 
 from dotdo.runtime.cluster.etcd import Etcd, EtcdError
 from dotdo.runtime.cluster.session import DEFAULT_TTL, NodeInfo, Session
-from dotdo.runtime.cluster.slots import DEFAULT_SLOTS, plan, slot_of
+from dotdo.runtime.cluster.slots import DEFAULT_SLOTS, plan, replica_plan, slot_of
 from dotdo.runtime.cluster.view import ClusterView
 from dotdo.runtime.placement.cluster import ClusterLocator, Nodes
 from dotdo.runtime.placement.handover import Handover, MoveFailed
+from dotdo.runtime.placement.replication import REPLICATE, REPLICATE_BASE, Replication
 from dotdo.runtime.placement.subscription_mirror import SubscriptionMirror
 
 if TYPE_CHECKING:
@@ -67,6 +69,9 @@ class ClusterSettings:
         ttl: The lease's TTL in seconds.
         slots: The number of slots, when this node forms the cluster.
         drain_timeout: Seconds a node leaving gracefully may take to hand its slots over.
+        replicas: Copies of each of this node's slots kept on other nodes.
+        ack: How many of them hold a commit before a turn's reply leaves
+            (``dotdo.runtime.placement.replication``).
     """
 
     endpoints: tuple[str, ...]
@@ -77,6 +82,8 @@ class ClusterSettings:
     ttl: int = DEFAULT_TTL
     slots: int = DEFAULT_SLOTS
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    replicas: int = 0
+    ack: str = "quorum"
 
 
 class ClusterNode:
@@ -97,6 +104,7 @@ class ClusterNode:
         self._locator: ClusterLocator | None = None
         self._handover: Handover | None = None
         self._mirror: SubscriptionMirror | None = None
+        self._replication: Replication | None = None
         self._etcd: Etcd | None = None
         self._nursery_cm: Any = None
         self._nursery: trio.Nursery | None = None
@@ -165,7 +173,16 @@ class ClusterNode:
         and (worker 0) coordinate moves, in the supervisor's nursery."""
         locator = self.locator
         self._handover = handover = Handover(supervisor, locator.view, self.name, locator.nodes, self.peers)
-        supervisor.node_calls = handover.handle
+        durable = supervisor.config.storage.durability is Durability.FULL
+        self._replication = replication = Replication(supervisor, locator, ack=self.settings.ack, durable=durable)
+
+        async def node_call(method: str, payload: bytes) -> bytes:
+            if method in (REPLICATE, REPLICATE_BASE):
+                return await replication.handle(method, payload)
+            return await handover.handle(method, payload)
+
+        supervisor.node_calls = node_call
+        supervisor.nursery.start_soon(replication.run)
 
         def guard(activation: Activation) -> None:
             activation.db.guard = locator.guard(activation.id)
@@ -183,6 +200,7 @@ class ClusterNode:
         locator = self.locator
         before: tuple[bool, frozenset[int]] | None = None
         members = set(locator.view.state.nodes)
+        seen = -1
         while True:
             present = set(locator.view.state.nodes)
             for gone in members - present:
@@ -193,11 +211,16 @@ class ClusterNode:
                 if before is not None and now[0] and not before[0]:
                     locator.view.refresh()  # back from a cut: the watches may have died unseen
                     mirror.refresh()
+                if self._replication is not None:
+                    self._replication.placement_changed()
                 if self.leader:  # slots taken (all of them at start): publish their subscribers
                     mirror.publish_slots(now[1] - (before[1] if before is not None else frozenset()))
                 before = now
                 self._release_lost(supervisor, *now)
                 supervisor.alarms.placement_changed()
+            if self._replication is not None and locator.view.revision != seen:
+                seen = locator.view.revision
+                self._replication.placement_changed()  # replica lists may have changed
             with trio.move_on_after(SETTLE_EVERY):
                 await locator.view.changed()
 
@@ -223,6 +246,8 @@ class ClusterNode:
                 log.info("slot %d: ending the move to %s begun before this node restarted", record.slot, record.moving_to)
                 await handover.end(record, done=False)
         while True:
+            if await self._replicas_step():
+                continue
             move = self._next_move()
             if move is not None:
                 record = view.slot(move.slot)
@@ -235,6 +260,26 @@ class ClusterNode:
                 continue
             with trio.move_on_after(SETTLE_EVERY * 4):
                 await view.changed()
+
+    async def _replicas_step(self) -> bool:
+        """Give one of this node's slots the replicas the plan names; whether one changed."""
+        state = self.view.state
+        if not self.session.serving or not self.view.formed:
+            return False
+        for change in replica_plan(state.slots, state.nodes, self.settings.replicas, state.draining):
+            record = state.slots.get(change.slot)
+            if record is None or record.owner != self.name:
+                continue
+            try:
+                done = await self.view.set_replicas(record, change.replicas)
+            except EtcdError as exc:
+                log.warning("slot %d: cannot set its replicas: %s", change.slot, exc)
+                await trio.sleep(RETRY_MOVE)
+                return False
+            if done is not None:
+                await self.view.until(done.epoch)
+                return True
+        return False
 
     def _next_move(self) -> Any:
         state = self.view.state
