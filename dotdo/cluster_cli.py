@@ -96,7 +96,12 @@ def report(state: State) -> dict[str, Any]:
     moving = [
         {"slot": r.slot, "from": r.owner, "to": r.moving_to, "epoch": r.epoch}
         for r in sorted(state.slots.values(), key=lambda r: r.slot)
-        if r.moving
+        if r.moving_to is not None
+    ]
+    promoting = [
+        {"slot": r.slot, "owner": r.owner, "epoch": r.epoch}
+        for r in sorted(state.slots.values(), key=lambda r: r.slot)
+        if r.promoting
     ]
     unavailable = sorted(r.slot for r in state.slots.values() if r.owner not in state.nodes)
     return {
@@ -105,10 +110,11 @@ def report(state: State) -> dict[str, Any]:
         "formed": bool(config and config.formed and len(state.slots) == config.slots),
         "nodes": nodes,
         "moving": moving,
+        "promoting": promoting,
         "unavailable": ranges(unavailable),
         "unavailable_slots": len(unavailable),
         "table": [
-            {"slot": r.slot, "owner": r.owner, "epoch": r.epoch, "moving_to": r.moving_to}
+            {"slot": r.slot, "owner": r.owner, "epoch": r.epoch, "moving_to": r.moving_to, "replicas": list(r.replicas)}
             for r in sorted(state.slots.values(), key=lambda r: r.slot)
         ],
     }
@@ -158,11 +164,14 @@ async def _status(endpoints: tuple[str, ...], args: argparse.Namespace) -> int:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[5])
     for move in status["moving"]:
         print(f"moving: slot {move['slot']} from {move['from']} to {move['to']} (epoch {move['epoch']})")
+    for taken in status["promoting"]:
+        print(f"taking over: slot {taken['slot']} on {taken['owner']}, from its replica's copies (epoch {taken['epoch']})")
     if status["unavailable_slots"]:
         print(f"unavailable: {status['unavailable_slots']} slots ({status['unavailable']}): their owner is not live; they come back with it")
     for row in status.get("table", []):
         move = f" -> {row['moving_to']}" if row["moving_to"] else ""
-        print(f"slot {row['slot']:>5}  {row['owner']}{move}  epoch {row['epoch']}")
+        replicas = f"  replicas {','.join(row['replicas'])}" if row["replicas"] else ""
+        print(f"slot {row['slot']:>5}  {row['owner']}{move}  epoch {row['epoch']}{replicas}")
     return 0
 
 

@@ -341,9 +341,15 @@ class ReplicaStore:
     def __init__(self, data_dir: Path | str, durable: bool = False) -> None:
         from dotdo.storage.alarm_index import INDEX_DIR
 
+        from dotdo.storage.directory import ActorDirectory
+
         self.root = Path(data_dir) / INDEX_DIR / REPLICAS_DIR
         self.durable = durable
         self._copies: dict[tuple[str, str], ReplicaCopy] = {}
+        self.directory = ActorDirectory.open(self.root)  # the copies held, by actor
+
+    def close(self) -> None:
+        self.directory.close()
 
     def path(self, namespace: str, hex_id: str) -> Path:
         from dotdo.storage.address import Address
@@ -355,8 +361,41 @@ class ReplicaStore:
         key = (namespace, hex_id)
         held = self._copies.get(key)
         if held is None:
+            self.directory.note(namespace, hex_id, None)  # before the copy's file exists
             held = self._copies[key] = ReplicaCopy.open(self.path(namespace, hex_id), durable=self.durable)
         return held
+
+    def forget_copy(self, namespace: str, hex_id: str) -> None:
+        """Forget what was read of one copy (its files were replaced from elsewhere)."""
+        self._copies.pop((namespace, hex_id), None)
+
+    def take(self, namespace: str, hex_id: str) -> Path:
+        """Settle one copy and hand its file over (a promotion moves it into place):
+        the store forgets it; the file's path."""
+        copy = self.copy(namespace, hex_id)
+        copy.settle()
+        del self._copies[namespace, hex_id]
+        try:
+            copy.log.unlink()
+        except FileNotFoundError:
+            pass
+        from dotdo.storage.directory import Entry
+
+        self.directory.forget([Entry(namespace, hex_id, None)])
+        return copy.path
+
+    def drop(self, namespace: str, hex_id: str) -> None:
+        """Delete one copy (this node is no replica of its actor any more)."""
+        from dotdo.storage.directory import Entry
+
+        self._copies.pop((namespace, hex_id), None)
+        path = self.path(namespace, hex_id)
+        for file in (path, Path(f"{path}.replica"), Path(f"{path}.base")):
+            try:
+                file.unlink()
+            except FileNotFoundError:
+                pass
+        self.directory.forget([Entry(namespace, hex_id, None)])
 
     def receive(self, namespace: str, hex_id: str, stream: bytes, commits: list[bytes]) -> int:
         """Hold commits a primary sent for one actor, in order, in its ``stream``

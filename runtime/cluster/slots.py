@@ -62,6 +62,8 @@ class SlotRecord:
             when it is not moving. Calls to a moving slot wait for the move to end.
         replicas: The nodes that keep copies of the slot's actors (``--replicas``),
             besides its owner, in the order of their assignment.
+        promoting: The owner took the slot over from a dead owner as its replica and
+            is making its copies the actors' databases; calls wait, as for a move.
     """
 
     slot: int
@@ -69,10 +71,11 @@ class SlotRecord:
     epoch: int
     moving_to: str | None = None
     replicas: tuple[str, ...] = ()
+    promoting: bool = False
 
     @property
     def moving(self) -> bool:
-        return self.moving_to is not None
+        return self.moving_to is not None or self.promoting
 
     def encode(self) -> bytes:
         """The record's value in etcd (the epoch is etcd's revision, not stored)."""
@@ -81,6 +84,8 @@ class SlotRecord:
             body["moving_to"] = self.moving_to
         if self.replicas:
             body["replicas"] = list(self.replicas)
+        if self.promoting:
+            body["promoting"] = True
         return json.dumps(body, sort_keys=True).encode()
 
     @classmethod
@@ -95,6 +100,7 @@ class SlotRecord:
             owner = body["owner"]
             moving_to = body.get("moving_to")
             replicas = body.get("replicas", [])
+            promoting = body.get("promoting", False)
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"slot {slot}: not a slot record: {value[:80]!r}") from exc
         if (
@@ -102,9 +108,10 @@ class SlotRecord:
             or not (moving_to is None or isinstance(moving_to, str))
             or not isinstance(replicas, list)
             or not all(isinstance(r, str) for r in replicas)
+            or not isinstance(promoting, bool)
         ):
             raise ValueError(f"slot {slot}: not a slot record: {value[:80]!r}")
-        return cls(slot, owner, epoch, moving_to, tuple(replicas))
+        return cls(slot, owner, epoch, moving_to, tuple(replicas), promoting)
 
 
 @dataclass(frozen=True, slots=True)

@@ -267,10 +267,24 @@ class ClusterView:
         replicas = tuple(r for r in record.replicas if r != owner)  # the new owner is no replica of its own
         return await self._replace(record, SlotRecord(record.slot, owner, 0, None, replicas), live)
 
+    async def take_over(self, record: SlotRecord, node: str, replicas: tuple[str, ...]) -> SlotRecord | None:
+        """Make ``node``, a replica of ``record``'s slot, its owner (promoting) in place
+        of an owner that is not live: only if the record is still at its epoch, its
+        owner holds no lease and ``node`` does; the record at its new epoch, or None."""
+        fenced = [
+            Compare.create_revision(node_key(self.prefix, record.owner), "==", 0),
+            Compare.create_revision(node_key(self.prefix, node), ">", 0),
+        ]
+        return await self._replace(record, SlotRecord(record.slot, node, 0, None, replicas, True), fenced)
+
+    async def promoted(self, record: SlotRecord) -> SlotRecord | None:
+        """End the promotion of ``record``'s slot: its owner serves it."""
+        return await self._replace(record, SlotRecord(record.slot, record.owner, 0, None, record.replicas, False))
+
     async def set_replicas(self, record: SlotRecord, replicas: tuple[str, ...]) -> SlotRecord | None:
         """Give ``record``'s slot these replicas, if it is still at ``record.epoch``;
         the record at its new epoch, or None if it changed."""
-        return await self._replace(record, SlotRecord(record.slot, record.owner, 0, record.moving_to, replicas))
+        return await self._replace(record, SlotRecord(record.slot, record.owner, 0, record.moving_to, replicas, record.promoting))
 
     async def _replace(self, record: SlotRecord, new: SlotRecord, also: list[Compare] | None = None) -> SlotRecord | None:
         key = slot_key(self.prefix, record.slot)
@@ -278,7 +292,7 @@ class ClusterView:
         result = await self.etcd.txn(compare, [Op.put(key, new.encode())])
         if not result.succeeded:
             return None
-        return SlotRecord(new.slot, new.owner, result.revision, new.moving_to, new.replicas)
+        return SlotRecord(new.slot, new.owner, result.revision, new.moving_to, new.replicas, new.promoting)
 
     async def set_draining(self, node: str, draining: bool = True) -> int:
         """Ask ``node`` to hand all its slots over (or stop asking); the revision."""

@@ -87,6 +87,11 @@ def _actor_files(data_dir: Path, entry: Entry) -> list[Path]:
     return found
 
 
+def remove_actor_files(data_dir: Path, entry: Entry) -> None:
+    """Delete every file of one actor under ``data_dir`` (database, WAL, history, branches)."""
+    _remove(files_of(data_dir, entry.namespace, entry.hex))
+
+
 def _remove(paths: Iterable[Path]) -> None:
     for path in paths:
         if path.is_dir() and not path.is_symlink():
@@ -205,9 +210,9 @@ class Handover:
             shutil.rmtree(staging, ignore_errors=True)
         directory.add(entries)
         for entry in entries:
-            self._index(entry)
+            self.index_actor(entry)
 
-    def _index(self, entry: Entry) -> None:
+    def index_actor(self, entry: Entry) -> None:
         """Index the alarms and subscriptions of an actor just received."""
         actor = ActorId(entry.namespace, entry.hex, entry.name)
         if not Address(entry.namespace, entry.hex).path(self.data_dir).exists():

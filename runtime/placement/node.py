@@ -38,7 +38,8 @@ from dotdo.runtime.cluster.slots import DEFAULT_SLOTS, plan, replica_plan, slot_
 from dotdo.runtime.cluster.view import ClusterView
 from dotdo.runtime.placement.cluster import ClusterLocator, Nodes
 from dotdo.runtime.placement.handover import Handover, MoveFailed
-from dotdo.runtime.placement.replication import REPLICATE, REPLICATE_BASE, Replication
+from dotdo.runtime.placement.failover import Failover
+from dotdo.runtime.placement.replication import FETCH, POSITIONS, REPLICATE, REPLICATE_BASE, Replication
 from dotdo.runtime.placement.subscription_mirror import SubscriptionMirror
 
 if TYPE_CHECKING:
@@ -105,6 +106,7 @@ class ClusterNode:
         self._handover: Handover | None = None
         self._mirror: SubscriptionMirror | None = None
         self._replication: Replication | None = None
+        self.failover: Failover | None = None
         self._etcd: Etcd | None = None
         self._nursery_cm: Any = None
         self._nursery: trio.Nursery | None = None
@@ -177,12 +179,13 @@ class ClusterNode:
         self._replication = replication = Replication(supervisor, locator, ack=self.settings.ack, durable=durable)
 
         async def node_call(method: str, payload: bytes) -> bytes:
-            if method in (REPLICATE, REPLICATE_BASE):
+            if method in (REPLICATE, REPLICATE_BASE, POSITIONS, FETCH):
                 return await replication.handle(method, payload)
             return await handover.handle(method, payload)
 
         supervisor.node_calls = node_call
         supervisor.nursery.start_soon(replication.run)
+        self.failover = Failover(locator, replication, handover, self.settings.ack)
 
         def guard(activation: Activation) -> None:
             activation.db.guard = locator.guard(activation.id)
@@ -194,6 +197,7 @@ class ClusterNode:
         supervisor.nursery.start_soon(self._follow, supervisor, self._mirror)
         if self.leader:
             supervisor.nursery.start_soon(self._coordinate)
+            supervisor.nursery.start_soon(self.failover.run)
 
     async def _follow(self, supervisor: Supervisor, mirror: SubscriptionMirror) -> None:
         """Close the activations this node may no longer hold, when that changes."""
@@ -242,7 +246,7 @@ class ClusterNode:
         assert handover is not None
         # A move this node began before it stopped: it ends where it began.
         for record in list(view.state.slots.values()):
-            if record.owner == self.name and record.moving:
+            if record.owner == self.name and record.moving_to is not None:
                 log.info("slot %d: ending the move to %s begun before this node restarted", record.slot, record.moving_to)
                 await handover.end(record, done=False)
         while True:

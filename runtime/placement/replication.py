@@ -52,6 +52,9 @@ log = logging.getLogger("dotdo.cluster")
 
 REPLICATE = "$node.replicate"
 REPLICATE_BASE = "$node.replicate_base"
+POSITIONS = "$node.replica_positions"
+FETCH = "$node.replica_fetch"
+FETCH_CHUNK = 4 * 1024 * 1024
 ACKS = ("quorum", "all", "none")
 BASE_CHUNK = 4 * 1024 * 1024
 """Bytes of a base sent per ``$node.replicate_base``."""
@@ -119,6 +122,7 @@ class Replication:
         self.store = ReplicaStore(supervisor.config.data_dir, durable)
         self.streams: dict[tuple[str, str], Stream] = {}
         self._feeders: dict[str, trio.Event] = {}
+        self._seen: dict[int, tuple[str, ...]] = {}  # each owned slot's replicas, as last seeded
         self._nursery: trio.Nursery | None = None
         supervisor.hooks.activated.append(self._activated)
         supervisor.hooks.closed.append(self._closed)
@@ -143,7 +147,10 @@ class Replication:
             conn = db.connection
             return None if conn.in_transaction else conn.serialize("main")
 
-        stream = Stream(activation.id, slot, secrets.token_bytes(16), image)
+        # A stream is named by the slot's epoch, then chance: the later primary's sorts after.
+        record = self.locator.view.slot(slot)
+        name = (record.epoch if record is not None else 0).to_bytes(8, "big") + secrets.token_bytes(8)
+        stream = Stream(activation.id, slot, name, image)
         stream.base = image()
         self.streams[activation.id.namespace, activation.id.hex] = stream
 
@@ -163,9 +170,47 @@ class Replication:
             stream.notify()
 
     def placement_changed(self) -> None:
-        """The slot table changed: replicas may have joined a stream (they need a base)."""
+        """The slot table changed: replicas may have joined a stream (they need a base),
+        and a slot of this node that gained replicas has its idle actors seeded."""
         for stream in list(self.streams.values()):
             self._wake(stream)
+        for slot, record in self.locator.view.state.slots.items():
+            if record.owner != self.name or record.moving:
+                continue
+            gained = set(record.replicas) - set(self._seen.get(slot, ()))
+            self._seen[slot] = record.replicas
+            if gained and self._nursery is not None:
+                self._nursery.start_soon(self._seed, slot)
+
+    async def _seed(self, slot: int) -> None:
+        """Give the replicas of ``slot`` a base of each of its actors this worker serves
+        that is not active (an active one's stream sends its own): each is activated
+        for a turn that does nothing, its base sent, and passivated again."""
+        directory = self.sup.table.directory
+        config = self.locator.view.state.config
+        if directory is None or config is None:
+            return
+        seeded = 0
+        for entry in directory.of_slot(config.slots, slot):
+            actor = ActorId(entry.namespace, entry.hex, entry.name)
+            if self.locator.locate(actor) is not None or self.sup.is_active(actor):
+                continue
+            if entry.namespace not in self.sup.registry.namespaces:
+                continue
+            try:
+                await self.sup.run_turn(actor, _nothing)
+            except DotdoError as exc:
+                log.warning("slot %d: cannot seed %s on its replicas: %s", slot, actor, exc)
+                continue
+            stream = self.streams.get((entry.namespace, entry.hex))
+            if stream is not None:
+                with trio.move_on_after(self.timeout):
+                    while not all(n in stream.acked for n in self.replicas_of(slot)):
+                        await stream.changed.wait()
+            self.sup.passivate(actor)
+            seeded += 1
+        if seeded:
+            log.info("slot %d: seeded %d idle actors on its replicas", slot, seeded)
 
     def _wake(self, stream: Stream) -> None:
         for node in self.replicas_of(stream.slot):
@@ -193,12 +238,15 @@ class Replication:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The feeders, one per replica node, until cancelled."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            for node in list(self._feeders):
-                nursery.start_soon(self._feed, node)
-            task_status.started()
-            await trio.sleep_forever()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for node in list(self._feeders):
+                    nursery.start_soon(self._feed, node)
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self.store.close()
 
     async def _feed(self, node: str) -> None:
         wake = self._feeders[node]
@@ -299,6 +347,25 @@ class Replication:
                 except ReplicaGap:
                     positions.append(NEEDS_BASE)
             return values.pack(positions)
+        if method == POSITIONS:
+            (slot,) = _shape(args, 1, method)
+            config = self.locator.view.state.config
+            if config is None or not isinstance(slot, int):
+                raise ProtocolError(f"{method} takes a slot")
+            held = []
+            for entry in self.store.directory.of_slot(config.slots, slot):
+                copy = self.store.copy(entry.namespace, entry.hex)
+                held.append([entry.namespace, entry.hex, copy.stream, copy.position])
+            return values.pack(held)
+        if method == FETCH:
+            namespace, hex_id, offset = _shape(args, 3, method)
+            copy = self.store.copy(namespace, hex_id)
+            if offset == 0:
+                copy.settle()
+            with open(copy.path, "rb") as handle:
+                handle.seek(offset)
+                chunk = handle.read(FETCH_CHUNK)
+            return values.pack([copy.path.stat().st_size, chunk])
         raise ProtocolError(f"unknown node operation {method}")
 
     def _accepts(self, sender: object, namespace: object, hex_id: object) -> bool:
@@ -312,6 +379,10 @@ class Replication:
         slot = self._slot(actor)
         record = None if slot is None else self.locator.view.slot(slot)
         return record is not None and record.owner == sender and self.name in record.replicas
+
+
+async def _nothing(instance: Any) -> None:
+    """A turn that only activates its actor (seeding its replicas)."""
 
 
 def _shape(args: Any, count: int, method: str) -> list[Any]:

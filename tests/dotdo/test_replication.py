@@ -5,15 +5,21 @@ replica's copy of each actor holds every acknowledged write."""
 
 from __future__ import annotations
 
+import io
 import json
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import apsw
 import httpx
 import trio
 
+from dotdo.options import ServeOptions
 from dotdo.runtime.core.ids import resolve
+from dotdo.server import serve
 from dotdo.storage.replication import ReplicaCopy, ReplicaStore
 from tests.dotdo.cluster import SECRET
 from tests.dotdo.cluster_fault_kinds import Account
@@ -81,3 +87,90 @@ async def slot_records(etcd: EtcdServer) -> list[dict[str, object]]:
     async with Etcd(etcd.endpoints) as client:
         kvs, _ = await client.range("/dotdo/slots/")
     return [json.loads(kv.value) for kv in kvs]
+
+
+@asynccontextmanager
+async def crashable(kinds: list[type], data_dir: Path, **options: Any) -> AsyncIterator[tuple[str, trio.CancelScope]]:
+    """A served node that the test can stop abruptly (its scope cancelled: no drain, its
+    databases closed as a crash would leave them, its lease ended)."""
+    opts = replace(ServeOptions(host="127.0.0.1", port=0, data_dir=data_dir, max_active=64), **options)
+    scope = trio.CancelScope()
+
+    async def run(task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        with scope:
+            await serve(kinds, opts, shutdown_trigger=trio.sleep_forever, out=io.StringIO(), task_status=task_status)
+
+    async with trio.open_nursery() as nursery:
+        binds = await nursery.start(run)
+        yield binds[0], scope
+        scope.cancel()
+
+
+async def test_when_a_primary_dies_its_replica_takes_its_slots_over_with_every_acknowledged_write(tmp_path: Path, etcd: EtcdServer) -> None:
+    options = dict(cluster=(etcd.url,), cluster_secret=SECRET, lease_ttl=2, slots=SLOTS, replicas=1, env={"NODE": "?"})
+    async with AsyncExitStack() as stack, httpx.AsyncClient(timeout=10) as client:
+        a_url, a_scope = await stack.enter_async_context(crashable([Account], tmp_path / "a", node="a", **options))
+        b_url, _ = await stack.enter_async_context(crashable([Account], tmp_path / "b", node="b", **options))
+        with trio.fail_after(20):
+            while not await replicated(etcd):
+                await trio.sleep(0.1)
+        owners = await slot_owners(etcd)
+        acked: dict[str, list[int]] = {}
+        for seq in range(48):
+            account = f"acct{seq % 12}"
+            response = await client.post(f"{(a_url, b_url)[seq % 2]}/_rpc/Account/{account}/write", json={"args": [seq], "kwargs": {}})
+            assert response.status_code == 200, response.text
+            acked.setdefault(account, []).append(seq)
+        on_a = [acct for acct in acked if owners[int(resolve("Account", acct).hex[8:16], 16) % SLOTS] == "a"]
+        assert on_a and len(on_a) < len(acked)
+        a_scope.cancel()  # a is gone: its slots' only other copies are b's replicas
+        crashed = trio.current_time()
+        back: dict[str, float] = {}
+        with trio.fail_after(30):
+            for account in on_a:
+                while True:
+                    response = await client.post(f"{b_url}/_rpc/Account/{account}/history", json={"args": [], "kwargs": {}})
+                    if response.status_code == 200:
+                        break
+                    assert response.status_code == 503, response.text
+                    await trio.sleep(0.1)
+                back[account] = trio.current_time() - crashed
+                writes = [w["seq"] for w in response.json()["result"]["writes"]]
+                assert sorted(writes) == acked[account], account  # every acknowledged write, nothing else
+        records = await slot_records(etcd)
+        assert all(r["owner"] == "b" and not r.get("promoting") for r in records)
+        # The taken-over actors keep working on b.
+        for account in on_a:
+            response = await client.post(f"{b_url}/_rpc/Account/{account}/write", json={"args": [1000], "kwargs": {}})
+            assert response.status_code == 200
+        print(f"failover: {len(on_a)} accounts back on b after {max(back.values()):.2f} s at most")
+
+
+async def test_idle_actors_are_seeded_on_a_new_replica_and_survive_their_primary(tmp_path: Path, etcd: EtcdServer) -> None:
+    options = dict(cluster=(etcd.url,), cluster_secret=SECRET, lease_ttl=2, slots=SLOTS, replicas=1, env={"NODE": "?"}, idle_timeout=0.2)
+    async with AsyncExitStack() as stack, httpx.AsyncClient(timeout=10) as client:
+        a_url, a_scope = await stack.enter_async_context(crashable([Account], tmp_path / "a", node="a", **options))
+        acked: dict[str, list[int]] = {}
+        for seq in range(36):  # written while a is alone: nothing to replicate to
+            account = f"acct{seq % 12}"
+            assert (await client.post(f"{a_url}/_rpc/Account/{account}/write", json={"args": [seq], "kwargs": {}})).status_code == 200
+            acked.setdefault(account, []).append(seq)
+        await trio.sleep(1)  # every account passivated (idle 0.2 s)
+        b_url, _ = await stack.enter_async_context(crashable([Account], tmp_path / "b", node="b", **options))
+        with trio.fail_after(30):
+            while not await replicated(etcd):
+                await trio.sleep(0.1)
+        owners = await slot_owners(etcd)
+        on_a = [acct for acct in acked if owners[int(resolve("Account", acct).hex[8:16], 16) % SLOTS] == "a"]
+        assert on_a
+        with trio.fail_after(30):  # b's copies of a's idle accounts arrive (seeded)
+            while not all((tmp_path / "b" / "_dotdo" / "replicas").resolve().exists() and ReplicaStore((tmp_path / "b").resolve()).path("Account", resolve("Account", acct).hex).exists() for acct in on_a):
+                await trio.sleep(0.1)
+        await trio.sleep(0.5)
+        a_scope.cancel()
+        with trio.fail_after(30):
+            for account in on_a:
+                while (response := await client.post(f"{b_url}/_rpc/Account/{account}/history", json={"args": [], "kwargs": {}})).status_code == 503:
+                    await trio.sleep(0.1)
+                assert response.status_code == 200, response.text
+                assert sorted(w["seq"] for w in response.json()["result"]["writes"]) == acked[account], account
