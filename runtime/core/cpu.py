@@ -16,9 +16,12 @@ Nothing is measured per turn: a call pays for two more attributes of its ``Turn`
 nothing else. The charge is a sample, right to about a tick. One C call (a single SQL
 statement) is not interrupted: the handler runs when it returns; such a statement is
 bounded by ``StorageOptions.sql_time_limit`` instead. The timer is the process's: the
-innermost running supervisor's watch is the one in force, and leaving it restores the
-one before. It works only in the main thread (where Python runs signal handlers);
-elsewhere there is no limit.
+watch entered last is the one in force, and leaving it restores the one before. Watches
+may be left in any order (several supervisors in one process, stopped one by one): one
+left while another entered after it still runs takes itself out of the chain, so that
+the watches still running keep the timer and the last one left restores what was
+there before the first. It works only in the main thread (where Python runs signal
+handlers); elsewhere there is no limit.
 """
 
 from __future__ import annotations
@@ -65,8 +68,20 @@ class CpuWatch:
     def __exit__(self, *exc_info: object) -> None:
         if self._previous is None:
             return
-        handler, (delay, interval) = self._previous
-        self._previous = None
+        previous, self._previous = self._previous, None
+        current = signal.getsignal(signal.SIGPROF)
+        if current != self._sample:
+            # A watch entered after this one still runs: the one that came right after
+            # this one now comes after what came before this one.
+            later = getattr(current, "__self__", None)
+            while isinstance(later, CpuWatch) and later._previous is not None:
+                before = later._previous[0]
+                if before == self._sample:
+                    later._previous = previous
+                    return
+                later = getattr(before, "__self__", None)
+            return  # not in the chain (someone else set the handler): leave it be
+        handler, (delay, interval) = previous
         signal.setitimer(signal.ITIMER_PROF, delay, interval)
         signal.signal(signal.SIGPROF, handler)
 

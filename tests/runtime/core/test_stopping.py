@@ -198,3 +198,19 @@ async def test_a_turn_that_outlived_its_deadline_without_awaiting_is_rolled_back
         assert (await stub.bump())["n"] == 2  # never acknowledged, never committed
 
 
+
+
+def test_cpu_watches_left_in_any_order_restore_the_timer_and_handler_before_them() -> None:
+    original = signal.getsignal(signal.SIGPROF)
+    assert signal.getitimer(signal.ITIMER_PROF) == (0.0, 0.0)
+    first, second, third = CpuWatch(1.0), CpuWatch(2.0), CpuWatch(3.0)
+    first.__enter__()
+    second.__enter__()
+    third.__enter__()
+    first.__exit__(None, None, None)  # left first, while the later two run: the timer stays
+    assert signal.getsignal(signal.SIGPROF) == third._sample and signal.getitimer(signal.ITIMER_PROF)[1] > 0
+    third.__exit__(None, None, None)  # the last entered: the one still running is in force
+    assert signal.getsignal(signal.SIGPROF) == second._sample and signal.getitimer(signal.ITIMER_PROF)[1] > 0
+    second.__exit__(None, None, None)  # the last: what was there before the first
+    assert signal.getsignal(signal.SIGPROF) == original
+    assert signal.getitimer(signal.ITIMER_PROF) == (0.0, 0.0)
