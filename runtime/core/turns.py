@@ -24,7 +24,7 @@ runs before ``on_start`` (a promotion to settle), and once its outermost turn en
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, NoReturn
 
 import trio
@@ -87,11 +87,15 @@ class Turns:
         (A plain function, not a coroutine: one frame less on every call's path.)"""
         turn = self.current()
         if turn is not None:
-            # The output gate: the calling turn's writes are durable before we leave it.
+            # The output gate: the calling turn's writes are durable before we leave it
+            # (and, with an output hook, held where they must be: a cluster's replicas).
             turn.activation.db.commit()
             if timeout is None or trio.current_time() + timeout >= turn.deadline:
-                return self.run(target, Call(fn, args, kwargs, convert, turn.chain, turn.path, turn.deadline))
-            return self.entry(target, Call(fn, args, kwargs, convert, turn.chain, turn.path, trio.current_time() + timeout))
+                pending = self.run(target, Call(fn, args, kwargs, convert, turn.chain, turn.path, turn.deadline))
+            else:
+                pending = self.entry(target, Call(fn, args, kwargs, convert, turn.chain, turn.path, trio.current_time() + timeout))
+            output = turn.activation.output
+            return pending if output is None else after_output(output, pending)
         calls = self.calls
         if calls.closing:
             raise SupervisorClosed("the supervisor is shutting down")
@@ -266,6 +270,17 @@ class Turns:
             raise Moved(f"{activation.label} was placed elsewhere while the call waited; retry", address=(activation.id.namespace, activation.id.hex))
         elif state is ActivationState.CLOSED:
             raise Unavailable(f"{activation.label} was closed while the call waited; retry")
+
+
+async def after_output(output: Callable[[], Awaitable[None]], pending: Coroutine[Any, Any, Any]) -> Any:
+    """``pending`` (a call out of a turn), once the turn's ``output`` hook let its
+    commit out."""
+    try:
+        await output()
+    except BaseException:
+        pending.close()  # never started: nothing left the turn
+        raise
+    return await pending
 
 
 def abort_turn(instance: Any, reason: str) -> NoReturn:

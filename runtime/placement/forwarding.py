@@ -124,6 +124,9 @@ class Here(Owner):
         turn = current_turn.get()
         if turn is not None:  # as a link does: the output gate, and the calling turn's chain
             turn.activation.db.commit()
+            output = turn.activation.output
+            if output is not None:
+                await output()
             if chain is None:
                 chain, path = turn.chain, turn.path
         return await self._sup.call_from_peer(target, steps, timeout=timeout, chain=chain, path=path, trusted=True)

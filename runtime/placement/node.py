@@ -107,6 +107,7 @@ class ClusterNode:
         self._mirror: SubscriptionMirror | None = None
         self._replication: Replication | None = None
         self.failover: Failover | None = None
+        self._tasks = trio.CancelScope()
         self._etcd: Etcd | None = None
         self._nursery_cm: Any = None
         self._nursery: trio.Nursery | None = None
@@ -192,12 +193,24 @@ class ClusterNode:
 
         supervisor.hooks.activated.append(guard)
         assert self._etcd is not None
-        self._mirror = SubscriptionMirror(self._etcd, supervisor, locator, follow=self.leader)
-        supervisor.nursery.start_soon(self._mirror.run)
-        supervisor.nursery.start_soon(self._follow, supervisor, self._mirror)
-        if self.leader:
-            supervisor.nursery.start_soon(self._coordinate)
-            supervisor.nursery.start_soon(self.failover.run)
+        self._mirror = mirror = SubscriptionMirror(self._etcd, supervisor, locator, follow=self.leader)
+        supervisor.nursery.start_soon(self._run_tasks, supervisor, mirror)
+
+    async def _run_tasks(self, supervisor: Supervisor, mirror: SubscriptionMirror) -> None:
+        """What follows placement and changes it, until ``stop`` (before the supervisor
+        closes its files: a move or a takeover must not find them closed)."""
+        with self._tasks:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(mirror.run)
+                nursery.start_soon(self._follow, supervisor, mirror)
+                if self.leader:
+                    assert self.failover is not None
+                    nursery.start_soon(self._coordinate)
+                    nursery.start_soon(self.failover.run)
+
+    def stop(self) -> None:
+        """Stop following and changing placement (the node is stopping: after ``leave``)."""
+        self._tasks.cancel()
 
     async def _follow(self, supervisor: Supervisor, mirror: SubscriptionMirror) -> None:
         """Close the activations this node may no longer hold, when that changes."""

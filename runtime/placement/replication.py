@@ -174,6 +174,7 @@ class Replication:
         and a slot of this node that gained replicas has its idle actors seeded."""
         for stream in list(self.streams.values()):
             self._wake(stream)
+            stream.notify()  # a turn waiting for replicas that left the slot's list looks again
         for slot, record in self.locator.view.state.slots.items():
             if record.owner != self.name or record.moving:
                 continue
@@ -192,6 +193,8 @@ class Replication:
             return
         seeded = 0
         for entry in directory.of_slot(config.slots, slot):
+            if self.sup.closing:
+                return
             actor = ActorId(entry.namespace, entry.hex, entry.name)
             if self.locator.locate(actor) is not None or self.sup.is_active(actor):
                 continue

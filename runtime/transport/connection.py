@@ -199,6 +199,9 @@ class Connection:
         turn = current_turn.get()
         if turn is not None:
             turn.activation.db.commit()  # the output gate
+            output = turn.activation.output
+            if output is not None:
+                await output()
             if chain is None:
                 chain, path = turn.chain, turn.path
         timeout = _remaining(timeout)

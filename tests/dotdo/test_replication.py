@@ -38,7 +38,7 @@ async def test_every_acknowledged_write_is_on_the_replica_before_its_reply(tmp_p
             with trio.fail_after(20):  # balanced, and each slot has its replica on the other node
                 while True:
                     health = [(await client.get(f"{s.url}/_health")).json() for s in (a, b)]
-                    if [h["slots"] for h in health] == [SLOTS // 2] * 2 and await replicated(etcd):
+                    if [h["slots"] for h in health] == [SLOTS // 2] * 2 and await settled(etcd):
                         break
                     await trio.sleep(0.1)
             owners = await slot_owners(etcd)
@@ -72,9 +72,15 @@ def held_by(copy_path: Path, scratch: Path) -> list[int]:
         conn.close()
 
 
-async def replicated(etcd: EtcdServer) -> bool:
+async def settled(etcd: EtcdServer) -> bool:
+    """Whether the slots are split between a and b, none moving, each replicated on the other."""
     records = await slot_records(etcd)
-    return len(records) == SLOTS and all(r.get("replicas") == [("b" if r["owner"] == "a" else "a")] for r in records)
+    return (
+        len(records) == SLOTS
+        and sorted(r["owner"] for r in records) == ["a"] * (SLOTS // 2) + ["b"] * (SLOTS // 2)
+        and not any(r.get("moving_to") for r in records)
+        and all(r.get("replicas") == [("b" if r["owner"] == "a" else "a")] for r in records)
+    )
 
 
 async def slot_owners(etcd: EtcdServer) -> dict[int, str]:
@@ -112,7 +118,7 @@ async def test_when_a_primary_dies_its_replica_takes_its_slots_over_with_every_a
         a_url, a_scope = await stack.enter_async_context(crashable([Account], tmp_path / "a", node="a", **options))
         b_url, _ = await stack.enter_async_context(crashable([Account], tmp_path / "b", node="b", **options))
         with trio.fail_after(20):
-            while not await replicated(etcd):
+            while not await settled(etcd):
                 await trio.sleep(0.1)
         owners = await slot_owners(etcd)
         acked: dict[str, list[int]] = {}
@@ -158,7 +164,7 @@ async def test_idle_actors_are_seeded_on_a_new_replica_and_survive_their_primary
         await trio.sleep(1)  # every account passivated (idle 0.2 s)
         b_url, _ = await stack.enter_async_context(crashable([Account], tmp_path / "b", node="b", **options))
         with trio.fail_after(30):
-            while not await replicated(etcd):
+            while not await settled(etcd):
                 await trio.sleep(0.1)
         owners = await slot_owners(etcd)
         on_a = [acct for acct in acked if owners[int(resolve("Account", acct).hex[8:16], 16) % SLOTS] == "a"]
