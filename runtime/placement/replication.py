@@ -144,6 +144,8 @@ class Replication:
         db = activation.db
 
         def image() -> bytes | None:
+            if db.closed:
+                return None
             conn = db.connection
             return None if conn.in_transaction else conn.serialize("main")
 
@@ -262,6 +264,10 @@ class Replication:
                 log.info("replica %s: %s; sending again", node, exc)
                 await trio.sleep(RETRY)
                 wake.set()
+            except Exception:  # a bug here must not take the node down: this feeder goes on
+                log.exception("replica %s: sending failed inside dotdo; sending again", node)
+                await trio.sleep(RETRY)
+                wake.set()
 
     async def _send(self, node: str) -> None:
         info = self.locator.view.state.nodes.get(node)
@@ -274,6 +280,9 @@ class Replication:
         for stream in mine:
             if node not in stream.acked:  # a base first, in parts
                 await self._send_base(link, node, stream)
+        mine = [s for s in mine if not s.closed and node in s.acked]
+        if not mine:
+            return
         entries = []
         for stream in mine:
             position = stream.acked.get(node)
@@ -300,6 +309,8 @@ class Replication:
         """An image of the stream's database to ``node``, taken between turns unless
         the one taken at activation is still wanted."""
         while stream.base is None:
+            if stream.closed:
+                return  # passivated meanwhile: its next activation starts a new stream
             image = stream.image()
             if image is not None:
                 stream.base, stream.base_seq = image, stream.seq
