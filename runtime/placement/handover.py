@@ -70,6 +70,9 @@ RELEASE_POLL = 0.01
 STAGING = "_dotdo/incoming"
 MOVE_TIMEOUT = 300.0
 """Seconds one node operation of a move may take."""
+END_TIMEOUT = 30.0
+"""Seconds a move's end may take once its files are at the target (etcd not answering):
+past them the outcome is read from the record when the node next looks."""
 
 
 class MoveFailed(DotdoError):
@@ -253,9 +256,18 @@ class Handover:
             if isinstance(exc, Exception):
                 raise MoveFailed(f"slot {record.slot} could not move to {target}: {exc}; it stays on {self.name}") from exc
             raise
-        if not await self.end(moving, done=True):
+        # The end and the deletion of this node's copies go together, even when the node
+        # is stopping (its drain ends the moment the record changes hands): a move
+        # cancelled in between would leave the actors' old files here for good.
+        ended: bool | None = None
+        with trio.CancelScope(shield=True), trio.move_on_after(END_TIMEOUT):
+            ended = await self.end(moving, done=True)
+            if ended:
+                self._drop(sent)
+        if ended is None:
+            raise MoveFailed(f"slot {record.slot}: etcd did not confirm its move to {target} within {END_TIMEOUT:g} s; its files stay here")
+        if not ended:
             raise MoveFailed(f"slot {record.slot} could not move to {target}: it is not live any more; the slot stays on {self.name}")
-        self._drop(sent)
         log.info(
             "slot %d moved to %s: %d actors in %.2f s", record.slot, target, len(sent), trio.current_time() - started
         )
