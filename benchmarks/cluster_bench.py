@@ -89,13 +89,17 @@ class Cluster:
         )  # fmt: skip
         _until(lambda: _get(self.etcd_url + "/health") is not None, "etcd")
 
+    def command(self) -> list[str]:
+        """The dotdo command the nodes run (``serve`` and its arguments follow)."""
+        return [sys.executable, "-m", "dotdo"]
+
     def start(self, name: str, *extra: str, cpus: set[int] | None = None) -> Node:
         out, err = self.scratch / f"{name}.out", self.scratch / f"{name}.err"
         env = {k: v for k, v in os.environ.items() if not k.startswith("DOTDO_")}
         env.update(DOTDO_CLUSTER_SECRET=SECRET, PYTHONUNBUFFERED="1")
         with out.open("wb") as o, err.open("wb") as e:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "dotdo", "serve", "--port", "0", "--workers", "1", "--cluster", self.etcd_url,
+                [*self.command(), "serve", "--port", "0", "--workers", "1", "--cluster", self.etcd_url,
                  "--node", name, "--data", str(self.scratch / f"{name}-data"), "--slots", str(SLOTS),
                  "--log-level", "info", "--idle-timeout", "600", *extra],
                 stdout=o, stderr=e, stdin=subprocess.DEVNULL, env=env, cwd=self.scratch,

@@ -273,7 +273,11 @@ class Replication:
         info = self.locator.view.state.nodes.get(node)
         if info is None:
             return  # not live: what it lacks goes when it is back (repair gives it a base)
-        mine = [s for s in self.streams.values() if node in self.replicas_of(s.slot)]
+        # Only the streams with something for this node: a base, or commits it lacks.
+        mine = [
+            s for s in self.streams.values()
+            if node in self.replicas_of(s.slot) and (node not in s.acked or s.acked[node] < s.seq)
+        ]
         if not mine:
             return
         link = await self.locator.nodes.link(node, info.advertise)
