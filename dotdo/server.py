@@ -178,11 +178,10 @@ async def _serve_on(
     config.include_server_header = False
     app = create_app(supervisor, max_body=options.max_body, debug=options.debug, tokens=tokens)
     base_trigger = shutdown_trigger or (wait_for_signal if worker is None else _worker_stop)
-    trigger = base_trigger
-    if node is not None:
 
-        async def trigger() -> None:
-            await base_trigger()
+    async def trigger() -> None:
+        await base_trigger()
+        if node is not None:
             await node.leave()  # hand the slots over while still serving (relaying) calls
             node.stop()  # then no move or takeover may start while the server closes
 

@@ -32,6 +32,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from dotdo.storage.address import Address
+from dotdo.storage.alarm_index import INDEX_DIR
+from dotdo.storage.directory import ActorDirectory, Entry
 from dotdo.storage.errors import StorageError
 
 WAL_HEADER = 32
@@ -339,10 +342,6 @@ class ReplicaStore:
     """
 
     def __init__(self, data_dir: Path | str, durable: bool = False) -> None:
-        from dotdo.storage.alarm_index import INDEX_DIR
-
-        from dotdo.storage.directory import ActorDirectory
-
         self.root = Path(data_dir) / INDEX_DIR / REPLICAS_DIR
         self.durable = durable
         self._copies: dict[tuple[str, str], ReplicaCopy] = {}
@@ -352,8 +351,6 @@ class ReplicaStore:
         self.directory.close()
 
     def path(self, namespace: str, hex_id: str) -> Path:
-        from dotdo.storage.address import Address
-
         return Address(namespace, hex_id).path(self.root)
 
     def copy(self, namespace: str, hex_id: str) -> ReplicaCopy:
@@ -379,15 +376,11 @@ class ReplicaStore:
             copy.log.unlink()
         except FileNotFoundError:
             pass
-        from dotdo.storage.directory import Entry
-
         self.directory.forget([Entry(namespace, hex_id, None)])
         return copy.path
 
     def drop(self, namespace: str, hex_id: str) -> None:
         """Delete one copy (this node is no replica of its actor any more)."""
-        from dotdo.storage.directory import Entry
-
         self._copies.pop((namespace, hex_id), None)
         path = self.path(namespace, hex_id)
         for file in (path, Path(f"{path}.replica"), Path(f"{path}.base")):

@@ -192,6 +192,11 @@ class ClusterNode:
             activation.db.guard = locator.guard(activation.id)
 
         supervisor.hooks.activated.append(guard)
+        directory = supervisor.table.directory
+        if self.leader and directory is not None and not directory.complete:
+            # A data directory served before it had an actor directory: its actors are
+            # read once from their files, so that moves find every one of them.
+            log.info("node %s: listed %d actors of its data directory", self.name, directory.scan())
         assert self._etcd is not None
         self._mirror = mirror = SubscriptionMirror(self._etcd, supervisor, locator, follow=self.leader)
         supervisor.nursery.start_soon(self._run_tasks, supervisor, mirror)

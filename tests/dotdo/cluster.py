@@ -6,7 +6,7 @@ import itertools
 import json
 import random
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,13 @@ async def cluster_node(
     args = node_args(etcd, name, *extra, url=url)
     async with dotdo_serve_group(run_dir, name, *args, env=env, program=program) as served:
         yield served
+
+
+async def fault_node(stack: AsyncExitStack, run_dir: Path, etcd: EtcdServer, name: str, program: Sequence[str] = DOTDO) -> Served:
+    """Node ``name`` serving the fault tests' ``Account`` kind (which reads its node's name
+    from ``NODE``), stopped when ``stack`` closes; started again under the same name, it
+    runs on the same data."""
+    return await stack.enter_async_context(cluster_node(run_dir, etcd, name, "--env", f"NODE={name}", FAULT_KINDS, program=program))
 
 
 async def health(client: httpx.AsyncClient, served: Served) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from tests.dotdo.cluster import ACCOUNTS, CALLERS, FAULT_KINDS, SLOTS, TTL, Load, check_history, cluster_node, health, history, until_slots
+from tests.dotdo.cluster import ACCOUNTS, CALLERS, SLOTS, TTL, Load, check_history, fault_node, health, history, until_slots
 from tests.dotdo.serving import Served, kill_group
 from tests.etcd_server import EtcdServer
 
@@ -23,12 +23,9 @@ from tests.etcd_server import EtcdServer
 async def test_under_load_nodes_join_drain_die_and_pause_without_losing_or_doubling(tmp_path: Path, etcd: EtcdServer) -> None:
     rng = random.Random(20)
     async with AsyncExitStack() as stack, httpx.AsyncClient() as client:
-        stacks: dict[str, AsyncExitStack] = {}
 
         async def start(name: str) -> Served:
-            inner = stacks[name] = AsyncExitStack()
-            await stack.enter_async_context(inner)
-            return await inner.enter_async_context(cluster_node(tmp_path, etcd, name, "--env", f"NODE={name}", FAULT_KINDS))
+            return await fault_node(stack, tmp_path, etcd, name)
 
         nodes = {"a": await start("a"), "b": await start("b")}
         await until_slots(client, {"a": SLOTS // 2, "b": SLOTS // 2}, nodes)

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from tests.dotdo.cluster import ACCOUNTS, CALLERS, FAULT_KINDS, TTL, Load, check_history, cluster_node, history
+from tests.dotdo.cluster import ACCOUNTS, CALLERS, TTL, Load, check_history, fault_node, history
 from tests.dotdo.serving import Served, dotdo, kill_group
 from tests.etcd_server import EtcdServer
 
@@ -40,14 +40,9 @@ def settled(state: dict, names: set[str]) -> bool:
 async def test_a_killed_primary_loses_no_acknowledged_write_and_its_slots_come_back_on_replicas(tmp_path: Path, etcd: EtcdServer) -> None:
     rng = random.Random(21)
     async with AsyncExitStack() as stack, httpx.AsyncClient() as client:
-        stacks: dict[str, AsyncExitStack] = {}
 
         async def start(name: str) -> Served:
-            inner = stacks[name] = AsyncExitStack()
-            await stack.enter_async_context(inner)
-            return await inner.enter_async_context(
-                cluster_node(tmp_path, etcd, name, "--env", f"NODE={name}", FAULT_KINDS, program=PROGRAM)
-            )
+            return await fault_node(stack, tmp_path, etcd, name, program=PROGRAM)
 
         nodes = {name: await start(name) for name in ("a", "b", "c")}
         with trio.fail_after(60):
