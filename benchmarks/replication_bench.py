@@ -1,4 +1,4 @@
-"""Replicated storage benchmarks (issue 21, in progress): three cluster nodes of one
+"""Replicated storage benchmarks : three cluster nodes of one
 worker each and one etcd on this machine, as in ``cluster_bench.py``.
 
 - ``writes``: wrk posting ``/_rpc/Counter/<id>/increment`` over 2,000 counters through
@@ -9,9 +9,6 @@ worker each and one etcd on this machine, as in ``cluster_bench.py``.
   every one of its slots is served again from a replica is taken from the slot table;
   the node is then started again on its disk and the cluster left to settle.
 
-Replication has no command-line option yet: the nodes run through
-``tests/dotdo/replicated_node.py``, which turns it on for ``dotdo serve``.
-
     python benchmarks/replication_bench.py [--scenarios writes,failover] [--duration 8]
         [--rounds 2] [--kills 10] [--connections 32]
 """
@@ -21,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +25,6 @@ from pathlib import Path
 import cluster_bench
 from cluster_bench import Cluster, loads, warm
 
-LAUNCHER = cluster_bench.ROOT / "tests" / "dotdo" / "replicated_node.py"
 NAMES = ("a", "b", "c")
 
 
@@ -41,7 +36,7 @@ class ReplicatedCluster(Cluster):
         self.replicas = replicas
 
     def command(self) -> list[str]:
-        return [sys.executable, str(LAUNCHER), "--replicas", str(self.replicas)]
+        return [*super().command(), "--replicas", str(self.replicas)]
 
     def settle_replicas(self, names: list[str]) -> None:
         """Balanced, and every slot on ``replicas`` other live nodes."""

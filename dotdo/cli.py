@@ -38,6 +38,16 @@ def _positive(kind: type) -> Any:
     return parse
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
+    return value
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -214,6 +224,8 @@ def _serve_arguments(serve: argparse.ArgumentParser) -> None:
     cluster.add_argument("--lease-ttl", type=_positive(int), default=5, metavar="SECONDS", help="the node's etcd lease TTL: a node that cannot renew it stops serving before it expires (default: 5)")
     cluster.add_argument("--slots", type=_positive(int), default=256, metavar="N", help="slots addresses hash to, when this node forms a new cluster (default: 256)")
     cluster.add_argument("--drain-timeout", type=_positive(float), default=120.0, metavar="SECONDS", help="time a stopping node has to hand its slots to the others (default: 120)")
+    cluster.add_argument("--replicas", type=_count, default=2, metavar="R", help="copies of each of this node's slots kept on other nodes, at most one per node; 0 turns replication off; give every node the same (default: 2)")
+    cluster.add_argument("--ack", choices=["quorum", "all", "none"], default="quorum", help="replicas that hold a commit before the turn's reply leaves: a majority of the copies, all of them, or none (asynchronous: what they lack is lost with the primary's disk) (default: quorum)")
     serve.add_argument("--debug", action="store_true", help="include tracebacks in error responses")
     serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"], help="(default: warning)")
 
@@ -445,6 +457,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         lease_ttl=args.lease_ttl,
         slots=args.slots,
         drain_timeout=args.drain_timeout,
+        replicas=args.replicas,
+        ack=args.ack,
     )
     try:
         run(kinds, options)

@@ -2,7 +2,10 @@
 
 Both read etcd directly (``--cluster URLS``, or ``$DOTDO_CLUSTER``), so they work
 whichever nodes are up: the nodes, the slots each owns and at which epoch, what is
-moving, and which slots are unavailable because their owner is not live.
+moving, which slots are unavailable because their owner is not live, and each slot's
+replicas and which of them are in sync. ``status`` also asks each live node's
+``/_health`` how far behind the replicas of its active actors are (commits not yet
+acknowledged, and the age of the oldest; figures of the worker that answers).
 """
 
 from __future__ import annotations
@@ -71,6 +74,10 @@ def main(args: argparse.Namespace) -> int:
         return 1
 
 
+LAG_TIMEOUT = 2.0
+"""Seconds ``status`` waits for a node's replication figures."""
+
+
 def report(state: State) -> dict[str, Any]:
     """The cluster's state as ``dotdo cluster status --json`` prints it."""
     config = state.config
@@ -104,6 +111,7 @@ def report(state: State) -> dict[str, Any]:
         if r.promoting
     ]
     unavailable = sorted(r.slot for r in state.slots.values() if r.owner not in state.nodes)
+    catching_up = sorted(r.slot for r in state.slots.values() if len(r.in_sync) < len(r.replicas))
     return {
         "revision": state.revision,
         "slots": config.slots if config else 0,
@@ -113,10 +121,15 @@ def report(state: State) -> dict[str, Any]:
         "promoting": promoting,
         "unavailable": ranges(unavailable),
         "unavailable_slots": len(unavailable),
+        "catching_up": ranges(catching_up),
+        "catching_up_slots": len(catching_up),
         "table": [
-            {"slot": r.slot, "owner": r.owner, "epoch": r.epoch, "moving_to": r.moving_to, "replicas": list(r.replicas)}
+            {
+                "slot": r.slot, "owner": r.owner, "epoch": r.epoch, "moving_to": r.moving_to,
+                "replicas": list(r.replicas), "in_sync": list(r.in_sync),
+            }
             for r in sorted(state.slots.values(), key=lambda r: r.slot)
-        ],
+        ],  # fmt: skip
     }
 
 
@@ -143,8 +156,35 @@ async def _read(endpoints: tuple[str, ...]) -> State:
         return view.state
 
 
+async def _lags(state: State) -> dict[str, Any]:
+    """Each live node's replication figures, from its ``/_health`` (None: no answer)."""
+    import httpx
+
+    found: dict[str, Any] = {}
+
+    async def ask(client: httpx.AsyncClient, name: str, http: str, advertise: str) -> None:
+        host, _, port = http.rpartition(":")
+        if host.strip("[]") in ("0.0.0.0", "::", ""):
+            host = advertise.rpartition(":")[0]
+        try:
+            response = await client.get(f"http://{host}:{port}/_health")
+            found[name] = response.json().get("replicas") if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            found[name] = None
+
+    async with httpx.AsyncClient(timeout=LAG_TIMEOUT, trust_env=False) as client, trio.open_nursery() as nursery:
+        for name, info in state.nodes.items():
+            if info.http:
+                nursery.start_soon(ask, client, name, info.http, info.advertise)
+    return found
+
+
 async def _status(endpoints: tuple[str, ...], args: argparse.Namespace) -> int:
-    status = report(await _read(endpoints))
+    state = await _read(endpoints)
+    status = report(state)
+    lags = await _lags(state)
+    for node in status["nodes"]:
+        node["replication"] = lags.get(node["name"])
     if not args.slots:
         del status["table"]
     if args.json:
@@ -162,15 +202,31 @@ async def _status(endpoints: tuple[str, ...], args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[5])
+    for node in status["nodes"]:
+        behind = node.get("replication")
+        if behind:
+            figures = ", ".join(
+                f"{replica} {f['commits']:g} commits behind ({f['seconds']:.2f} s)" + (f", {f['bases']:g} bases to send" if f["bases"] else "")
+                for replica, f in sorted(behind.items())
+            )
+            print(f"replicas of {node['name']}'s active actors: {figures}")
     for move in status["moving"]:
         print(f"moving: slot {move['slot']} from {move['from']} to {move['to']} (epoch {move['epoch']})")
     for taken in status["promoting"]:
         print(f"taking over: slot {taken['slot']} on {taken['owner']}, from its replica's copies (epoch {taken['epoch']})")
     if status["unavailable_slots"]:
         print(f"unavailable: {status['unavailable_slots']} slots ({status['unavailable']}): their owner is not live; they come back with it")
+    if status["catching_up_slots"]:
+        print(
+            f"catching up: {status['catching_up_slots']} slots ({status['catching_up']}) have replicas that are being "
+            "brought up to date (see --slots); only replicas in sync can take a slot over"
+        )
     for row in status.get("table", []):
         move = f" -> {row['moving_to']}" if row["moving_to"] else ""
-        replicas = f"  replicas {','.join(row['replicas'])}" if row["replicas"] else ""
+        replicas = ""
+        if row["replicas"]:
+            behind = [r for r in row["replicas"] if r not in row["in_sync"]]
+            replicas = f"  replicas {','.join(row['replicas'])}" + (f" (catching up: {','.join(behind)})" if behind else "")
         print(f"slot {row['slot']:>5}  {row['owner']}{move}  epoch {row['epoch']}{replicas}")
     return 0
 

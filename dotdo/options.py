@@ -50,10 +50,10 @@ class ServeOptions:
     lease_ttl: int = 5
     slots: int = 256
     drain_timeout: float = 120.0
-    replicas: int = 0
-    """Copies of each slot a cluster node keeps on other nodes (replication's data
-    path; failover is not built yet, so it has no command-line option)."""
+    replicas: int = 2
+    """Copies of each of a cluster node's slots kept on other nodes (0: none)."""
     ack: str = "quorum"
+    """Replicas holding a commit before its turn's reply leaves: quorum, all or none."""
 
     def transport_port(self) -> int | None:
         """The transport's port: ``rpc_port`` if given (0: no transport), else the HTTP

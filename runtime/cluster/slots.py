@@ -64,6 +64,11 @@ class SlotRecord:
             besides its owner, in the order of their assignment.
         promoting: The owner took the slot over from a dead owner as its replica and
             is making its copies the actors' databases; calls wait, as for a move.
+        in_sync: The replicas that hold every acknowledged commit of the slot's actors
+            (a subset of ``replicas``): a reply waits for each of them, and only they
+            can take the slot over. A replica joins once it has caught up; one that
+            lags or dies is taken out (by the owner, in one transaction) before a
+            reply leaves without it.
     """
 
     slot: int
@@ -72,6 +77,7 @@ class SlotRecord:
     moving_to: str | None = None
     replicas: tuple[str, ...] = ()
     promoting: bool = False
+    in_sync: tuple[str, ...] = ()
 
     @property
     def moving(self) -> bool:
@@ -86,6 +92,8 @@ class SlotRecord:
             body["replicas"] = list(self.replicas)
         if self.promoting:
             body["promoting"] = True
+        if self.in_sync:
+            body["in_sync"] = list(self.in_sync)
         return json.dumps(body, sort_keys=True).encode()
 
     @classmethod
@@ -101,6 +109,7 @@ class SlotRecord:
             moving_to = body.get("moving_to")
             replicas = body.get("replicas", [])
             promoting = body.get("promoting", False)
+            in_sync = body.get("in_sync", [])
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"slot {slot}: not a slot record: {value[:80]!r}") from exc
         if (
@@ -109,9 +118,11 @@ class SlotRecord:
             or not isinstance(replicas, list)
             or not all(isinstance(r, str) for r in replicas)
             or not isinstance(promoting, bool)
+            or not isinstance(in_sync, list)
+            or not all(isinstance(r, str) and r in replicas for r in in_sync)
         ):
             raise ValueError(f"slot {slot}: not a slot record: {value[:80]!r}")
-        return cls(slot, owner, epoch, moving_to, tuple(replicas), promoting)
+        return cls(slot, owner, epoch, moving_to, tuple(replicas), promoting, tuple(in_sync))
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,8 @@ serves a slot that has no record.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import logging
 from collections.abc import Iterable
@@ -75,6 +77,8 @@ class State:
     config: Config | None = None
     config_revision: int = 0
     nodes: dict[str, NodeInfo] = field(default_factory=dict)
+    leases: dict[str, int] = field(default_factory=dict)
+    """Each live node's key's create revision: a node that restarts has another."""
     slots: dict[int, SlotRecord] = field(default_factory=dict)
     draining: set[str] = field(default_factory=set)
 
@@ -184,6 +188,7 @@ class ClusterView:
             elif rest.startswith("nodes/"):
                 name = rest[len("nodes/") :]
                 state.nodes[name] = NodeInfo.decode(name, kv.value)
+                state.leases[name] = kv.create_revision
             elif rest.startswith("drain/"):
                 state.draining.add(rest[len("drain/") :])
             else:
@@ -199,6 +204,7 @@ class ClusterView:
             state.config = None
         elif rest.startswith("nodes/"):
             state.nodes.pop(rest[len("nodes/") :], None)
+            state.leases.pop(rest[len("nodes/") :], None)
         elif rest.startswith("drain/"):
             state.draining.discard(rest[len("drain/") :])
         else:
@@ -253,8 +259,7 @@ class ClusterView:
     async def begin_move(self, record: SlotRecord, target: str) -> SlotRecord | None:
         """Mark ``record``'s slot as moving to ``target``, if it is still at
         ``record.epoch``; the record at its new epoch, or None if it changed."""
-        moving = SlotRecord(record.slot, record.owner, 0, target, record.replicas)
-        return await self._replace(record, moving)
+        return await self._replace(record, dataclasses.replace(record, moving_to=target))
 
     async def end_move(self, record: SlotRecord, *, done: bool) -> SlotRecord | None:
         """End the move of a moving ``record``: ownership goes to its target (``done``:
@@ -264,27 +269,44 @@ class ClusterView:
             raise ValueError(f"slot {record.slot} is not moving")
         owner = record.moving_to if done else record.owner
         live = [Compare.create_revision(node_key(self.prefix, record.moving_to), ">", 0)] if done else []
-        replicas = tuple(r for r in record.replicas if r != owner)  # the new owner is no replica of its own
-        return await self._replace(record, SlotRecord(record.slot, owner, 0, None, replicas), live)
+        # The new owner is no replica of its own; the others still hold every acknowledged commit.
+        replicas = tuple(r for r in record.replicas if r != owner)
+        in_sync = tuple(r for r in record.in_sync if r != owner)
+        return await self._replace(record, SlotRecord(record.slot, owner, 0, None, replicas, in_sync=in_sync), live)
 
-    async def take_over(self, record: SlotRecord, node: str, replicas: tuple[str, ...]) -> SlotRecord | None:
+    async def take_over(self, record: SlotRecord, node: str, replicas: tuple[str, ...], in_sync: tuple[str, ...]) -> SlotRecord | None:
         """Make ``node``, a replica of ``record``'s slot, its owner (promoting) in place
-        of an owner that is not live: only if the record is still at its epoch, its
-        owner holds no lease and ``node`` does; the record at its new epoch, or None."""
+        of an owner that is not live, with these replicas (``in_sync`` of them in
+        sync): only if the record is still at its epoch, its owner holds no lease and
+        ``node`` does; the record at its new epoch, or None."""
         fenced = [
             Compare.create_revision(node_key(self.prefix, record.owner), "==", 0),
             Compare.create_revision(node_key(self.prefix, node), ">", 0),
         ]
-        return await self._replace(record, SlotRecord(record.slot, node, 0, None, replicas, True), fenced)
+        return await self._replace(record, SlotRecord(record.slot, node, 0, None, replicas, True, in_sync), fenced)
 
     async def promoted(self, record: SlotRecord) -> SlotRecord | None:
         """End the promotion of ``record``'s slot: its owner serves it."""
-        return await self._replace(record, SlotRecord(record.slot, record.owner, 0, None, record.replicas, False))
+        return await self._replace(record, dataclasses.replace(record, promoting=False))
 
     async def set_replicas(self, record: SlotRecord, replicas: tuple[str, ...]) -> SlotRecord | None:
         """Give ``record``'s slot these replicas, if it is still at ``record.epoch``;
         the record at its new epoch, or None if it changed."""
-        return await self._replace(record, SlotRecord(record.slot, record.owner, 0, record.moving_to, replicas, record.promoting))
+        in_sync = tuple(r for r in record.in_sync if r in replicas)
+        return await self._replace(record, dataclasses.replace(record, replicas=replicas, in_sync=in_sync))
+
+    async def set_in_sync(
+        self, record: SlotRecord, in_sync: tuple[str, ...], added: tuple[str, int] | None = None
+    ) -> SlotRecord | None:
+        """Say which of ``record``'s replicas are in sync (see ``SlotRecord``), if it is
+        still at ``record.epoch`` and, with ``added`` (a node and the create revision of
+        its key when it was caught up), that node has not restarted since; the record
+        at its new epoch, or None if it changed."""
+        if not set(in_sync) <= set(record.replicas):
+            raise ValueError(f"slot {record.slot}: {in_sync} are not all replicas of it")
+        ordered = tuple(r for r in record.replicas if r in in_sync)
+        same = [] if added is None else [Compare.create_revision(node_key(self.prefix, added[0]), "==", added[1])]
+        return await self._replace(record, dataclasses.replace(record, in_sync=ordered), same)
 
     async def _replace(self, record: SlotRecord, new: SlotRecord, also: list[Compare] | None = None) -> SlotRecord | None:
         key = slot_key(self.prefix, record.slot)
@@ -292,7 +314,7 @@ class ClusterView:
         result = await self.etcd.txn(compare, [Op.put(key, new.encode())])
         if not result.succeeded:
             return None
-        return SlotRecord(new.slot, new.owner, result.revision, new.moving_to, new.replicas, new.promoting)
+        return dataclasses.replace(new, epoch=result.revision)
 
     async def set_draining(self, node: str, draining: bool = True) -> int:
         """Ask ``node`` to hand all its slots over (or stop asking); the revision."""

@@ -14,12 +14,14 @@ cluster (``dotdo.runtime.cluster.view``) and answers:
 - an ``Unreachable`` owner, whose calls fail with ``Unavailable`` (HTTP 503, retry),
   when the owner is not live (its lease expired: it died, or is cut off), when this
   node owns the slot but is past its deadline, or before the cluster is formed. A
-  slot of a dead node is never served elsewhere: its files are the only copy.
+  slot of a dead node is served elsewhere only once one of its in-sync replicas took
+  it over (``dotdo.runtime.placement.failover``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import trio
 
@@ -158,6 +160,8 @@ class ClusterLocator(Locator):
         self.count = peers.count if peers is not None else 1
         self._workers: list[Worker | None] = [None if i == self.index else Worker(peers, i) for i in range(self.count)] if peers else [None]
         self._clock = clock
+        self.lag: Callable[[], dict[str, dict[str, float]]] | None = None
+        """Replication's figures for ``describe`` (set when this worker replicates)."""
 
     def slot(self, target: ActorId) -> int | None:
         """The slot of ``target``, or None before the cluster is formed."""
@@ -239,9 +243,12 @@ class ClusterLocator(Locator):
     def partial(self) -> bool:
         return True
 
-    def describe(self) -> dict[str, int]:
+    def describe(self) -> dict[str, Any]:
         held = sum(1 for r in self.view.state.slots.values() if r.owner == self.name)
-        return {"worker": self.index, "workers": self.count, "slots": held, "revision": self.view.revision}
+        described: dict[str, Any] = {"worker": self.index, "workers": self.count, "slots": held, "revision": self.view.revision}
+        if self.lag is not None:
+            described["replicas"] = self.lag()  # this worker's active actors, by replica node
+        return described
 
     async def aclose(self) -> None:
         await self.nodes.aclose()

@@ -1,28 +1,32 @@
-"""Failover: when a slot's owner is not live, one of its replicas takes it over at a new
-epoch and makes its copies the actors' databases.
+"""Failover: when a slot's owner is not live, one of its in-sync replicas takes it over
+at a new epoch and makes its copies the actors' databases.
 
 Every node runs this for the slots it replicates (worker 0 of each node). For a slot
 whose owner holds no lease:
 
-1. **Who.** The first live node in the record's replica list acts; the others wait.
-   It acts only when enough replicas are live that every acknowledged commit is on
-   one of them: with ``ack`` ``quorum`` a commit was held by (R + 1) // 2 of the R
-   replicas, so R - (R + 1) // 2 + 1 of them must answer (both of two; one of one);
-   with ``all`` one suffices; with ``none`` one is taken, with what it has.
+1. **Who.** The first live node of the record's in-sync replicas acts; the others
+   wait. Every in-sync replica holds every acknowledged commit (a reply waits for
+   each of them, ``dotdo.runtime.placement.replication``), so any one will do. A
+   slot none of whose in-sync replicas is live stays unavailable until its owner, or
+   one of them, returns. With ``ack`` ``none`` nothing was waited for: the first live
+   replica acts, with what it has.
 2. **Claim.** One etcd transaction makes it the owner, *promoting*, at a new epoch:
    it compares the record's epoch, that the old owner's node key is gone and that
    its own is there (``ClusterView.take_over``). Calls to the slot wait meanwhile,
    as for a move. The old owner stopped serving at its own deadline, before its
    lease could expire, and its database guard refuses anything after.
-3. **Gather.** It asks every other live replica which copies it holds and at which
-   position of which stream (``$node.replica_positions``). Streams are named by the
-   slot's epoch when their primary activated the actor, so a later stream sorts after
-   an earlier one; for each actor the copy furthest along wins, fetched from the
-   replica that holds it (``$node.replica_fetch``) when it is not its own.
+3. **Gather.** It asks the other live in-sync replicas which copies they hold and at
+   which position of which stream (``$node.replica_positions``). Streams are named
+   by the slot's epoch when their primary activated the actor, then the time, so a
+   later stream sorts after an earlier one; for each actor the copy furthest along
+   wins (it may hold a commit that was never acknowledged, which is no loss), fetched
+   from the replica that holds it (``$node.replica_fetch``) when it is not its own.
 4. **Promote.** Each winning copy replaces whatever the node held of the actor and
-   becomes its database (``ReplicaStore.take``); alarms and subscriptions are indexed;
-   the actor directory lists it. One transaction ends the promotion (``promoted``):
-   the node serves the slot, and the replica plan gives it new replicas.
+   becomes its database (``ReplicaStore.take``); files this node kept of the slot's
+   other actors, from a time it owned the slot, are stale and deleted; alarms and
+   subscriptions are indexed; the actor directory lists the actors. One transaction
+   ends the promotion (``promoted``): the node serves the slot, and the replica plan
+   gives it new replicas, which are caught up before they are in sync.
 
 A node that restarts while promoting finds its record promoting and does it again
 (a copy already taken is in place; the others are gathered anew).
@@ -44,7 +48,7 @@ from dotdo.runtime.cluster.etcd import EtcdError
 from dotdo.runtime.cluster.slots import SlotRecord
 from dotdo.runtime.core import values
 from dotdo.runtime.placement.handover import MOVE_TIMEOUT, NODE_TARGET, Handover, remove_actor_files
-from dotdo.runtime.placement.replication import FETCH, POSITIONS, Replication, needed
+from dotdo.runtime.placement.replication import FETCH, POSITIONS, Replication
 
 if TYPE_CHECKING:
     from dotdo.runtime.placement.cluster import ClusterLocator
@@ -52,14 +56,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("dotdo.cluster")
 
 LOOK_EVERY = 0.5
-
-
-def quorum_of(replicas: int, ack: str) -> int:
-    """Live replicas a takeover needs so that every acknowledged commit is on one."""
-    if replicas == 0:
-        return 1
-    held = needed(replicas, ack)
-    return 1 if held == 0 else replicas - held + 1
 
 
 class Failover:
@@ -82,6 +78,7 @@ class Failover:
         self.data_dir = handover.data_dir
         self.taken: list[tuple[int, float]] = []  # (slot, seconds from seeing its owner gone to serving it)
         self._gone: dict[int, float] = {}
+        self._stuck: set[int] = set()  # slots said to stay unavailable (said once)
 
     async def run(self) -> None:
         while True:
@@ -102,18 +99,24 @@ class Failover:
             return
         if record.owner in nodes or self.name not in record.replicas or record.moving_to is not None:
             self._gone.pop(record.slot, None)
+            self._stuck.discard(record.slot)
             return
         self._gone.setdefault(record.slot, trio.current_time())
-        live = [r for r in record.replicas if r in nodes]
-        if not live or live[0] != self.name:
-            return  # another replica acts
-        if len(live) < quorum_of(len(record.replicas), self.ack):
-            log.warning(
-                "slot %d: its owner %s is not live, and only %d of its %d replicas are: it stays unavailable",
-                record.slot, record.owner, len(live), len(record.replicas),
-            )
+        candidates = record.replicas if self.ack == "none" else record.in_sync
+        live = [r for r in candidates if r in nodes]
+        if not live:
+            if record.slot not in self._stuck:
+                self._stuck.add(record.slot)
+                log.warning(
+                    "slot %d: its owner %s is not live, nor any of its in-sync replicas (%s): it stays unavailable",
+                    record.slot, record.owner, ",".join(record.in_sync) or "none",
+                )
             return
-        claimed = await self.view.take_over(record, self.name, tuple(r for r in live if r != self.name))
+        if live[0] != self.name:
+            return  # another replica acts
+        others = tuple(r for r in record.replicas if r in nodes and r != self.name)
+        in_sync = tuple(r for r in record.in_sync if r in others)
+        claimed = await self.view.take_over(record, self.name, others, in_sync)
         if claimed is None:
             return  # the record changed: look again
         log.warning("slot %d: taking it over from %s (not live) at epoch %d", record.slot, record.owner, claimed.epoch)
@@ -128,7 +131,7 @@ class Failover:
         for entry in store.directory.of_slot(config.slots, record.slot):
             copy = store.copy(entry.namespace, entry.hex)
             best[entry.namespace, entry.hex] = (copy.stream, copy.position, self.name)
-        for node in record.replicas:
+        for node in record.replicas if self.ack == "none" else record.in_sync:
             info = self.view.state.nodes.get(node)
             if info is None:
                 continue
@@ -153,6 +156,13 @@ class Failover:
             os.replace(source, target)
             entries.append(entry)
         if directory is not None:
+            # What this node kept of the slot's other actors is from a time it owned the
+            # slot: no in-sync replica has them, so nothing acknowledged is in them since.
+            taken = {(e.namespace, e.hex) for e in entries}
+            stale = [e for e in directory.of_slot(config.slots, record.slot) if (e.namespace, e.hex) not in taken]
+            for entry in stale:
+                remove_actor_files(self.data_dir, entry)
+            directory.forget(stale)
             directory.add(entries)
         for entry in entries:
             self.handover.index_actor(entry)

@@ -37,9 +37,10 @@ from dotdo.runtime.cluster.session import DEFAULT_TTL, NodeInfo, Session
 from dotdo.runtime.cluster.slots import DEFAULT_SLOTS, plan, replica_plan, slot_of
 from dotdo.runtime.cluster.view import ClusterView
 from dotdo.runtime.placement.cluster import ClusterLocator, Nodes
-from dotdo.runtime.placement.handover import Handover, MoveFailed
+from dotdo.runtime.core import values
+from dotdo.runtime.placement.handover import MOVE_TIMEOUT, NODE_TARGET, Handover, MoveFailed
 from dotdo.runtime.placement.failover import Failover
-from dotdo.runtime.placement.replication import FETCH, POSITIONS, REPLICATE, REPLICATE_BASE, Replication
+from dotdo.runtime.placement.replication import CATCH_UP, FETCH, PIN_CHECK, POSITIONS, REPLICATE, REPLICATE_BASE, Replication
 from dotdo.runtime.placement.subscription_mirror import SubscriptionMirror
 
 if TYPE_CHECKING:
@@ -55,6 +56,8 @@ DEFAULT_DRAIN_TIMEOUT = 120.0
 SETTLE_EVERY = 0.25
 """Seconds between looks at the node's deadline (placement changes are seen at once)."""
 RETRY_MOVE = 1.0
+CATCH_UPS = 4
+"""Replicas a node catches up at once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,14 +180,17 @@ class ClusterNode:
         locator = self.locator
         self._handover = handover = Handover(supervisor, locator.view, self.name, locator.nodes, self.peers)
         durable = supervisor.config.storage.durability is Durability.FULL
-        self._replication = replication = Replication(supervisor, locator, ack=self.settings.ack, durable=durable)
+        self._replication = replication = Replication(
+            supervisor, locator, replicating=self.settings.replicas > 0, ack=self.settings.ack, durable=durable
+        )
 
         async def node_call(method: str, payload: bytes) -> bytes:
-            if method in (REPLICATE, REPLICATE_BASE, POSITIONS, FETCH):
+            if method in (REPLICATE, REPLICATE_BASE, POSITIONS, FETCH, CATCH_UP):
                 return await replication.handle(method, payload)
             return await handover.handle(method, payload)
 
         supervisor.node_calls = node_call
+        locator.lag = replication.lag
         supervisor.nursery.start_soon(replication.run)
         self.failover = Failover(locator, replication, handover, self.settings.ack)
 
@@ -210,8 +216,12 @@ class ClusterNode:
                 nursery.start_soon(self._follow, supervisor, mirror)
                 if self.leader:
                     assert self.failover is not None
+                    # A node that starts cannot know what it missed while it was away, nor
+                    # whether its disk is the one it had: it is in sync for no slot.
+                    await self._leave_in_sync()
                     nursery.start_soon(self._coordinate)
                     nursery.start_soon(self.failover.run)
+                    nursery.start_soon(self._sync_replicas)
 
     def stop(self) -> None:
         """Stop following and changing placement (the node is stopping: after ``leave``)."""
@@ -302,6 +312,80 @@ class ClusterNode:
                 await self.view.until(done.epoch)
                 return True
         return False
+
+    async def _leave_in_sync(self) -> None:
+        """Take this node out of every slot's in-sync replicas."""
+        view = self.view
+        while True:
+            mine = [r for r in view.state.slots.values() if self.name in r.in_sync]
+            if not mine:
+                return
+            for record in mine:
+                try:
+                    done = await view.set_in_sync(record, tuple(n for n in record.in_sync if n != self.name))
+                except EtcdError as exc:
+                    log.warning("slot %d: cannot take this node out of its in-sync replicas yet: %s", record.slot, exc)
+                    await trio.sleep(RETRY_MOVE)
+                    continue
+                if done is not None:
+                    await view.until(done.epoch)
+
+    async def _sync_replicas(self) -> None:
+        """Catch up the replicas of this node's slots that are not in sync, a few at a
+        time, and add each to its slot's in-sync set once it is."""
+        view = self.view
+        running: set[tuple[int, str]] = set()
+        limit = trio.CapacityLimiter(CATCH_UPS)
+
+        async def one(slot: int, node: str) -> None:
+            try:
+                async with limit:
+                    await self._catch_up(slot, node)
+            finally:
+                running.discard((slot, node))
+
+        async with trio.open_nursery() as nursery:
+            while True:
+                for record in sorted(view.state.slots.values(), key=lambda r: r.slot):
+                    if record.owner != self.name or record.moving or not self.session.serving:
+                        continue
+                    for node in record.replicas:
+                        pair = (record.slot, node)
+                        if node not in record.in_sync and node in view.state.nodes and node not in view.state.draining and pair not in running:
+                            running.add(pair)
+                            nursery.start_soon(one, *pair)
+                with trio.move_on_after(SETTLE_EVERY * 4):
+                    await view.changed()
+
+    async def _catch_up(self, slot: int, node: str) -> bool:
+        """Catch ``node`` up on ``slot`` on every worker of this node, then say it is in
+        sync; whether it is."""
+        lease = self.view.state.leases.get(node)
+        replication = self._replication
+        assert replication is not None and lease is not None
+        try:
+            await replication.catch_up(slot, node)
+            pinned = trio.current_time()  # every worker waits for it from now, for PIN_HOLD
+            if self.peers is not None:
+                payload = values.pack([slot, node])
+                for worker in range(self.peers.count):
+                    if worker != self.peers.index:
+                        await self.peers.call_raw(worker, NODE_TARGET, [(CATCH_UP, payload)], MOVE_TIMEOUT)
+            record = self.view.slot(slot)
+            if record is None or record.owner != self.name or record.moving or node not in record.replicas or node in record.in_sync:
+                return False
+            if trio.current_time() - pinned > PIN_CHECK:
+                return False  # a worker may stop waiting for it before the record says it is in sync
+            done = await self.view.set_in_sync(record, (*record.in_sync, node), added=(node, lease))
+        except (DotdoError, EtcdError, OSError, trio.TooSlowError) as exc:
+            log.warning("slot %d: cannot catch replica %s up yet: %s", slot, node, exc)
+            await trio.sleep(RETRY_MOVE)
+            return False
+        if done is None:
+            return False
+        await self.view.until(done.epoch)
+        log.info("slot %d: replica %s is in sync", slot, node)
+        return True
 
     def _next_move(self) -> Any:
         state = self.view.state

@@ -1,22 +1,42 @@
 """Replicating a cluster node's active actors to the replicas of their slots, and the
-output gate that waits for them (issue 21's data path; failover and repair build on it).
+output gate that waits for them (failover builds on it: ``failover``).
 
-**Primary.** When an actor of a slot that has replicas is activated, the node starts a
-*stream* for it: a random id, a base (the whole database, ``serialize``d at
-activation, position 0) and then every commit read from its WAL right after it
+**Primary.** When an actor is activated on a node whose slots have replicas, the node
+starts a *stream* for it: an id (the slot's epoch, then the time), a base (the whole
+database, ``serialize``d between turns when a replica needs one) and then every commit read from its WAL right after it
 (``ActorDatabase.replicate``, ``dotdo.storage.replication``), numbered 1, 2, ...
 One feeder task per replica node sends, in one ``$node.replicate`` call at a time,
 everything that node has not acknowledged yet, for every stream that lists it: commits
 of many actors that committed meanwhile travel together, so the cost per turn is one
 round trip, shared. A base travels first, in parts (``$node.replicate_base``).
 
-**Acknowledgement.** A turn's reply leaves once enough replicas hold its commit
-(``Activation.output``, awaited by the turn core after the commit): with ``ack``
-``quorum``, a majority of the slot's copies (the primary and its replicas: one replica
-of two, one of one), with ``all`` every replica, with ``none`` none (asynchronous:
-what the replicas have not acknowledged is lost with the primary's disk). A turn whose
-commit is not held in time fails with ``Unavailable`` (the commit is on the primary;
-whether a later primary has it depends on the replicas).
+**Acknowledgement.** A turn's reply leaves once its commit is held by every *in-sync*
+replica of its slot and by every other live replica not excluded for lagging
+(``Activation.output``, awaited by the turn core after the commit), as Kafka's in-sync
+replicas work: the slot's record names the in-sync ones (``SlotRecord.in_sync``), and
+only they can take the slot over, so whichever does holds every acknowledged commit.
+``ack`` sets how many copies must hold it: with ``quorum`` a majority of the slot's
+copies (the primary and its live replicas: one replica of two, one of one), with
+``all`` every replica, with ``none`` nothing is waited for (asynchronous: what the
+replicas have not acknowledged is lost with the primary's disk). An in-sync replica
+that is not live, or leaves a commit unacknowledged for ``LAG`` seconds, is taken out
+of the in-sync set in one transaction (on the record's epoch) before a reply leaves
+without it, as long as enough copies stay; another replica is only no longer waited
+for. Without enough copies the turn waits, and fails with ``Unavailable`` after
+``timeout`` (the commit is on the primary; whether a later primary has it depends on
+the replicas).
+
+**Catching up.** A replica that is not in sync (new, back from a restart, or taken
+out) is caught up by the slot's owner (``catch_up``, on every worker of the node):
+from then on it is waited for again, the positions its copies hold are read back from
+it (a copy it lost or that diverged gets a base), the slot's idle actors are seeded
+(each activated for a turn that does nothing, so that its stream sends a base), and
+once it holds every stream's last commit one transaction adds it to the in-sync set
+(compared on its lease: not if it restarted meanwhile). A catch-up fails if the
+replica was excluded for lagging meanwhile; once a worker has caught it up it waits
+for it regardless (``PIN_HOLD``), so that nothing is acknowledged without it between
+that and the transaction. A node that starts takes itself out of every in-sync set
+first: it cannot know what it missed, or whether its disk is the one it had.
 
 **Replica.** ``$node.replicate`` is taken only from the slot's owner for a node its
 record lists as a replica; the commits are held in the node's ``ReplicaStore`` (a
@@ -27,7 +47,7 @@ redo log written first, then the copy) and answered with the position each copy 
 from __future__ import annotations
 
 import logging
-import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -37,7 +57,8 @@ import trio
 from dotdo.storage.errors import DotdoError
 from dotdo.storage.replication import ReplicaGap, ReplicaStore
 
-from dotdo.runtime.cluster.slots import slot_of
+from dotdo.runtime.cluster.etcd import EtcdError
+from dotdo.runtime.cluster.slots import SlotRecord, slot_of
 from dotdo.runtime.core import values
 from dotdo.runtime.core.errors import ProtocolError, Unavailable
 from dotdo.runtime.core.ids import ActorId, id_from_string
@@ -59,6 +80,15 @@ ACKS = ("quorum", "all", "none")
 BASE_CHUNK = 4 * 1024 * 1024
 """Bytes of a base sent per ``$node.replicate_base``."""
 SEND_TIMEOUT = 10.0
+LAG = 3.0
+"""Seconds an in-sync replica may leave a commit unacknowledged before its owner takes
+it out of the in-sync set (when enough others stay)."""
+CATCH_UP = "$node.replica_catch_up"
+PIN_HOLD = 30.0
+"""Seconds a worker keeps waiting for a replica it has caught up, whatever happens,
+so that the owner can say it is in sync: the owner does so only if it can begin
+within ``PIN_CHECK`` of the first worker's catch-up."""
+PIN_CHECK = 5.0
 RETRY = 0.5
 NEEDS_BASE = -1
 """A replica's answer for a copy that must start from a base."""
@@ -70,7 +100,8 @@ replica is sent a new base when it answers again."""
 
 
 def needed(replicas: int, ack: str) -> int:
-    """Replica acknowledgements a commit needs among ``replicas`` (besides the primary)."""
+    """In-sync replicas a slot with ``replicas`` needs before a reply leaves (besides
+    the primary): a majority of the copies with ``quorum``, every one with ``all``."""
     if ack == "none" or replicas == 0:
         return 0
     if ack == "all":
@@ -89,7 +120,7 @@ class Stream:
     base: bytes | None = None  # an image at position base_seq, while a replica needs it
     base_seq: int = 0
     seq: int = 0
-    commits: list[tuple[int, bytes]] = field(default_factory=list)  # not yet held by every replica
+    commits: list[tuple[int, bytes, float]] = field(default_factory=list)  # (seq, data, when): not yet held by every replica
     acked: dict[str, int] = field(default_factory=dict)  # each replica's position; absent: needs the base
     changed: trio.Event = field(default_factory=trio.Event)
     closed: bool = False
@@ -106,15 +137,27 @@ class Replication:
     Args:
         supervisor: This worker's supervisor.
         locator: The node's locator (the slot table, the links to other nodes).
+        replicating: Whether this node's slots have replicas (``--replicas`` > 0); it
+            keeps copies for other nodes either way.
         ack: ``quorum``, ``all`` or ``none``.
         durable: Whether replicas fsync what they hold before acknowledging it.
         timeout: Seconds a turn waits for its commit to be held before it fails.
     """
 
-    def __init__(self, supervisor: Supervisor, locator: ClusterLocator, *, ack: str = "quorum", durable: bool = False, timeout: float = SEND_TIMEOUT) -> None:
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        locator: ClusterLocator,
+        *,
+        replicating: bool = True,
+        ack: str = "quorum",
+        durable: bool = False,
+        timeout: float = SEND_TIMEOUT,
+    ) -> None:
         if ack not in ACKS:
             raise ValueError(f"ack is one of {', '.join(ACKS)}, not {ack!r}")
         self.sup = supervisor
+        self.replicating = replicating
         self.locator = locator
         self.name = locator.name
         self.ack = ack
@@ -122,7 +165,8 @@ class Replication:
         self.store = ReplicaStore(supervisor.config.data_dir, durable)
         self.streams: dict[tuple[str, str], Stream] = {}
         self._feeders: dict[str, trio.Event] = {}
-        self._seen: dict[int, tuple[str, ...]] = {}  # each owned slot's replicas, as last seeded
+        self.excluded: dict[tuple[int, str], float] = {}  # replicas not in sync, not waited for (since when)
+        self._pins: dict[tuple[int, str], float] = {}  # caught up, about to be in sync: waited for until then
         self._nursery: trio.Nursery | None = None
         supervisor.hooks.activated.append(self._activated)
         supervisor.hooks.closed.append(self._closed)
@@ -138,8 +182,11 @@ class Replication:
         return None if config is None else slot_of(actor.hex, config.slots)
 
     def _activated(self, activation: Activation) -> None:
+        # Every activation of a replicating node streams, even of a slot that has no
+        # replicas yet: one that gains them while the actor is active must find its
+        # commits (a catch-up gives them a base, then what follows).
         slot = self._slot(activation.id)
-        if slot is None or not self.replicas_of(slot) or self.sup.config.storage.read_only:
+        if slot is None or not self.replicating or self.sup.config.storage.read_only:
             return
         db = activation.db
 
@@ -149,16 +196,20 @@ class Replication:
             conn = db.connection
             return None if conn.in_transaction else conn.serialize("main")
 
-        # A stream is named by the slot's epoch, then chance: the later primary's sorts after.
+        # A stream is named by the slot's epoch, then the time: a later one sorts after.
         record = self.locator.view.slot(slot)
-        name = (record.epoch if record is not None else 0).to_bytes(8, "big") + secrets.token_bytes(8)
+        name = (record.epoch if record is not None else 0).to_bytes(8, "big") + time.time_ns().to_bytes(8, "big")
         stream = Stream(activation.id, slot, name, image)
-        stream.base = image()
+        if self.replicas_of(slot):
+            stream.base = image()
         self.streams[activation.id.namespace, activation.id.hex] = stream
 
         def commit(data: bytes) -> None:
             stream.seq += 1
-            stream.commits.append((stream.seq, data))
+            if not self.replicas_of(slot):
+                stream.base = None  # nobody to send it to: a replica that comes gets a base
+                return
+            stream.commits.append((stream.seq, data, trio.current_time()))
             self._wake(stream)
 
         db.replicate(commit)
@@ -172,18 +223,14 @@ class Replication:
             stream.notify()
 
     def placement_changed(self) -> None:
-        """The slot table changed: replicas may have joined a stream (they need a base),
-        and a slot of this node that gained replicas has its idle actors seeded."""
+        """The slot table changed: replicas may have joined a stream (they need a
+        base) or left it (what they had acknowledged no longer counts)."""
         for stream in list(self.streams.values()):
+            replicas = self.replicas_of(stream.slot)
+            for node in [n for n in stream.acked if n not in replicas]:
+                del stream.acked[node]
             self._wake(stream)
             stream.notify()  # a turn waiting for replicas that left the slot's list looks again
-        for slot, record in self.locator.view.state.slots.items():
-            if record.owner != self.name or record.moving:
-                continue
-            gained = set(record.replicas) - set(self._seen.get(slot, ()))
-            self._seen[slot] = record.replicas
-            if gained and self._nursery is not None:
-                self._nursery.start_soon(self._seed, slot)
 
     async def _seed(self, slot: int) -> None:
         """Give the replicas of ``slot`` a base of each of its actors this worker serves
@@ -202,15 +249,11 @@ class Replication:
                 continue
             if entry.namespace not in self.sup.registry.namespaces:
                 continue
-            try:
-                await self.sup.run_turn(actor, _nothing)
-            except DotdoError as exc:
-                log.warning("slot %d: cannot seed %s on its replicas: %s", slot, actor, exc)
-                continue
+            await self.sup.run_turn(actor, _nothing)
             stream = self.streams.get((entry.namespace, entry.hex))
             if stream is not None:
-                with trio.move_on_after(self.timeout):
-                    while not all(n in stream.acked for n in self.replicas_of(slot)):
+                with trio.fail_after(self.timeout):
+                    while not stream.closed and not all(n in stream.acked for n in self.replicas_of(slot)):
                         await stream.changed.wait()
             self.sup.passivate(actor)
             seeded += 1
@@ -227,19 +270,137 @@ class Replication:
             wake.set()
 
     async def held(self, stream: Stream) -> None:
-        """Wait until enough replicas hold the stream's last commit (see the module)."""
+        """Wait until every in-sync replica (and every one being caught up) holds the
+        stream's last commit, and enough are in sync (see the module)."""
+        if self.ack == "none":
+            return
         target = stream.seq
+        began = trio.current_time()
+        missing: list[str] = []
         with trio.move_on_after(self.timeout):
             while True:
-                replicas = self.replicas_of(stream.slot)
-                have = sum(1 for node in replicas if stream.acked.get(node, -1) >= target)
-                if have >= needed(len(replicas), self.ack):
+                record = self.locator.view.slot(stream.slot)
+                if record is None or record.owner != self.name or not self.locator.session.serving:
+                    # Taken over (a move waits for the turn's end), or cut off: whether the
+                    # new owner has this commit is not known here.
+                    raise Unavailable(
+                        f"{stream.actor}: this node lost its slot while its commit was being replicated; "
+                        "the commit may or may not be kept; retry"
+                    )
+                waited = self.waited(record)
+                missing = [node for node in waited if stream.acked.get(node, -1) < target]
+                if not missing and self.enough(record, waited):
                     return
-                await stream.changed.wait()
+                state = self.locator.view.state
+                slow = trio.current_time() - began >= LAG
+                gone = [n for n in missing if n not in state.nodes]
+                # A replica not in sync that lags or went away is no longer waited for;
+                # an in-sync one is taken out of the in-sync set first.
+                for node in missing:
+                    if node not in record.in_sync and (slow or node in gone) and not self._pinned(stream.slot, node):
+                        self.excluded.setdefault((stream.slot, node), trio.current_time())
+                lagging = [n for n in missing if n in record.in_sync and (slow or n in gone or n in state.draining)]
+                if lagging:
+                    await self._drop_lagging(record, lagging)
+                with trio.move_on_after(max(0.05, began + LAG - trio.current_time())):
+                    await stream.changed.wait()
         raise Unavailable(
-            f"{stream.actor}: its commit was not held by enough replicas within {self.timeout:g} s; "
+            f"{stream.actor}: its commit was not held by enough replicas within {self.timeout:g} s "
+            f"(waiting for {', '.join(sorted(missing)) or 'more replicas in sync'}); "
             "it is on this node, and may or may not survive its loss"
         )
+
+    def waited(self, record: SlotRecord) -> set[str]:
+        """The replicas a commit of ``record``'s slot waits for: the in-sync ones, and
+        every other live one that has not been excluded for lagging. Waiting for one
+        more is always safe; the ones not in sync count towards ``needed`` too, since
+        none of them can take the slot over before it is caught up, and whatever is
+        acknowledged meanwhile is on it by then (``catch_up`` fails for one excluded
+        since it began)."""
+        state = self.locator.view.state
+        waited = set(record.in_sync)
+        candidates = [n for n in record.replicas if n in state.nodes and (record.slot, n) not in self.excluded]
+        waited.update(n for n in candidates if n not in state.draining)
+        if not self.enough(record, waited):  # a draining replica still answers until it leaves
+            waited.update(candidates)
+        return waited
+
+    def enough(self, record: SlotRecord, waited: set[str]) -> bool:
+        """Whether ``waited`` are enough copies for ``ack`` among the slot's live
+        replicas (a replica that is not live is on its way out of the list)."""
+        state = self.locator.view.state
+        live = sum(1 for node in record.replicas if node in state.nodes and node not in state.draining)
+        return len(waited) >= needed(live, self.ack)
+
+    async def _drop_lagging(self, record: SlotRecord, lagging: list[str]) -> None:
+        """Take ``lagging`` out of the slot's in-sync set, if enough stay in it."""
+        keep = tuple(n for n in record.in_sync if n not in lagging)
+        if not self.enough(record, set(keep) | (self.waited(record) - set(lagging))):
+            return  # too few would stay: the turn waits for them
+        try:
+            done = await self.locator.view.set_in_sync(record, keep)
+        except EtcdError as exc:
+            log.warning("slot %d: cannot take %s out of its in-sync replicas: %s", record.slot, ",".join(lagging), exc)
+            return
+        if done is not None:
+            log.warning("slot %d: replicas %s lag; out of its in-sync set", record.slot, ",".join(lagging))
+            await self.locator.view.until(done.epoch)
+
+    def lag(self) -> dict[str, dict[str, float]]:
+        """How far behind each replica of this worker's active actors is: commits it has
+        not acknowledged, streams it lacks a base of, and the age of the oldest commit it
+        lacks (seconds)."""
+        now = trio.current_time()
+        figures: dict[str, dict[str, float]] = {}
+        for stream in self.streams.values():
+            for node in self.replicas_of(stream.slot):
+                entry = figures.setdefault(node, {"commits": 0, "bases": 0, "seconds": 0.0})
+                position = stream.acked.get(node)
+                if position is None:
+                    entry["bases"] += 1
+                    continue
+                lacking = [when for seq, _, when in stream.commits if seq > position]
+                entry["commits"] += len(lacking)
+                if lacking:
+                    entry["seconds"] = max(entry["seconds"], round(now - lacking[0], 3))
+        return figures
+
+    # -- catching a replica up --------------------------------------------------------
+
+    async def catch_up(self, slot: int, node: str) -> None:
+        """Bring ``node`` up to date with this worker's actors of ``slot`` (see the
+        module); from now on, its acknowledgement is waited for too."""
+        self.excluded.pop((slot, node), None)  # waited for again from now
+        began = trio.current_time()
+        info = self.locator.view.state.nodes.get(node)
+        if info is None:
+            raise Unavailable(f"replica {node} is not live")
+        link = await self.locator.nodes.link(node, info.advertise)
+        held = values.unpack(await link.call_raw(NODE_TARGET, [(POSITIONS, values.pack([slot]))], SEND_TIMEOUT))
+        holds = {(namespace, hex_id): (stream_id, position) for namespace, hex_id, stream_id, position in held}
+        for (namespace, hex_id), stream in list(self.streams.items()):
+            if stream.slot == slot and holds.get((namespace, hex_id), (None, None))[0] != stream.id:
+                stream.acked.pop(node, None)  # it holds another copy, or none: a base
+                stream.base = None
+        for stream in [s for s in self.streams.values() if s.slot == slot]:
+            self._wake(stream)
+        await self._seed(slot)
+        with trio.fail_after(self.timeout * 3):
+            for stream in [s for s in self.streams.values() if s.slot == slot]:
+                while not stream.closed and stream.acked.get(node, -1) < stream.seq:
+                    await stream.changed.wait()
+        if self.excluded.get((slot, node), began - 1) >= began:
+            raise Unavailable(f"replica {node} fell behind while it was caught up on slot {slot}")
+        # Waited for until its slot's record says it is in sync (the owner's next
+        # transaction, begun within PIN_CHECK), or PIN_HOLD at most.
+        self._pins[slot, node] = trio.current_time() + PIN_HOLD
+
+    def _pinned(self, slot: int, node: str) -> bool:
+        until = self._pins.get((slot, node))
+        if until is not None and until < trio.current_time():
+            del self._pins[slot, node]
+            return False
+        return until is not None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The feeders, one per replica node, until cancelled."""
@@ -281,22 +442,30 @@ class Replication:
         if not mine:
             return
         link = await self.locator.nodes.link(node, info.advertise)
+        refused = False
         for stream in mine:
             if node not in stream.acked:  # a base first, in parts
-                await self._send_base(link, node, stream)
+                try:
+                    await self._send_base(link, node, stream)
+                except Unavailable:  # its view does not have it this stream's replica yet
+                    refused = True  # the others go on; this one goes again
         mine = [s for s in mine if not s.closed and node in s.acked]
         if not mine:
+            if refused:
+                await trio.sleep(RETRY)
+                self._feeders[node].set()
             return
         entries = []
         for stream in mine:
             position = stream.acked.get(node)
-            pending = [] if position is None else [data for seq, data in stream.commits if seq > position]
+            pending = [] if position is None else [data for seq, data, _ in stream.commits if seq > position]
             entries.append([stream.actor.namespace, stream.actor.hex, stream.id, pending])
         reply = values.unpack(await link.call_raw(NODE_TARGET, [(REPLICATE, values.pack([self.name, entries]))], SEND_TIMEOUT))
-        again = False
+        again = refused
         for stream, position in zip(mine, reply):
             if position == NEEDS_BASE:
-                stream.acked.pop(node, None)  # it needs a base: the next round sends one
+                stream.acked.pop(node, None)  # it needs a base: the next round sends one,
+                stream.base = None  # taken anew (the commits after an older one may be gone)
                 again = True
                 continue
             if position == REFUSED:  # its view does not have it a replica yet: later
@@ -326,16 +495,31 @@ class Replication:
             part = base[offset : offset + BASE_CHUNK]
             payload = values.pack([self.name, stream.actor.namespace, stream.actor.hex, stream.id, at, offset, total, part])
             await link.call_raw(NODE_TARGET, [(REPLICATE_BASE, payload)], SEND_TIMEOUT)
+        if not self._follows(stream, at):
+            stream.base = None  # the commits after it were forgotten meanwhile: a later one
+            raise Unavailable(f"{stream.actor}: its base for {node} went stale while it was sent; sending another")
         stream.acked[node] = at
         if all(n in stream.acked for n in self.replicas_of(stream.slot)):
             stream.base = None  # every replica has one: no need to keep it
 
+    @staticmethod
+    def _follows(stream: Stream, at: int) -> bool:
+        """Whether the stream still holds every commit after position ``at``."""
+        if stream.seq == at:
+            return True
+        return bool(stream.commits) and stream.commits[0][0] <= at + 1
+
     def _trim(self, stream: Stream) -> None:
         """Forget the commits every replica holds; a replica that lags past
         ``MAX_UNACKED`` gets a new base instead."""
-        based = [stream.acked[n] for n in self.replicas_of(stream.slot) if n in stream.acked]
+        replicas = self.replicas_of(stream.slot)
+        based = [stream.acked[n] for n in replicas if n in stream.acked]
+        if stream.base is not None and any(n not in stream.acked for n in replicas):
+            based.append(stream.base_seq)  # a replica about to get that base needs what follows it
         low = min(based, default=stream.seq)
-        stream.commits = [(seq, data) for seq, data in stream.commits if seq > low]
+        stream.commits = [commit for commit in stream.commits if commit[0] > low]
+        if stream.base is not None and stream.base_seq < low:
+            stream.base = None  # the commits that followed it are gone: a later one is taken
         if len(stream.commits) > MAX_UNACKED:
             for node in [n for n in stream.acked if stream.acked[n] == low]:
                 del stream.acked[node]
@@ -375,6 +559,12 @@ class Replication:
                 copy = self.store.copy(entry.namespace, entry.hex)
                 held.append([entry.namespace, entry.hex, copy.stream, copy.position])
             return values.pack(held)
+        if method == CATCH_UP:
+            slot, node = _shape(args, 2, method)
+            if not isinstance(slot, int) or not isinstance(node, str):
+                raise ProtocolError(f"{method} takes a slot and a node")
+            await self.catch_up(slot, node)
+            return values.pack(None)
         if method == FETCH:
             namespace, hex_id, offset = _shape(args, 3, method)
             copy = self.store.copy(namespace, hex_id)

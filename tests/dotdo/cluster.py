@@ -52,11 +52,13 @@ async def cluster_node(
         yield served
 
 
-async def fault_node(stack: AsyncExitStack, run_dir: Path, etcd: EtcdServer, name: str, program: Sequence[str] = DOTDO) -> Served:
+async def fault_node(stack: AsyncExitStack, run_dir: Path, etcd: EtcdServer, name: str, *extra: str, program: Sequence[str] = DOTDO) -> Served:
     """Node ``name`` serving the fault tests' ``Account`` kind (which reads its node's name
-    from ``NODE``), stopped when ``stack`` closes; started again under the same name, it
-    runs on the same data."""
-    return await stack.enter_async_context(cluster_node(run_dir, etcd, name, "--env", f"NODE={name}", FAULT_KINDS, program=program))
+    from ``NODE``), with ``extra`` arguments, stopped when ``stack`` closes; started again
+    under the same name, it runs on the same data."""
+    return await stack.enter_async_context(
+        cluster_node(run_dir, etcd, name, "--env", f"NODE={name}", *extra, FAULT_KINDS, program=program)
+    )
 
 
 async def health(client: httpx.AsyncClient, served: Served) -> dict[str, Any]:
@@ -94,6 +96,8 @@ class Load:
     acked: dict[str, set[int]] = field(default_factory=dict)
     armed: set[str] = field(default_factory=set)
     refused: int = 0
+    reasons: list[str] = field(default_factory=list)
+    """Why calls were refused, the last ones (for a failing test's message)."""
     sent: int = 0
     last_ok: dict[str, float] = field(default_factory=dict)
     gaps: list[float] = field(default_factory=list)
@@ -101,6 +105,9 @@ class Load:
     """Per account, the longest time between two successful writes."""
     seqs: Any = field(default_factory=itertools.count)
     running: bool = True
+    backoff: float = 0.0
+    """Seconds a caller waits after a request that got no answer (0: none; a node that
+    refuses connections at once would otherwise be asked in a busy loop)."""
 
     async def caller(self) -> None:
         """Write until ``running`` is cleared (each caller then ends after its request:
@@ -115,8 +122,11 @@ class Load:
                 with trio.fail_after(CALL_TIMEOUT):  # the body in one chunk: a call given up leaves nothing to warn
                     body = json.dumps({"args": [seq], "kwargs": {"arm": arm}}).encode()
                     response = await post_whole(self.client, f"{node.url}/_rpc/Account/{account}/write", body, JSON)
-            except (httpx.HTTPError, trio.TooSlowError):
+            except (httpx.HTTPError, trio.TooSlowError) as exc:
                 self.refused += 1
+                self.reasons = [*self.reasons[-19:], f"{node.url}: {exc!r}"]
+                if self.backoff:
+                    await trio.sleep(self.backoff)
                 continue
             if response.status_code == 200:
                 assert response.json() == {"result": seq}
@@ -132,6 +142,7 @@ class Load:
             else:
                 assert response.status_code in (503, 504), response.text
                 self.refused += 1
+                self.reasons = [*self.reasons[-19:], f"{node.url}: {response.status_code} {response.text[:300]}"]
                 await trio.sleep(0.05)
 
 

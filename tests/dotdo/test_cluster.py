@@ -48,8 +48,9 @@ async def test_nodes_share_the_slots_relay_calls_and_hand_slots_over(tmp_path: P
 
 
 async def test_a_dead_nodes_slots_are_unavailable_until_it_returns(tmp_path: Path, etcd: EtcdServer) -> None:
-    async with httpx.AsyncClient(timeout=30) as client, cluster_node(tmp_path, etcd, "a") as a:
-        async with cluster_node(tmp_path, etcd, "b") as b:
+    # Without replicas a node's files are its slots' only copy (with them, see test_replication*).
+    async with httpx.AsyncClient(timeout=30) as client, cluster_node(tmp_path, etcd, "a", "--replicas", "0") as a:
+        async with cluster_node(tmp_path, etcd, "b", "--replicas", "0") as b:
             await until_slots(client, {"a": SLOTS // 2, "b": SLOTS // 2}, {"a": a, "b": b})
             for name in COUNTERS:
                 assert (await increment(client, a, name)).json() == {"result": 1}

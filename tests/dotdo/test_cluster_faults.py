@@ -54,7 +54,7 @@ async def test_under_load_nodes_join_drain_die_and_pause_without_losing_or_doubl
             figures["drain (s)"] = trio.current_time() - began
             await until_slots(client, {"a": 8, "c": 8}, nodes)
             await trio.sleep(1)
-            assert load.refused == refused, f"{load.refused - refused} calls failed while a node joined or drained"
+            assert load.refused == refused, f"{load.refused - refused} calls failed while a node joined or drained: {load.reasons}"
 
             # kill -9: a's slots are unavailable until it comes back on its data
             del load.live["a"]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -20,7 +19,6 @@ from tests.dotdo.cluster import ACCOUNTS, CALLERS, TTL, Load, check_history, fau
 from tests.dotdo.serving import Served, dotdo, kill_group
 from tests.etcd_server import EtcdServer
 
-PROGRAM = (sys.executable, str(Path(__file__).with_name("replicated_node.py")), "--replicas", "2")
 
 
 async def status(etcd: EtcdServer, cwd: Path) -> dict:
@@ -30,10 +28,12 @@ async def status(etcd: EtcdServer, cwd: Path) -> dict:
 
 
 def settled(state: dict, names: set[str]) -> bool:
-    """Every slot owned by one of ``names``, replicated on the others, nothing moving."""
+    """Every slot owned by one of ``names``, replicated on the others and in sync there,
+    nothing moving."""
     table = state["table"]
     return bool(table) and all(
-        row["owner"] in names and set(row["replicas"]) == names - {row["owner"]} and not row["moving_to"] for row in table
+        row["owner"] in names and set(row["replicas"]) == set(row["in_sync"]) == names - {row["owner"]} and not row["moving_to"]
+        for row in table
     ) and not state["promoting"]
 
 
@@ -42,7 +42,7 @@ async def test_a_killed_primary_loses_no_acknowledged_write_and_its_slots_come_b
     async with AsyncExitStack() as stack, httpx.AsyncClient() as client:
 
         async def start(name: str) -> Served:
-            return await fault_node(stack, tmp_path, etcd, name, program=PROGRAM)
+            return await fault_node(stack, tmp_path, etcd, name, "--replicas", "2")
 
         nodes = {name: await start(name) for name in ("a", "b", "c")}
         with trio.fail_after(60):
