@@ -93,6 +93,11 @@ class Cluster:
         """The dotdo command the nodes run (``serve`` and its arguments follow)."""
         return [sys.executable, "-m", "dotdo"]
 
+    def options(self) -> list[str]:
+        """Options every node is served with (these benchmarks measure a cluster
+        without replicas; replication_bench.py measures them)."""
+        return ["--replicas", "0"]
+
     def start(self, name: str, *extra: str, cpus: set[int] | None = None) -> Node:
         out, err = self.scratch / f"{name}.out", self.scratch / f"{name}.err"
         env = {k: v for k, v in os.environ.items() if not k.startswith("DOTDO_")}
@@ -101,7 +106,7 @@ class Cluster:
             proc = subprocess.Popen(
                 [*self.command(), "serve", "--port", "0", "--workers", "1", "--cluster", self.etcd_url,
                  "--node", name, "--data", str(self.scratch / f"{name}-data"), "--slots", str(SLOTS),
-                 "--log-level", "info", "--idle-timeout", "600", *extra],
+                 "--log-level", "info", "--idle-timeout", "600", *self.options(), *extra],
                 stdout=o, stderr=e, stdin=subprocess.DEVNULL, env=env, cwd=self.scratch,
                 preexec_fn=None if cpus is None else (lambda: os.sched_setaffinity(0, cpus)),
             )  # fmt: skip

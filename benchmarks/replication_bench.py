@@ -35,15 +35,15 @@ class ReplicatedCluster(Cluster):
         super().__init__(scratch)
         self.replicas = replicas
 
-    def command(self) -> list[str]:
-        return [*super().command(), "--replicas", str(self.replicas)]
+    def options(self) -> list[str]:
+        return ["--replicas", str(self.replicas)]
 
     def settle_replicas(self, names: list[str]) -> None:
-        """Balanced, and every slot on ``replicas`` other live nodes."""
+        """Balanced, and every slot on ``replicas`` other live nodes, in sync."""
         self.settle(names)
         want = min(self.replicas, len(names) - 1)
         cluster_bench._until(
-            lambda: all(len(row["replicas"]) == want for row in self.status()["table"]), "the replicas to be placed", timeout=300
+            lambda: all(len(row["in_sync"]) == want for row in self.status()["table"]), "the replicas to be in sync", timeout=300
         )
 
 

@@ -164,6 +164,8 @@ async def _lags(state: State) -> dict[str, Any]:
 
     async def ask(client: httpx.AsyncClient, name: str, http: str, advertise: str) -> None:
         host, _, port = http.rpartition(":")
+        if port in ("", "0"):
+            return  # started on a port picked at random: not known here
         if host.strip("[]") in ("0.0.0.0", "::", ""):
             host = advertise.rpartition(":")[0]
         try:

@@ -93,7 +93,11 @@ async def test_a_cluster_node_refuses_settings_that_cannot_work(tmp_path: Path, 
 
 async def test_cluster_status_and_drain_from_the_command_line(tmp_path: Path, etcd: EtcdServer) -> None:
     cli = ["cluster"]
-    async with httpx.AsyncClient(timeout=30) as client, cluster_node(tmp_path, etcd, "a") as a, cluster_node(tmp_path, etcd, "b") as b:
+    # Fixed HTTP ports: a node started on port 0 cannot say which one it got in etcd.
+    ports = [str(free_port()) for _ in "ab"]
+    async with httpx.AsyncClient(timeout=30) as client, cluster_node(tmp_path, etcd, "a", "--port", ports[0]) as a, cluster_node(
+        tmp_path, etcd, "b", "--port", ports[1]
+    ) as b:
         await until_slots(client, {"a": SLOTS // 2, "b": SLOTS // 2}, {"a": a, "b": b})
         for name in COUNTERS:
             assert (await increment(client, b, name)).json() == {"result": 1}
@@ -102,6 +106,20 @@ async def test_cluster_status_and_drain_from_the_command_line(tmp_path: Path, et
         text = shown.stdout.decode()
         assert f"cluster of {SLOTS} slots, formed" in text
         assert [line.split()[:3] for line in text.splitlines()[2:4]] == [["a", "live", "8"], ["b", "live", "8"]]
+        # Each slot's one replica (the other node) is caught up and in sync; the nodes say
+        # how far behind the replicas of their active actors are.
+        with trio.fail_after(30):
+            while True:
+                status = json.loads((await dotdo(*cli, "status", "--json", "--slots", "--cluster", etcd.url, cwd=tmp_path)).stdout)
+                if status["catching_up_slots"] == 0:
+                    break
+                await trio.sleep(0.2)
+        assert all(row["replicas"] == row["in_sync"] == [{"a": "b", "b": "a"}[row["owner"]]] for row in status["table"])
+        lag = {node["name"]: node["replication"] for node in status["nodes"]}
+        assert set(lag["b"]) == {"a"} and lag["b"]["a"]["commits"] == 0 and lag["b"]["a"]["bases"] == 0
+        listed = (await dotdo(*cli, "status", "--slots", "--cluster", etcd.url, cwd=tmp_path)).stdout.decode()
+        assert "replicas of b's active actors: a 0 commits behind" in listed and "catching up" not in listed
+        assert f"slot {SLOTS - 1:>5}  b  epoch" in listed and "replicas a" in listed
         drained = await dotdo(*cli, "drain", "b", "--cluster", etcd.url, cwd=tmp_path)
         assert drained.returncode == 0, drained.stderr
         assert b"node b is drained" in drained.stdout and b"slots left" in drained.stderr

@@ -124,6 +124,14 @@ def test_a_record_keeps_its_replicas_through_encoding_and_old_records_have_none(
         SlotRecord.decode(3, b'{"owner": "a", "replicas": "b"}', 9)
 
 
+def test_a_records_in_sync_replicas_are_some_of_its_replicas() -> None:
+    record = SlotRecord(3, "a", 9, None, ("b", "c"), in_sync=("c",))
+    assert SlotRecord.decode(3, record.encode(), 9) == record
+    assert SlotRecord.decode(3, SlotRecord(3, "a", 9, None, ("b",)).encode(), 9).in_sync == ()
+    with pytest.raises(ValueError):  # a node in sync that is no replica
+        SlotRecord.decode(3, b'{"owner": "a", "replicas": ["b"], "in_sync": ["c"]}', 9)
+
+
 def test_replicas_are_balanced_on_live_nodes_other_than_the_owner_and_change_as_little_as_they_can() -> None:
     owners = ["a", "b", "c", "d"] * 4
     t = table(owners)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import trio
 
 from dotdo.runtime.cluster.etcd import Etcd, EtcdError
@@ -151,3 +152,53 @@ async def test_a_move_is_never_given_to_a_target_that_is_not_live(etcd: Any) -> 
         back = await view.end_move(moving, done=False)
         assert back is not None and back.owner == "a" and not back.moving
         nursery.cancel_scope.cancel()
+
+
+async def test_in_sync_replicas_change_only_at_the_records_epoch_and_a_restarted_node_is_not_added(etcd: Any) -> None:
+    prefix = f"{PREFIX}/in-sync"
+    async with Etcd(etcd.endpoints) as client, trio.open_nursery() as nursery:
+        view = ClusterView(client, prefix)
+        await nursery.start(view.run)
+        b_session = trio.CancelScope()
+        with trio.fail_after(20):
+            await view.form("a", 2)
+            await nursery.start(Session(client, prefix, NodeInfo("a", "a:1", "a"), ttl=2).run)
+            await nursery.start(_session_until, client, prefix, "b", b_session)
+            while set(view.state.leases) != {"a", "b"}:
+                await view.changed()
+            b_lease = view.state.leases["b"]
+            record = view.slot(0)
+            assert record is not None
+            replicated = await view.set_replicas(record, ("b",))
+            assert replicated is not None and replicated.in_sync == ()
+            with pytest.raises(ValueError):
+                await view.set_in_sync(replicated, ("c",))  # no replica of the slot
+            in_sync = await view.set_in_sync(replicated, ("b",), added=("b", b_lease))
+            assert in_sync is not None and in_sync.in_sync == ("b",) and in_sync.epoch > replicated.epoch
+            assert await view.set_in_sync(replicated, ()) is None  # a stale epoch
+            await view.until(in_sync.epoch)
+            out = await view.set_in_sync(in_sync, ())
+            assert out is not None and out.in_sync == ()
+            dropped = await view.set_replicas(out, ())
+            assert dropped is not None
+            again = await view.set_replicas(dropped, ("b",))
+            assert again is not None
+            # b restarts: its key is made again, so what was caught up before is not added
+            b_session.cancel()
+        with trio.fail_after(20):
+            while "b" in view.state.nodes:
+                await view.changed()
+            await nursery.start(_session_until, client, prefix, "b", trio.CancelScope())
+            while "b" not in view.state.leases:
+                await view.changed()
+            assert view.state.leases["b"] != b_lease
+            await view.until(again.epoch)
+            assert await view.set_in_sync(again, ("b",), added=("b", b_lease)) is None
+            current = view.slot(0)
+            assert current is not None and current.in_sync == ()
+        nursery.cancel_scope.cancel()
+
+
+async def _session_until(client: Etcd, prefix: str, name: str, scope: trio.CancelScope, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+    with scope:
+        await Session(client, prefix, NodeInfo(name, f"{name}:1", name), ttl=2).run(task_status=task_status)
