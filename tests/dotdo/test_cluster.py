@@ -94,9 +94,11 @@ async def test_a_cluster_node_refuses_settings_that_cannot_work(tmp_path: Path, 
 async def test_cluster_status_and_drain_from_the_command_line(tmp_path: Path, etcd: EtcdServer) -> None:
     cli = ["cluster"]
     # Fixed HTTP ports: a node started on port 0 cannot say which one it got in etcd.
-    ports = [str(free_port()) for _ in "ab"]
-    async with httpx.AsyncClient(timeout=30) as client, cluster_node(tmp_path, etcd, "a", "--port", ports[0]) as a, cluster_node(
-        tmp_path, etcd, "b", "--port", ports[1]
+    # (the transport's port too: HTTP + 1 may be taken)
+    ports = [str(free_port()) for _ in range(4)]
+    a_ports, b_ports = ("--port", ports[0], "--rpc-port", ports[1]), ("--port", ports[2], "--rpc-port", ports[3])
+    async with httpx.AsyncClient(timeout=30) as client, cluster_node(tmp_path, etcd, "a", *a_ports) as a, cluster_node(
+        tmp_path, etcd, "b", *b_ports
     ) as b:
         await until_slots(client, {"a": SLOTS // 2, "b": SLOTS // 2}, {"a": a, "b": b})
         for name in COUNTERS:
