@@ -191,7 +191,7 @@ async def _serve_on(
         if node is not None:
             node.attach(supervisor)
         rpc_urls: list[str] = []
-        transport_scopes: list[trio.CancelScope] = []  # the transports stop when HTTP does
+        transports_stop = trio.Event()  # the transports stop (gracefully) when HTTP has
         # Either token opens the transport, as either opens the client routes over HTTP;
         # on a cluster node, the cluster secret opens it as another node.
         transport_options = TransportOptions(
@@ -204,11 +204,11 @@ async def _serve_on(
         transport = TransportServer(supervisor, transport_options, fetch)
         if worker is not None:
             if worker.rpc_fd is not None:
-                nursery.start_soon(_transport_on, transport, [_inherited(worker.rpc_fd)], transport_scopes)
+                nursery.start_soon(_transport_on, transport, [_inherited(worker.rpc_fd)], transports_stop, options.shutdown_grace)
         elif listeners:
-            nursery.start_soon(_transport_on, transport, listeners, transport_scopes)
+            nursery.start_soon(_transport_on, transport, listeners, transports_stop, options.shutdown_grace)
             rpc_urls = [url("tcp", listener.socket.getsockname()) for listener in listeners]
-        binds: list[str] = await nursery.start(_http, app, config, options.max_connections, trigger, transport_scopes)
+        binds: list[str] = await nursery.start(_http, app, config, options.max_connections, trigger, transports_stop)
         if worker is not None:
             # The peers' socket last: the parent takes an answer on it for "ready".
             peer_options = TransportOptions(
@@ -221,7 +221,7 @@ async def _serve_on(
                 trusted=True,
             )
             peer_server = TransportServer(supervisor, peer_options, fetch)
-            nursery.start_soon(_transport_on, peer_server, [_inherited(worker.peer_fd)], transport_scopes)
+            nursery.start_soon(_transport_on, peer_server, [_inherited(worker.peer_fd)], transports_stop, options.shutdown_grace)
             task_status.started(binds)
             return
         print_banner(
@@ -295,23 +295,23 @@ async def _http(
     config: HypercornConfig,
     max_connections: int,
     trigger: Callable[[], Awaitable[None]],
-    then: list[trio.CancelScope],
+    then: trio.Event,
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """hypercorn until the shutdown trigger, with at most ``max_connections`` open
-    (``dotdo.connections``), then cancel ``then`` (the transports)."""
+    (``dotdo.connections``), then set ``then`` (the transports stop)."""
     try:
         await serve_http(app, config, max_connections=max_connections, shutdown_trigger=trigger, task_status=task_status)
     finally:
-        for scope in then:
-            scope.cancel()
+        then.set()
 
 
-async def _transport_on(transport: TransportServer, listeners: list[trio.SocketListener], scopes: list[trio.CancelScope]) -> None:
-    with trio.CancelScope() as scope:
-        scopes.append(scope)
-        await transport.serve_listeners(listeners)
+async def _transport_on(transport: TransportServer, listeners: list[trio.SocketListener], stop: trio.Event, grace: float) -> None:
+    """Serve the transport until ``stop``, then stop it gracefully: a call already
+    running is answered (within ``grace`` seconds), one that arrives is refused as not
+    sent, so that a peer relaying to this node sends it to the next owner."""
+    await transport.serve_listeners(listeners, stop, grace)
 
 
 def _inherited(fd: int) -> trio.SocketListener:

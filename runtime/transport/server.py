@@ -31,7 +31,7 @@ from dotdo.storage.errors import DotdoError, InvalidValue
 
 from dotdo.runtime.core import values
 from dotdo.runtime.transport import wire, wire_errors
-from dotdo.runtime.core.errors import BodyTooLarge, MethodNotAllowed, Overloaded, ProtocolError, Unauthorized
+from dotdo.runtime.core.errors import BodyTooLarge, MethodNotAllowed, NotSent, Overloaded, ProtocolError, Unauthorized
 from dotdo.runtime.transport.flow import ByteBudget
 from dotdo.runtime.core.ids import ActorId
 from dotdo.runtime.transport.listening import accept_loop
@@ -56,6 +56,9 @@ DEFAULT_MAX_CONNECTIONS = 256
 for HTTP each; the descriptor budget (``descriptors``) counts them, and the default
 ``--max-active`` leaves room for them."""
 DEFAULT_MAX_HANDSHAKES = 64
+QUIET_CHECK = 0.02
+"""Seconds between looks, while the server stops, at whether its requests have all
+been answered."""
 DEFAULT_WRITE_TIMEOUT = 30.0
 
 
@@ -113,7 +116,7 @@ class TransportOptions:
             raise ValueError(f"max_inflight_bytes ({self.max_inflight_bytes}) must be at least max_frame ({self.max_frame})")
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # one per socket: compared (and hashed) by identity
 class _ServerConnection:
     """One served connection: its calls' nursery, and the replies waiting to be sent.
 
@@ -194,12 +197,35 @@ class TransportServer:
         accepted = (options.token, options.admin_token) if options.token is not None else ()
         self._secrets = tuple(token.encode() for token in accepted if token is not None)
         self._peer_secret = options.peer_token.encode() if options.peer_token is not None else None
+        self._served: set[_ServerConnection] = set()
+        self.closing = False
+        """Whether the server is stopping (``serve_listeners``' ``stop``): requests are
+        refused with ``NotSent``."""
 
-    async def serve_listeners(self, listeners: list[trio.SocketListener]) -> None:
-        """Serve connections from ``listeners`` (sockets made elsewhere) until cancelled."""
-        async with trio.open_nursery() as nursery:
-            for listener in listeners:
-                nursery.start_soon(accept_loop, listener, self.handle, self._sockets, nursery, "a transport connection")
+    async def serve_listeners(
+        self, listeners: list[trio.SocketListener], stop: trio.Event | None = None, grace: float = 0.0
+    ) -> None:
+        """Serve connections from ``listeners`` (sockets made elsewhere) until cancelled,
+        or until ``stop`` is set: then stop gracefully (``closing``): accept no more
+        connections, answer each request that arrives with ``NotSent`` (it did not
+        run: the client sends it elsewhere), and close the connections once every
+        request that was running has been answered, or after ``grace`` seconds."""
+        async with trio.open_nursery() as connections:
+            async with trio.open_nursery() as accepting:
+                for listener in listeners:
+                    accepting.start_soon(accept_loop, listener, self.handle, self._sockets, connections, "a transport connection")
+                if stop is not None:
+                    await stop.wait()
+                    accepting.cancel_scope.cancel()
+            self.closing = True
+            with trio.move_on_after(grace):
+                while not self.quiet():
+                    await trio.sleep(QUIET_CHECK)
+            connections.cancel_scope.cancel()
+
+    def quiet(self) -> bool:
+        """Whether no request is running and no reply waits to be sent."""
+        return all(not conn.running and not conn.outbox and conn.writing_since is None for conn in self._served)
 
     async def serve(self, host: str, port: int, *, task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen on ``host:port`` (0: any free port) until cancelled."""
@@ -237,6 +263,14 @@ class TransportServer:
     async def _serve(self, stream: trio.abc.Stream, decoder: wire.FrameDecoder, trusted: bool) -> None:
         options = self.options
         conn = _ServerConnection(stream, trio.Semaphore(options.max_inflight), ByteBudget(options.max_inflight_bytes), trusted)
+        self._served.add(conn)
+        try:
+            await self._serve_connection(conn, decoder)
+        finally:
+            self._served.discard(conn)
+
+    async def _serve_connection(self, conn: _ServerConnection, decoder: wire.FrameDecoder) -> None:
+        stream = conn.stream
         last: wire.Message | None = None
         async with trio.open_nursery() as writer:
             writer.start_soon(self._write, conn, writer.cancel_scope)
@@ -339,6 +373,10 @@ class TransportServer:
                     if message.id in conn.running:
                         raise ProtocolError(f"request id {message.id} is already in flight")
                     await conn.admit(size)  # at a cap: stop reading until a call ends
+                    if self.closing:
+                        refused = NotSent("the server is stopping; the call did not run")
+                        conn.queue(wire.encode(wire_errors.error_frame(message.id, refused)), size)
+                        continue
                     scope = conn.running[message.id] = trio.CancelScope()
                     run = self._run_call if isinstance(message, wire.Call) else self._run_fetch
                     nursery.start_soon(run, conn, message, scope, size)

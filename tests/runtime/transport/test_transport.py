@@ -6,6 +6,7 @@ from __future__ import annotations
 import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -16,7 +17,7 @@ import trio
 from dotdo import DO
 from dotdo.client import connect
 from dotdo.runtime.transport import wire
-from dotdo.runtime.core.errors import ConnectionLost, MethodNotAllowed, Overloaded, ProtocolError, Unauthorized
+from dotdo.runtime.core.errors import ConnectionLost, MethodNotAllowed, NotSent, Overloaded, ProtocolError, Unauthorized
 from dotdo.runtime.core.ids import ActorId, id_from_name
 from dotdo.runtime.supervisor import Supervisor
 from dotdo.runtime.transport.connection import Connection
@@ -284,3 +285,88 @@ async def test_the_cluster_secret_makes_a_connection_another_nodes_and_trusted(t
                 await client.call_raw(target, system, 5.0, None, ())
         finally:
             await client.aclose()
+
+
+@dataclass
+class Stopping:
+    """A transport server that stops gracefully once ``stop`` is set (``done`` once it has)."""
+
+    sup: Supervisor
+    server: TransportServer
+    port: int
+    nursery: trio.Nursery
+    stop: trio.Event = field(default_factory=trio.Event)
+    done: trio.Event = field(default_factory=trio.Event)
+
+
+@asynccontextmanager
+async def stopping(tmp_path: Path, grace: float) -> AsyncIterator[Stopping]:
+    async with Supervisor([Shop], tmp_path) as sup, trio.open_nursery() as nursery:
+        server = TransportServer(sup, TransportOptions())
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        served = Stopping(sup, server, listeners[0].socket.getsockname()[1], nursery)
+
+        async def serve() -> None:
+            await server.serve_listeners(listeners, served.stop, grace)
+            served.done.set()
+
+        nursery.start_soon(serve)
+        yield served
+
+
+async def test_a_stopping_server_answers_what_runs_and_refuses_what_arrives_as_not_sent(tmp_path: Path) -> None:
+    async with stopping(tmp_path, 10.0) as served:
+        sup, server, port, nursery, stop = served.sup, served.server, served.port, served.nursery, served.stop
+        async with connect(f"tcp://127.0.0.1:{port}") as S:
+            results: list[str] = []
+
+            async def running() -> None:
+                results.append(await S.Shop("g").slow(0.5, "m"))
+
+            nursery.start_soon(running)
+            with trio.fail_after(5):
+                while not Shop.running:
+                    await trio.sleep(0.01)
+            stop.set()
+            await trio.sleep(0.05)
+            assert server.closing
+            with pytest.raises(NotSent, match="stopping"):  # arrived while stopping: it did not run
+                await S.Shop("g").slow(0, "late")
+            with trio.fail_after(5):
+                while not results:
+                    await trio.sleep(0.01)
+            assert results == ["m"]  # the call that was running got its reply
+            assert not sup.closing  # only the transport stopped
+        with trio.fail_after(5):  # and then the server is done
+            while server.connections:
+                await trio.sleep(0.01)
+        with pytest.raises(OSError):
+            await trio.open_tcp_stream("127.0.0.1", port)
+    async with Supervisor([Shop], tmp_path) as sup:  # the late call never ran
+        assert await sup.S.Shop("g").mark("late") is None
+        assert await sup.S.Shop("g").mark("m") == "finished"
+
+
+async def test_a_stopping_server_closes_at_its_grace_even_with_calls_running(tmp_path: Path) -> None:
+    async with stopping(tmp_path, 0.3) as served:
+        port, nursery, stop, done = served.port, served.nursery, served.stop, served.done
+        async with connect(f"tcp://127.0.0.1:{port}") as S:
+            lost: list[BaseException] = []
+
+            async def running() -> None:
+                try:
+                    await S.Shop("h").slow(30, "m")
+                except ConnectionLost as exc:
+                    lost.append(exc)
+
+            nursery.start_soon(running)
+            with trio.fail_after(5):
+                while not Shop.running:
+                    await trio.sleep(0.01)
+                began = trio.current_time()
+                stop.set()
+                await done.wait()
+                assert trio.current_time() - began >= 0.3
+                while not lost:
+                    await trio.sleep(0.01)
+            assert "closed with calls in flight" in str(lost[0])
