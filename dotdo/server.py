@@ -183,7 +183,7 @@ async def _serve_on(
         await base_trigger()
         if node is not None:
             await node.leave()  # hand the slots over while still serving (relaying) calls
-            node.stop()  # then no move or takeover may start while the server closes
+            await node.stop()  # then no move or takeover may start while the server closes
 
     fetch = fetch_handler(supervisor)
     supervisor.wire_fetch = fetch  # a request relayed here after its actor moved runs through it

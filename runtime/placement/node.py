@@ -111,6 +111,7 @@ class ClusterNode:
         self._replication: Replication | None = None
         self.failover: Failover | None = None
         self._tasks = trio.CancelScope()
+        self._tasks_done = trio.Event()
         self._etcd: Etcd | None = None
         self._nursery_cm: Any = None
         self._nursery: trio.Nursery | None = None
@@ -210,22 +211,30 @@ class ClusterNode:
     async def _run_tasks(self, supervisor: Supervisor, mirror: SubscriptionMirror) -> None:
         """What follows placement and changes it, until ``stop`` (before the supervisor
         closes its files: a move or a takeover must not find them closed)."""
-        with self._tasks:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(mirror.run)
-                nursery.start_soon(self._follow, supervisor, mirror)
-                if self.leader:
-                    assert self.failover is not None
-                    # A node that starts cannot know what it missed while it was away, nor
-                    # whether its disk is the one it had: it is in sync for no slot.
-                    await self._leave_in_sync()
-                    nursery.start_soon(self._coordinate)
-                    nursery.start_soon(self.failover.run)
-                    nursery.start_soon(self._sync_replicas)
+        try:
+            with self._tasks:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(mirror.run)
+                    nursery.start_soon(self._follow, supervisor, mirror)
+                    if self.leader:
+                        assert self.failover is not None
+                        # A node that starts cannot know what it missed while it was away,
+                        # nor whether its disk is the one it had: it is in sync for no slot.
+                        await self._leave_in_sync()
+                        nursery.start_soon(self._coordinate)
+                        nursery.start_soon(self.failover.run)
+                        nursery.start_soon(self._sync_replicas)
+        finally:
+            self._tasks_done.set()
 
-    def stop(self) -> None:
-        """Stop following and changing placement (the node is stopping: after ``leave``)."""
+    async def stop(self) -> None:
+        """Stop following and changing placement (the node is stopping: after
+        ``leave``), and wait until that has stopped: a move that was ending finishes
+        (it deletes this node's copies of what it sent) before the supervisor closes
+        the files it needs."""
         self._tasks.cancel()
+        if self._handover is not None:  # attached: its tasks were started
+            await self._tasks_done.wait()
 
     async def _follow(self, supervisor: Supervisor, mirror: SubscriptionMirror) -> None:
         """Close the activations this node may no longer hold, when that changes."""

@@ -193,7 +193,7 @@ async def test_events_reach_subscribers_on_every_node_and_follow_them_when_they_
             await until_seen(client, a, auditors, sent)
             b.process.send_signal(signal.SIGTERM)  # b's auditors move to a, subscriptions and all
             with trio.fail_after(60):
-                assert await b.process.wait() == 0
+                assert await b.process.wait() == 0, b.errors()[-3000:]
         for i, account in enumerate(f"acct{n}" for n in range(10, 14)):
             assert (await rpc(a, "Account", account, "write", 100 + i, event=True)).status_code == 200
             sent.append([account, 100 + i, 1])
