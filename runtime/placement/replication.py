@@ -19,7 +19,8 @@ only they can take the slot over, so whichever does holds every acknowledged com
 copies (the primary and its live replicas: one replica of two, one of one), with
 ``all`` every replica, with ``none`` nothing is waited for (asynchronous: what the
 replicas have not acknowledged is lost with the primary's disk). An in-sync replica
-that is not live, or leaves a commit unacknowledged for ``LAG`` seconds, is taken out
+that is not live, or leaves a commit unacknowledged for ``LAG`` seconds (half the
+turn's time, when it has less), is taken out
 of the in-sync set in one transaction (on the record's epoch) before a reply leaves
 without it, as long as enough copies stay; another replica is only no longer waited
 for. Without enough copies the turn waits, and fails with ``Unavailable`` after
@@ -28,10 +29,12 @@ the replicas).
 
 **Catching up.** A replica that is not in sync (new, back from a restart, or taken
 out) is caught up by the slot's owner (``catch_up``, on every worker of the node):
-from then on it is waited for again, the positions its copies hold are read back from
-it (a copy it lost or that diverged gets a base), the slot's idle actors are seeded
-(each activated for a turn that does nothing, so that its stream sends a base), and
-once it holds every stream's last commit one transaction adds it to the in-sync set
+the positions its copies hold are read back from it (a copy it lost or that diverged
+gets a base), the slot's idle actors are seeded (each activated for a turn that does
+nothing, so that its stream sends a base), and once it holds every stream's last
+commit it is waited for again (a replica excluded for lagging stays so until then,
+so that one that cannot be reached holds no turn up while it is tried); once it
+holds what was committed before that, one transaction adds it to the in-sync set
 (compared on its lease: not if it restarted meanwhile). A catch-up fails if the
 replica was excluded for lagging meanwhile; once a worker has caught it up it waits
 for it regardless (``PIN_HOLD``), so that nothing is acknowledged without it between
@@ -276,6 +279,10 @@ class Replication:
             return
         target = stream.seq
         began = trio.current_time()
+        # A replica lags after LAG, or sooner when the turn's own deadline is nearer:
+        # with a short call timeout, a stalled replica must still be found out.
+        deadline = min(trio.current_effective_deadline(), began + self.timeout)
+        lag = min(LAG, max(0.05, (deadline - began) / 2))
         missing: list[str] = []
         with trio.move_on_after(self.timeout):
             while True:
@@ -292,7 +299,7 @@ class Replication:
                 if not missing and self.enough(record, waited):
                     return
                 state = self.locator.view.state
-                slow = trio.current_time() - began >= LAG
+                slow = trio.current_time() - began >= lag
                 gone = [n for n in missing if n not in state.nodes]
                 # A replica not in sync that lags or went away is no longer waited for;
                 # an in-sync one is taken out of the in-sync set first.
@@ -302,7 +309,7 @@ class Replication:
                 lagging = [n for n in missing if n in record.in_sync and (slow or n in gone or n in state.draining)]
                 if lagging:
                     await self._drop_lagging(record, lagging)
-                with trio.move_on_after(max(0.05, began + LAG - trio.current_time())):
+                with trio.move_on_after(max(0.05, began + lag - trio.current_time())):
                     await stream.changed.wait()
         raise Unavailable(
             f"{stream.actor}: its commit was not held by enough replicas within {self.timeout:g} s "
@@ -370,11 +377,11 @@ class Replication:
     async def catch_up(self, slot: int, node: str) -> None:
         """Bring ``node`` up to date with this worker's actors of ``slot`` (see the
         module); from now on, its acknowledgement is waited for too."""
-        self.excluded.pop((slot, node), None)  # waited for again from now
-        began = trio.current_time()
         info = self.locator.view.state.nodes.get(node)
         if info is None:
             raise Unavailable(f"replica {node} is not live")
+        # Until it has answered and holds nearly everything, a replica that was excluded
+        # stays so: one that cannot be reached must not hold turns up while it is tried.
         link = await self.locator.nodes.link(node, info.advertise)
         held = values.unpack(await link.call_raw(NODE_TARGET, [(POSITIONS, values.pack([slot]))], SEND_TIMEOUT))
         holds = {(namespace, hex_id): (stream_id, position) for namespace, hex_id, stream_id, position in held}
@@ -385,15 +392,25 @@ class Replication:
         for stream in [s for s in self.streams.values() if s.slot == slot]:
             self._wake(stream)
         await self._seed(slot)
-        with trio.fail_after(self.timeout * 3):
-            for stream in [s for s in self.streams.values() if s.slot == slot]:
-                while not stream.closed and stream.acked.get(node, -1) < stream.seq:
-                    await stream.changed.wait()
+        await self._until_held(slot, node)
+        # Waited for from now: once it holds what was committed before, it holds
+        # every commit acknowledged (unless it is excluded again meanwhile).
+        self.excluded.pop((slot, node), None)
+        began = trio.current_time()
+        await self._until_held(slot, node)
         if self.excluded.get((slot, node), began - 1) >= began:
             raise Unavailable(f"replica {node} fell behind while it was caught up on slot {slot}")
         # Waited for until its slot's record says it is in sync (the owner's next
         # transaction, begun within PIN_CHECK), or PIN_HOLD at most.
         self._pins[slot, node] = trio.current_time() + PIN_HOLD
+
+    async def _until_held(self, slot: int, node: str) -> None:
+        """Wait until ``node`` holds the last commit of each of this worker's streams
+        of ``slot``."""
+        with trio.fail_after(self.timeout * 3):
+            for stream in [s for s in self.streams.values() if s.slot == slot]:
+                while not stream.closed and stream.acked.get(node, -1) < stream.seq:
+                    await stream.changed.wait()
 
     def _pinned(self, slot: int, node: str) -> bool:
         until = self._pins.get((slot, node))

@@ -3,7 +3,8 @@
 An ``Account`` records each of its activations (the node, the process, when) and each
 write with the activation that made it, in its own tables, so that after a test the
 history of every address shows whether two activations ever overlapped and whether an
-acknowledged write is missing. Its alarm records where it fired. An ``Auditor``
+acknowledged write is missing; ``count`` reads how many writes it holds (a reader that
+sees it go down read back in time). Its alarm records where it fired. An ``Auditor``
 counts the ``Account.wrote`` events it handles, wherever the two live.
 """
 
@@ -47,6 +48,10 @@ class Account(DO):
             "writes": self.sql.exec("SELECT n, seq, activation, at FROM writes ORDER BY n").fetchall(),
             "fired": self.sql.exec("SELECT node, at FROM fired ORDER BY n").fetchall(),
         }
+
+    async def count(self) -> int:
+        """The writes the account holds (a read: it writes nothing)."""
+        return int(self.sql.exec("SELECT count(*) AS n FROM writes").one()["n"])
 
 
 class Auditor(DO):

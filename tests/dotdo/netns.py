@@ -115,6 +115,12 @@ class NamespaceHost:
     etcd_link: str
     peer_link: str
 
+    @property
+    def etcd_address(self) -> str:
+        """The namespace's address on the etcd network: its node, listening on every
+        address, is reached there while its peer link is cut."""
+        return self.etcd_host.rsplit(".", 1)[0] + ".2"
+
     def program(self) -> tuple[str, ...]:
         """The dotdo command, run inside the namespace (``ip netns exec`` execs it: the
         server keeps the process id it was started as)."""
