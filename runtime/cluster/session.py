@@ -135,6 +135,10 @@ class Session:
         self.lease = 0
         self.deadline = -float("inf")
         self.joins = 0  # leases this session held (a new one after each expiry)
+        self.joined_revision = 0
+        """The etcd revision at which the node's key took its current lease: what
+        happened to the node's slots while it was away is at or before it (a view must
+        have seen it before the node serves: ``ClusterLocator.serving``)."""
         self._cut_off = False  # past the deadline for want of etcd's answer (and said so)
         self._changed = trio.Event()
 
@@ -183,13 +187,14 @@ class Session:
         sent = self._clock()
         lease = await self.etcd.grant(self.ttl)
         try:
-            await self._claim(lease)
+            revision = await self._claim(lease)
         except BaseException:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
                 await _revoke_quietly(self.etcd, lease)
             raise
         self.lease = lease
         self.joins += 1
+        self.joined_revision = revision
         self._set_deadline(sent + self.ttl - self.margin)
         log.info("node %s joined the cluster (lease %x)", self.info.name, lease)
 
@@ -213,20 +218,21 @@ class Session:
                 if granted:
                     self.lease = current.lease
                     self.joins += 1
+                    self.joined_revision = current.mod_revision  # the leader's claim
                     self._set_deadline(sent + granted - self.margin)
                     return
             await trio.sleep(RETRY)
 
-    async def _claim(self, lease: int) -> None:
+    async def _claim(self, lease: int) -> int:
         """Create the node's key under ``lease``, or take over our own from a process
-        that ran on the same data directory."""
+        that ran on the same data directory; the revision of the write."""
         value = self.info.encode()
         for _ in range(5):
             result = await self.etcd.txn(
                 [Compare.create_revision(self.key, "==", 0)], [Op.put(self.key, value, lease)], [Op.get(self.key)]
             )
             if result.succeeded:
-                return
+                return result.revision
             held = result.responses[0]
             if not held:
                 continue  # it expired between the compare and the get: try again
@@ -248,7 +254,7 @@ class Session:
             if replaced.succeeded:
                 if current.lease and current.lease != lease:
                     await _revoke_quietly(self.etcd, current.lease)
-                return
+                return replaced.revision
         raise EtcdError(f"could not create the key of node {self.info.name!r}: it kept changing")
 
     async def _renew(self) -> None:

@@ -163,6 +163,14 @@ class ClusterLocator(Locator):
         self.lag: Callable[[], dict[str, dict[str, float]]] | None = None
         """Replication's figures for ``describe`` (set when this worker replicates)."""
 
+    @property
+    def serving(self) -> bool:
+        """Whether this node may serve its slots now: before its session's deadline,
+        and with a view that has seen the revision its lease was taken at (a node back
+        with a new lease must not serve slots that failed over while it was away, as
+        a stale view would still show them its own)."""
+        return self.session.serving and self.view.revision >= self.session.joined_revision
+
     def slot(self, target: ActorId) -> int | None:
         """The slot of ``target``, or None before the cluster is formed."""
         config = self.view.state.config
@@ -178,6 +186,8 @@ class ClusterLocator(Locator):
         if record.owner == self.name:
             if not self.session.serving:
                 return Unreachable(f"node {self.name} is cut off from etcd (its lease could not be renewed)")
+            if not self.serving:
+                return Unreachable(f"node {self.name} is back with a new lease and has not caught up with the cluster yet")
             return self._workers[worker_of(target.hex, self.count)]
         info = self.view.state.nodes.get(record.owner)
         if info is None:
@@ -190,10 +200,10 @@ class ClusterLocator(Locator):
         longer owns the slot (the turn is then rolled back, and nothing it did is
         acknowledged)."""
         slot = self.slot(target)
-        session, view, name = self.session, self.view, self.name
+        view, name = self.view, self.name
 
         def check() -> None:
-            if not session.serving:
+            if not self.serving:
                 raise Unavailable(f"node {name} is cut off from etcd; the turn was rolled back; retry later")
             record = view.slot(slot) if slot is not None else None
             if record is None or record.owner != name:
@@ -229,7 +239,7 @@ class ClusterLocator(Locator):
 
     def serves(self, hex_id: str) -> bool:
         config = self.view.state.config
-        if config is None or not self.session.serving:
+        if config is None or not self.serving:
             return False
         record = self.view.slot(slot_of(hex_id, config.slots))
         return (

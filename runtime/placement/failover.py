@@ -92,7 +92,7 @@ class Failover:
 
     async def _consider(self, record: SlotRecord) -> None:
         nodes = self.view.state.nodes
-        if not self.locator.session.serving:
+        if not self.locator.serving:
             return
         if record.owner == self.name and record.promoting:
             await self._promote(record)  # ours, begun before (a restart) or just now

@@ -56,6 +56,9 @@ DEFAULT_DRAIN_TIMEOUT = 120.0
 SETTLE_EVERY = 0.25
 """Seconds between looks at the node's deadline (placement changes are seen at once)."""
 RETRY_MOVE = 1.0
+STALE_REFRESH = 2.0
+"""Seconds a node with a new lease waits for its view to see it before reading the
+cluster's state anew (a watch that died unseen)."""
 CATCH_UPS = 4
 """Replicas a node catches up at once."""
 
@@ -242,16 +245,23 @@ class ClusterNode:
         before: tuple[bool, frozenset[int]] | None = None
         members = set(locator.view.state.nodes)
         seen = -1
+        renewing = locator.session.serving
+        behind = trio.current_time()
         while True:
             present = set(locator.view.state.nodes)
             for gone in members - present:
                 await locator.nodes.drop(gone)
             members = present
-            now = (locator.session.serving, locator.owned())
+            if locator.session.serving and not renewing:
+                locator.view.refresh()  # back from a cut: the watches may have died unseen
+                mirror.refresh()
+                behind = trio.current_time()
+            renewing = locator.session.serving
+            if renewing and not locator.serving and trio.current_time() - behind > STALE_REFRESH:
+                locator.view.refresh()  # a new lease the view has not seen yet: read it all again
+                behind = trio.current_time()
+            now = (locator.serving, locator.owned())
             if now != before:
-                if before is not None and now[0] and not before[0]:
-                    locator.view.refresh()  # back from a cut: the watches may have died unseen
-                    mirror.refresh()
                 if self._replication is not None:
                     self._replication.placement_changed()
                 if self.leader:  # slots taken (all of them at start): publish their subscribers
@@ -305,7 +315,7 @@ class ClusterNode:
     async def _replicas_step(self) -> bool:
         """Give one of this node's slots the replicas the plan names; whether one changed."""
         state = self.view.state
-        if not self.session.serving or not self.view.formed:
+        if not self.locator.serving or not self.view.formed:
             return False
         for change in replica_plan(state.slots, state.nodes, self.settings.replicas, state.draining):
             record = state.slots.get(change.slot)
@@ -356,7 +366,7 @@ class ClusterNode:
         async with trio.open_nursery() as nursery:
             while True:
                 for record in sorted(view.state.slots.values(), key=lambda r: r.slot):
-                    if record.owner != self.name or record.moving or not self.session.serving:
+                    if record.owner != self.name or record.moving or not self.locator.serving:
                         continue
                     for node in record.replicas:
                         pair = (record.slot, node)
@@ -398,7 +408,7 @@ class ClusterNode:
 
     def _next_move(self) -> Any:
         state = self.view.state
-        if not self.session.serving or not self.view.formed:
+        if not self.locator.serving or not self.view.formed:
             return None
         mine = [m for m in plan(state.slots, state.nodes, state.draining) if m.source == self.name]
         return mine[0] if mine else None
@@ -409,7 +419,7 @@ class ClusterNode:
         """Drain: ask for this node's slots to move, and wait (up to the drain timeout)
         until they have, or until no other node could take them."""
         view, name = self.view, self.name
-        if not self.session.serving:
+        if not self.locator.serving:
             return
         try:
             await view.set_draining(name)

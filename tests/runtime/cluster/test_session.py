@@ -27,6 +27,7 @@ async def test_a_node_joins_with_its_key_on_a_lease_and_leaves_without_it(etcd: 
         assert session.serving and 0 < session.remaining() <= 2 - session.margin
         held = await client.get(node_key(PREFIX, "n1"))
         assert held is not None and held.lease == session.lease
+        assert session.joined_revision == held.mod_revision  # the claim: a view must see it first
         assert NodeInfo.decode("n1", held.value) == info()
         with trio.fail_after(10):
             first = session.deadline
@@ -52,6 +53,7 @@ async def test_a_name_held_by_another_data_directory_is_refused_but_our_own_is_t
             await nursery.start(new.run)
         held = await client.get(node_key(PREFIX, "n1"))
         assert held is not None and held.lease == new.lease != old.lease
+        assert new.joined_revision == held.mod_revision > old.joined_revision  # taken over
         nursery.cancel_scope.cancel()
 
 
@@ -76,6 +78,7 @@ async def test_a_node_whose_etcd_stops_answering_stops_serving_before_its_lease_
                 await trio.sleep(0.05)
         held = await client.get(node_key(PREFIX, "n1"))
         assert held is not None and held.lease == session.lease
+        assert session.joined_revision == held.mod_revision  # the claim: a view must see it first
         nursery.cancel_scope.cancel()
     # Said once each way, with the reason (a keep-alive that timed out has no message).
     said = [r.getMessage() for r in caplog.records if "etcd" in r.getMessage()]

@@ -89,6 +89,26 @@ async def test_every_answer_of_the_locator(cluster: Cluster) -> None:
     assert locator.describe()["slots"] == 0
 
 
+async def test_a_node_back_with_a_new_lease_serves_nothing_until_its_view_has_seen_it(cluster: Cluster) -> None:
+    locator = ClusterLocator(cluster.view, cluster.session, Nodes("secret"), clock=lambda: cluster.now)
+    target = an_id_in(1)
+    cluster.own(1, "a")  # as a stale view would still say, after a failover it missed
+    cluster.session.deadline = cluster.now + 3
+    cluster.session.joined_revision = cluster.revision + 2  # the new lease's claim, not seen yet
+    behind = locator.locate(target)
+    assert isinstance(behind, Unreachable) and "new lease" in behind.why
+    assert not locator.serving and not locator.serves(target.hex)
+    with pytest.raises(Unavailable):
+        locator.guard(target)()
+    cluster.own(1, "b")  # what the view catches up on: the slot failed over meanwhile
+    cluster.live("a")  # and the node's own key, at the claim's revision
+    assert cluster.view.revision >= cluster.session.joined_revision and locator.serving
+    assert locator.locate(target) is not None and not locator.serves(target.hex)
+    cluster.own(1, "a")
+    assert locator.locate(target) is None and locator.serves(target.hex)
+    locator.guard(target)()
+
+
 async def test_a_call_to_a_moving_slot_waits_for_its_new_owner(cluster: Cluster) -> None:
     locator = ClusterLocator(cluster.view, cluster.session, Nodes("secret"), clock=lambda: cluster.now)
     cluster.session.deadline = cluster.now + 3
