@@ -82,6 +82,8 @@ FETCH_CHUNK = 4 * 1024 * 1024
 ACKS = ("quorum", "all", "none")
 BASE_CHUNK = 4 * 1024 * 1024
 """Bytes of a base sent per ``$node.replicate_base``."""
+BATCH_BYTES = 4 * 1024 * 1024
+"""Bytes of commits sent per ``$node.replicate`` at most (the rest in the next round)."""
 SEND_TIMEOUT = 10.0
 LAG = 3.0
 """Seconds an in-sync replica may leave a commit unacknowledged before its owner takes
@@ -228,6 +230,12 @@ class Replication:
     def placement_changed(self) -> None:
         """The slot table changed: replicas may have joined a stream (they need a
         base) or left it (what they had acknowledged no longer counts)."""
+        for slot, node in list(self._pins):
+            record = self.locator.view.slot(slot)
+            if record is None or node in record.in_sync or node not in record.replicas:
+                # In sync now (the in-sync set governs it from here: one that lags is
+                # taken out, then no longer waited for), or no longer its replica.
+                del self._pins[slot, node]
         for stream in list(self.streams.values()):
             replicas = self.replicas_of(stream.slot)
             for node in [n for n in stream.acked if n not in replicas]:
@@ -287,7 +295,7 @@ class Replication:
         with trio.move_on_after(self.timeout):
             while True:
                 record = self.locator.view.slot(stream.slot)
-                if record is None or record.owner != self.name or not self.locator.session.serving:
+                if record is None or record.owner != self.name or not self.locator.serving:
                     # Taken over (a move waits for the turn's end), or cut off: whether the
                     # new owner has this commit is not known here.
                     raise Unavailable(
@@ -466,17 +474,47 @@ class Replication:
                     await self._send_base(link, node, stream)
                 except Unavailable:  # its view does not have it this stream's replica yet
                     refused = True  # the others go on; this one goes again
-        mine = [s for s in mine if not s.closed and node in s.acked]
+        for stream in mine:
+            if node in stream.acked and stream.acked[node] >= stream.seq:  # its base was all it lacked
+                self._trim(stream)
+                stream.notify()
+        mine = [s for s in mine if not s.closed and node in s.acked and s.acked[node] < s.seq]
         if not mine:
             if refused:
                 await trio.sleep(RETRY)
                 self._feeders[node].set()
             return
+        # One call carries at most BATCH_BYTES of commits (a replica far behind is sent
+        # what it lacks over several rounds: a frame has a limit); a commit larger than
+        # that on its own goes as a base instead.
         entries = []
+        sent: list[Stream] = []
+        budget = BATCH_BYTES
+        behind = False
         for stream in mine:
-            position = stream.acked.get(node)
-            pending = [] if position is None else [data for seq, data, _ in stream.commits if seq > position]
+            position = stream.acked[node]
+            lacking = [data for seq, data, _ in stream.commits if seq > position]
+            if not lacking or len(lacking[0]) > BATCH_BYTES:
+                del stream.acked[node]  # its base goes in the next round, in parts
+                stream.base = None
+                behind = True
+                continue
+            pending = []
+            for data in lacking:
+                if len(data) > budget:
+                    break
+                pending.append(data)
+                budget -= len(data)
+            if not pending:
+                break  # the budget is spent: the rest next round
             entries.append([stream.actor.namespace, stream.actor.hex, stream.id, pending])
+            sent.append(stream)
+        behind = behind or len(sent) < len(mine)
+        mine = sent
+        if not entries:
+            await trio.sleep(0)
+            self._feeders[node].set()
+            return
         reply = values.unpack(await link.call_raw(NODE_TARGET, [(REPLICATE, values.pack([self.name, entries]))], SEND_TIMEOUT))
         again = refused
         for stream, position in zip(mine, reply):
@@ -491,7 +529,7 @@ class Replication:
             stream.acked[node] = position
             self._trim(stream)
             stream.notify()
-        if again or any(stream.acked.get(node, -1) < stream.seq for stream in mine):
+        if again or behind or any(stream.acked.get(node, -1) < stream.seq for stream in mine):
             await trio.sleep(RETRY if again else 0)
             self._feeders[node].set()
 

@@ -49,6 +49,12 @@ class Account(DO):
             "fired": self.sql.exec("SELECT node, at FROM fired ORDER BY n").fetchall(),
         }
 
+    async def fill(self, key: str, size: int) -> int:
+        """Store ``size`` random bytes under ``key`` in one commit (a large page set)."""
+        self.sql.exec("CREATE TABLE IF NOT EXISTS blobs(key TEXT PRIMARY KEY, body BLOB)")
+        self.sql.exec("INSERT OR REPLACE INTO blobs VALUES (?, randomblob(?))", key, size)
+        return size
+
     async def count(self) -> int:
         """The writes the account holds (a read: it writes nothing)."""
         return int(self.sql.exec("SELECT count(*) AS n FROM writes").one()["n"])

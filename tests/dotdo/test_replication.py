@@ -59,17 +59,26 @@ async def test_every_acknowledged_write_is_on_the_replica_before_its_reply(tmp_p
 def held_by(copy_path: Path, scratch: Path) -> list[int]:
     """The writes a replica's copy holds (its log replayed on a copy of its files, so
     that the live replica is left alone)."""
-    scratch.mkdir()
-    copied = scratch / copy_path.name
-    copied.write_bytes(copy_path.read_bytes())
-    Path(f"{copied}.replica").write_bytes(Path(f"{copy_path}.replica").read_bytes())
-    copy = ReplicaCopy.open(copied)
-    conn = apsw.Connection(f"file:{copy.path}?immutable=1", flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+    conn = copied_replica(copy_path, scratch)
     try:
-        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         return sorted(r[0] for r in conn.execute("SELECT seq FROM writes"))
     finally:
         conn.close()
+
+
+def copied_replica(copy_path: Path, scratch: Path) -> apsw.Connection:
+    """A read-only connection to a copy (in ``scratch``) of a replica's copy, its redo log
+    replayed, checked whole."""
+    scratch.mkdir()
+    copied = scratch / copy_path.name
+    copied.write_bytes(copy_path.read_bytes())
+    log = Path(f"{copy_path}.replica")
+    if log.exists():
+        Path(f"{copied}.replica").write_bytes(log.read_bytes())
+    copy = ReplicaCopy.open(copied)
+    conn = apsw.Connection(f"file:{copy.path}?immutable=1", flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+    assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    return conn
 
 
 async def settled(etcd: EtcdServer) -> bool:
@@ -180,3 +189,38 @@ async def test_idle_actors_are_seeded_on_a_new_replica_and_survive_their_primary
                     await trio.sleep(0.1)
                 assert response.status_code == 200, response.text
                 assert sorted(w["seq"] for w in response.json()["result"]["writes"]) == acked[account], account
+
+
+async def test_commits_larger_than_a_frame_together_or_alone_reach_the_replica(tmp_path: Path, etcd: EtcdServer) -> None:
+    """Commits that together (or one alone) are over the transport's frame limit are
+    sent in rounds of bounded size (a commit over the round's size as a base): each
+    reply still leaves once the replica holds its commit."""
+    options = dict(cluster=(etcd.url,), cluster_secret=SECRET, lease_ttl=2, slots=SLOTS, replicas=1, env={"NODE": "?"})
+    async with AsyncExitStack() as stack, httpx.AsyncClient(timeout=30) as client:
+        a_url, _ = await stack.enter_async_context(crashable([Account], tmp_path / "a", node="a", **options))
+        b_url, _ = await stack.enter_async_context(crashable([Account], tmp_path / "b", node="b", **options))
+        with trio.fail_after(20):
+            while not await settled(etcd):
+                await trio.sleep(0.1)
+        owners = await slot_owners(etcd)
+        on_a = [f"big{i}" for i in range(40) if owners[int(resolve("Account", f"big{i}").hex[8:16], 16) % SLOTS] == "a"][:6]
+        statuses: list[int] = []
+
+        async def fill(account: str, size: int) -> None:
+            response = await client.post(f"{a_url}/_rpc/Account/{account}/fill", json={"args": ["k", size], "kwargs": {}})
+            statuses.append(response.status_code)
+            assert response.status_code == 200, response.text
+
+        with trio.fail_after(60):
+            await fill(on_a[0], 20 * 1024 * 1024)  # one commit over the frame limit
+            async with trio.open_nursery() as nursery:  # 6 x 3.5 MiB at once
+                for account in on_a:
+                    nursery.start_soon(fill, account, 3584 * 1024)
+        assert statuses == [200] * (1 + len(on_a))
+        replica = ReplicaStore((tmp_path / "b").resolve())
+        for account in on_a:
+            conn = copied_replica(replica.path("Account", resolve("Account", account).hex), tmp_path / f"check-{account}")
+            try:
+                assert conn.execute("SELECT length(body) FROM blobs WHERE key = 'k'").fetchall() == [(3584 * 1024,)]
+            finally:
+                conn.close()
