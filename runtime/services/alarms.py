@@ -40,7 +40,7 @@ from dotdo.storage.errors import DotdoError, InvalidInput, StorageError
 from dotdo.runtime.services import schedules
 from dotdo.runtime.services.alarm_info import AlarmInfo, ScheduleInfo, ScheduleRun, schedule_info, to_epoch, utc
 from dotdo.runtime.core.activation import Activation
-from dotdo.runtime.core.errors import CallTimeout, SupervisorClosed
+from dotdo.runtime.core.errors import CallTimeout, SupervisorClosed, Unavailable
 from dotdo.runtime.core.ids import ActorId
 from dotdo.runtime.services.workflow import activation_of_turn, method_of, own_turn
 
@@ -60,6 +60,10 @@ MAX_RUNS_PER_WAKE = 64
 """Items one delivery runs before it gives the actor back to the scheduler."""
 ACTIVATION_RETRY = 30.0
 """Seconds before retrying an actor whose activation failed (on_start raised, locked)."""
+UNAVAILABLE_RETRY = 0.5
+"""Seconds before the first retry of an actor that was ``Unavailable`` here (its slot
+moving or just taken over, its replicas not holding its commit yet): doubled at each
+failure in a row, up to ``ACTIVATION_RETRY``."""
 WORKFLOW = "workflow"
 """What ``_fire`` returns when the outbox or a step is due."""
 
@@ -105,6 +109,7 @@ class AlarmService:
         self._stop = tenacity.stop_after_attempt(config.alarm_max_retries + 1)
         self._concurrency = config.alarm_concurrency
         self._inflight: set[tuple[str, str]] = set()
+        self._unavailable: dict[tuple[str, str], int] = {}  # failures in a row, by actor
         self._states: dict[Activation, AlarmState] = {}
         hooks = supervisor.hooks
         hooks.turn_ended.append(self._turn_ended)
@@ -240,18 +245,23 @@ class AlarmService:
                     await sup.events.deliver_round(target)
                     await sup.steps.resume_due(target)
                 elif not more:
-                    return
+                    break
+            self._unavailable.pop((entry.namespace, entry.hex), None)
         except SupervisorClosed:
             return
         except DotdoError as exc:
             if sup.closing:
                 return
-            log.warning("cannot deliver the alarm of %s: %s; trying again in %g s", target, exc, ACTIVATION_RETRY)
+            delay = ACTIVATION_RETRY
+            if isinstance(exc, Unavailable):  # placement's, passing: sooner, then backing off
+                failures = self._unavailable[entry.namespace, entry.hex] = self._unavailable.get((entry.namespace, entry.hex), 0) + 1
+                delay = min(ACTIVATION_RETRY, UNAVAILABLE_RETRY * 2 ** (failures - 1))
+            log.warning("cannot deliver the alarm of %s: %s; trying again in %g s", target, exc, delay)
             activation = sup.activation_of(target)
             if activation is not None:
                 self._state(activation).indexed = None  # postponing moves its entries later
             try:
-                self.index.postpone(entry.namespace, entry.hex, self.now() + ACTIVATION_RETRY)
+                self.index.postpone(entry.namespace, entry.hex, self.now() + delay)
             except StorageError:
                 log.exception("cannot postpone the alarm of %s", target)
         finally:
@@ -499,11 +509,6 @@ class AlarmService:
         if items:
             self._wake_for(items[0].due)
 
-    def forget(self, actor: ActorId) -> None:
-        """Drop the index entries of an actor whose database left this data directory."""
-        if self._index is not None:
-            self._index.replace(actor.namespace, actor.hex, actor.name, [])
-
     def placement_changed(self) -> None:
         """What this process serves changed (a cluster's slots moved): look at the
         index again, since entries it skipped may now be its own."""
@@ -520,7 +525,9 @@ class AlarmService:
             self._wake_for(items[0].due)
 
     def forget(self, actor: ActorId) -> None:
-        """Drop the index entries of an actor whose database was deleted."""
+        """Drop the index entries of an actor whose database was deleted or left this
+        data directory."""
+        self._unavailable.pop((actor.namespace, actor.hex), None)
         if self._index is not None:
             self._index.replace(actor.namespace, actor.hex, actor.name, [])
 

@@ -76,6 +76,8 @@ async def test_a_killed_primary_loses_no_acknowledged_write_and_its_slots_come_b
         for account in ACCOUNTS:
             record = await history(client, nodes["a"], account)
             check_history(account, record, load.acked.get(account, set()))
+            if account in load.armed:
+                assert record["fired"], f"{account}: its alarm never fired ({record['activations']})"
         gaps = sorted(load.gaps)
         print(
             f"replication faults: {load.sent} writes sent, {acked} acknowledged (all present), {load.refused} refused; "

@@ -16,7 +16,8 @@ import trio
 from trio.testing import MockClock
 
 from dotdo import DO, ActorError, DotdoError, InvalidInput, InvalidSchedule
-from dotdo.runtime.core.ids import id_from_name
+from dotdo.runtime.core.ids import ActorId, id_from_name
+from dotdo.runtime.placement.locator import MOVING, Locator, Owner
 from dotdo.runtime.supervisor import Supervisor
 from dotdo.storage.alarms import PendingItem
 
@@ -690,3 +691,30 @@ async def test_delete_all_in_a_failing_alarm_handler_stops_retries_as_delete_ala
         # The handler's turn rolled back: the data is back, the alarm is not retried.
         assert await wiper.state() == {**FULL, "alarm": False, "runs": ["alarm"]}
         assert [e.kind for e in sup.alarms.pending("Wiper")] == ["schedule"]
+
+
+class Away(Locator):
+    """Places every actor here, except while ``away``: then elsewhere (as a cluster's
+    locator does for a slot moving or just taken over)."""
+
+    def __init__(self) -> None:
+        self.away = False
+
+    def locate(self, target: ActorId) -> Owner | None:
+        return MOVING if self.away else None
+
+
+async def test_an_alarm_whose_actor_is_unavailable_for_a_moment_is_retried_soon(autojump_clock: MockClock, tmp_path: Path) -> None:
+    locator = Away()
+    async with Supervisor(KINDS, tmp_path, locator=locator, **FAST) as sup:
+        clock = sup.S.Clock("u")
+        start = mock_wall_clock()
+        await clock.arm(1.0)
+        locator.away = True  # at its time, and a few retries after it, it runs elsewhere
+        await trio.sleep(3.0)
+        assert sup.alarms.pending()  # not run, not lost
+        locator.away = False
+        runs = await eventually(clock.runs, timeout=10.0)
+        assert len(runs) == 1 and runs[0]["retry_count"] == 0  # its handler never failed
+        # retried 0.5, 1 and 2 s after each failure (at 1, 1.5 and 2.5 s): it ran at 4.5 s
+        assert 3.0 <= runs[0]["at"] - start <= 5.0
