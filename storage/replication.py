@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from dotdo.storage import side_files
 from dotdo.storage.address import Address
 from dotdo.storage.alarm_index import INDEX_DIR
 from dotdo.storage.directory import ActorDirectory, Entry
@@ -388,17 +389,30 @@ class ReplicaStore:
                 file.unlink()
             except FileNotFoundError:
                 pass
+        side_files.remove(path)
         self.directory.forget([Entry(namespace, hex_id, None)])
 
-    def receive(self, namespace: str, hex_id: str, stream: bytes, commits: list[bytes]) -> int:
+    def receive(
+        self, namespace: str, hex_id: str, stream: bytes, commits: list[bytes], side: list[side_files.Operation] = ()
+    ) -> int:
         """Hold commits a primary sent for one actor, in order, in its ``stream``
-        (begun by a base: ``ReplicaCopy.receive_base``); the position now held.
+        (begun by a base: ``ReplicaCopy.receive_base``), then the changes to its side
+        files that came with them (``dotdo.storage.side_files``); the position now held.
+        With ``stream`` empty only side files came (the actor was passivated): they go
+        beside whatever copy is held.
 
         Raises:
             ReplicaGap: The stream is not the one this copy follows (a base must come
-                first), or a commit skips a position.
+                first), or a commit skips a position, or side files came for an actor
+                of which no copy is held.
             StorageError: Something arrived damaged, or the files cannot be written.
         """
+        path = self.path(namespace, hex_id)
+        if not stream:
+            if (namespace, hex_id) not in self._copies and not path.exists():
+                raise ReplicaGap(f"{namespace}/{hex_id[:12]}: no copy is held to keep its side files beside")
+            side_files.apply(path, list(side), durable=self.durable)
+            return self.copy(namespace, hex_id).position
         copy = self.copy(namespace, hex_id)
         if copy.stream != stream:
             raise ReplicaGap(f"{namespace}/{hex_id[:12]}: a new primary's stream needs a base first")
@@ -407,6 +421,8 @@ class ReplicaStore:
         copy.sync()
         if copy.unsettled >= SETTLE_AFTER:
             copy.settle()
+        if side:
+            side_files.apply(path, list(side), durable=self.durable)
         return copy.position
 
     def settle_all(self) -> None:

@@ -22,7 +22,9 @@ whose owner holds no lease:
    wins (it may hold a commit that was never acknowledged, which is no loss), fetched
    from the replica that holds it (``$node.replica_fetch``) when it is not its own.
 4. **Promote.** Each winning copy replaces whatever the node held of the actor and
-   becomes its database (``ReplicaStore.take``); files this node kept of the slot's
+   becomes its database (``ReplicaStore.take``), with the side files (history archive,
+   branches) this node's copy holds (an in-sync replica has those of every
+   acknowledged commit); files this node kept of the slot's
    other actors, from a time it owned the slot, are stale and deleted; alarms and
    subscriptions are indexed; the actor directory lists the actors. One transaction
    ends the promotion (``promoted``): the node serves the slot, and the replica plan
@@ -40,6 +42,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from dotdo.storage import side_files
 from dotdo.storage.address import Address
 from dotdo.storage.directory import Entry
 from dotdo.storage.errors import DotdoError
@@ -154,6 +157,7 @@ class Failover:
             target = Address(namespace, hex_id).path(self.data_dir)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(source, target)
+            side_files.move(source, target)  # its history and branches, as its replicas held them
             entries.append(entry)
         if directory is not None:
             # What this node kept of the slot's other actors is from a time it owned the

@@ -41,6 +41,14 @@ for it regardless (``PIN_HOLD``), so that nothing is acknowledged without it bet
 that and the transaction. A node that starts takes itself out of every in-sync set
 first: it cannot know what it missed, or whether its disk is the one it had.
 
+**Side files.** An actor's history archive and branches, files beside its database,
+travel with its commits: each round looks at what changed of them since what that
+replica was last sent (``dotdo.storage.side_files``: a log's new tail, a new file
+whole, a deletion), so a reply that waits for a commit waits for them too. A turn that
+changed the actor's branches without committing (a fork) asks for a round of its own
+and waits for it; a passivated actor's last side files (closing writes the archive's
+last records) go in the next round.
+
 **Replica.** ``$node.replicate`` is taken only from the slot's owner for a node its
 record lists as a replica; the commits are held in the node's ``ReplicaStore`` (a
 redo log written first, then the copy) and answered with the position each copy holds
@@ -57,6 +65,8 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from dotdo.storage import side_files
+from dotdo.storage.address import Address
 from dotdo.storage.errors import DotdoError
 from dotdo.storage.replication import ReplicaGap, ReplicaStore
 
@@ -129,6 +139,7 @@ class Stream:
     acked: dict[str, int] = field(default_factory=dict)  # each replica's position; absent: needs the base
     changed: trio.Event = field(default_factory=trio.Event)
     closed: bool = False
+    branches: int = 0  # the branches folder's mtime when last looked at (0: none)
 
     def notify(self) -> None:
         self.changed.set()
@@ -172,6 +183,15 @@ class Replication:
         self._feeders: dict[str, trio.Event] = {}
         self.excluded: dict[tuple[int, str], float] = {}  # replicas not in sync, not waited for (since when)
         self._pins: dict[tuple[int, str], float] = {}  # caught up, about to be in sync: waited for until then
+        # The side files (history, branches) each replica holds of each actor, with the
+        # replica's lease then, and the passivated actors whose side files a replica may lack.
+        self._side: dict[tuple[str, str, str], tuple[int, side_files.Manifest]] = {}
+        self._side_due: dict[str, set[tuple[str, str]]] = {}
+        # Turns that changed an actor's branches ask for its side files to be sent
+        # (a count per actor and replica), and wait until a round that looked after
+        # their ask is acknowledged.
+        self._side_asked: dict[tuple[str, str, str], int] = {}
+        self._side_done: dict[tuple[str, str, str], int] = {}
         self._nursery: trio.Nursery | None = None
         supervisor.hooks.activated.append(self._activated)
         supervisor.hooks.closed.append(self._closed)
@@ -205,6 +225,7 @@ class Replication:
         record = self.locator.view.slot(slot)
         name = (record.epoch if record is not None else 0).to_bytes(8, "big") + time.time_ns().to_bytes(8, "big")
         stream = Stream(activation.id, slot, name, image)
+        stream.branches = self._branches_mtime(activation.id)
         if self.replicas_of(slot):
             stream.base = image()
         self.streams[activation.id.namespace, activation.id.hex] = stream
@@ -226,6 +247,11 @@ class Replication:
         if stream is not None:
             stream.closed = True
             stream.notify()
+            # Closing wrote its last side files (the history archive's last commits):
+            # its replicas get them, as a passivated actor's, in the next round.
+            for node in self.replicas_of(stream.slot):
+                self._side_due.setdefault(node, set()).add((activation.id.namespace, activation.id.hex))
+                self._feeder(node)
 
     def placement_changed(self) -> None:
         """The slot table changed: replicas may have joined a stream (they need a
@@ -236,6 +262,10 @@ class Replication:
                 # In sync now (the in-sync set governs it from here: one that lags is
                 # taken out, then no longer waited for), or no longer its replica.
                 del self._pins[slot, node]
+        config = self.locator.view.state.config
+        for namespace, hex_id, node in list(self._side):
+            if config is None or node not in self.replicas_of(slot_of(hex_id, config.slots)):
+                del self._side[namespace, hex_id, node]  # sent again in full if it is again
         for stream in list(self.streams.values()):
             replicas = self.replicas_of(stream.slot)
             for node in [n for n in stream.acked if n not in replicas]:
@@ -273,12 +303,25 @@ class Replication:
 
     def _wake(self, stream: Stream) -> None:
         for node in self.replicas_of(stream.slot):
-            wake = self._feeders.get(node)
-            if wake is None:
-                wake = self._feeders[node] = trio.Event()
-                if self._nursery is not None:
-                    self._nursery.start_soon(self._feed, node)
-            wake.set()
+            self._feeder(node)
+
+    def _branches_mtime(self, actor: ActorId) -> int:
+        """The modification time of the actor's branches folder (0: it has none): a
+        branch made, replaced or deleted changes it."""
+        db = Address(actor.namespace, actor.hex).path(self.sup.config.data_dir)
+        try:
+            return side_files.roots(db)["branches"].stat().st_mtime_ns
+        except FileNotFoundError:
+            return 0
+
+    def _feeder(self, node: str) -> None:
+        """Wake the feeder of ``node`` (started if it has none yet)."""
+        wake = self._feeders.get(node)
+        if wake is None:
+            wake = self._feeders[node] = trio.Event()
+            if self._nursery is not None:
+                self._nursery.start_soon(self._feed, node)
+        wake.set()
 
     async def held(self, stream: Stream) -> None:
         """Wait until every in-sync replica (and every one being caught up) holds the
@@ -287,6 +330,17 @@ class Replication:
             return
         target = stream.seq
         began = trio.current_time()
+        # A turn that changed the actor's branches (a fork, a deletion) may have
+        # committed nothing: its replicas are sent its side files in a round begun now.
+        asked: dict[str, int] = {}
+        branches = self._branches_mtime(stream.actor)
+        if branches != stream.branches:
+            stream.branches = branches
+            for node in self.replicas_of(stream.slot):
+                key = (stream.actor.namespace, stream.actor.hex, node)
+                asked[node] = self._side_asked[key] = self._side_asked.get(key, 0) + 1
+                self._side_due.setdefault(node, set()).add(key[:2])
+                self._feeder(node)
         # A replica lags after LAG, or sooner when the turn's own deadline is nearer:
         # with a short call timeout, a stalled replica must still be found out.
         deadline = min(trio.current_effective_deadline(), began + self.timeout)
@@ -303,7 +357,11 @@ class Replication:
                         "the commit may or may not be kept; retry"
                     )
                 waited = self.waited(record)
-                missing = [node for node in waited if stream.acked.get(node, -1) < target]
+                missing = [
+                    node for node in waited
+                    if stream.acked.get(node, -1) < target
+                    or self._side_done.get((stream.actor.namespace, stream.actor.hex, node), 0) < asked.get(node, 0)
+                ]
                 if not missing and self.enough(record, waited):
                     return
                 state = self.locator.view.state
@@ -459,12 +517,14 @@ class Replication:
         info = self.locator.view.state.nodes.get(node)
         if info is None:
             return  # not live: what it lacks goes when it is back (repair gives it a base)
-        # Only the streams with something for this node: a base, or commits it lacks.
+        # Only the streams with something for this node: a base, or commits it lacks;
+        # and the passivated actors whose side files it may lack.
         mine = [
             s for s in self.streams.values()
             if node in self.replicas_of(s.slot) and (node not in s.acked or s.acked[node] < s.seq)
         ]
-        if not mine:
+        due = [key for key in self._side_due.pop(node, set()) if key not in {(s.actor.namespace, s.actor.hex) for s in mine}]
+        if not mine and not due:
             return
         link = await self.locator.nodes.link(node, info.advertise)
         refused = False
@@ -479,16 +539,13 @@ class Replication:
                 self._trim(stream)
                 stream.notify()
         mine = [s for s in mine if not s.closed and node in s.acked and s.acked[node] < s.seq]
-        if not mine:
-            if refused:
-                await trio.sleep(RETRY)
-                self._feeders[node].set()
-            return
-        # One call carries at most BATCH_BYTES of commits (a replica far behind is sent
-        # what it lacks over several rounds: a frame has a limit); a commit larger than
-        # that on its own goes as a base instead.
+        # One call carries at most BATCH_BYTES of commits and side files (a replica far
+        # behind is sent what it lacks over several rounds: a frame has a limit); a
+        # commit larger than that on its own goes as a base instead. Each actor's side
+        # files (history, branches) go with its commits, as they are after them.
         entries = []
-        sent: list[Stream] = []
+        sides: list[tuple[tuple[str, str, str], side_files.Manifest, int]] = []
+        sent: list[Stream | None] = []
         budget = BATCH_BYTES
         behind = False
         for stream in mine:
@@ -506,32 +563,75 @@ class Replication:
                 pending.append(data)
                 budget -= len(data)
             if not pending:
+                behind = True
                 break  # the budget is spent: the rest next round
-            entries.append([stream.actor.namespace, stream.actor.hex, stream.id, pending])
+            ops, complete = self._side_ops(stream.actor.namespace, stream.actor.hex, node, budget, sides)
+            budget -= sum(len(op[2]) for op in ops)
+            behind = behind or not complete
+            entries.append([stream.actor.namespace, stream.actor.hex, stream.id, pending, ops])
             sent.append(stream)
-        behind = behind or len(sent) < len(mine)
-        mine = sent
+        for namespace, hex_id in due:
+            ops, complete = self._side_ops(namespace, hex_id, node, budget, sides)
+            if not complete:
+                self._side_due.setdefault(node, set()).add((namespace, hex_id))
+                behind = True
+            if not ops:
+                key, _, asked = sides.pop()  # nothing to send: it holds them as they are
+                if complete:
+                    self._side_done[key] = max(self._side_done.get(key, 0), asked)
+                    self._notify(namespace, hex_id)
+                continue
+            budget -= sum(len(op[2]) for op in ops)
+            entries.append([namespace, hex_id, b"", [], ops])
+            sent.append(None)
         if not entries:
-            await trio.sleep(0)
-            self._feeders[node].set()
+            if refused or behind:
+                await trio.sleep(RETRY if refused else 0)
+                self._feeders[node].set()
             return
         reply = values.unpack(await link.call_raw(NODE_TARGET, [(REPLICATE, values.pack([self.name, entries]))], SEND_TIMEOUT))
         again = refused
-        for stream, position in zip(mine, reply):
-            if position == NEEDS_BASE:
-                stream.acked.pop(node, None)  # it needs a base: the next round sends one,
-                stream.base = None  # taken anew (the commits after an older one may be gone)
+        for stream, (key, held, asked), position in zip(sent, sides, reply):
+            if position in (NEEDS_BASE, REFUSED):
                 again = True
+                if stream is not None and position == NEEDS_BASE:
+                    stream.acked.pop(node, None)  # it needs a base: the next round sends one,
+                    stream.base = None  # taken anew (the commits after an older one may be gone)
+                elif stream is None and position == NEEDS_BASE:
+                    self._side.pop(key, None)  # it holds no copy: nothing to put them beside
                 continue
-            if position == REFUSED:  # its view does not have it a replica yet: later
-                again = True
-                continue
-            stream.acked[node] = position
-            self._trim(stream)
-            stream.notify()
-        if again or behind or any(stream.acked.get(node, -1) < stream.seq for stream in mine):
+            self._side[key] = (self.locator.view.state.leases.get(node, 0), held)
+            if asked:
+                self._side_done[key] = max(self._side_done.get(key, 0), asked)
+                self._notify(key[0], key[1])
+            if stream is not None:
+                stream.acked[node] = position
+                self._trim(stream)
+                stream.notify()
+        if again or behind or any(stream is not None and stream.acked.get(node, -1) < stream.seq for stream in sent):
             await trio.sleep(RETRY if again else 0)
             self._feeders[node].set()
+
+    def _notify(self, namespace: str, hex_id: str) -> None:
+        stream = self.streams.get((namespace, hex_id))
+        if stream is not None:
+            stream.notify()
+
+    def _side_ops(
+        self, namespace: str, hex_id: str, node: str, budget: int, sides: list[tuple[tuple[str, str, str], side_files.Manifest, int]]
+    ) -> tuple[list[side_files.Operation], bool]:
+        """What ``node`` lacks of one actor's side files (at most ``budget`` bytes), with
+        what it holds once it has them and the asks they answer appended to ``sides``;
+        whether that is all."""
+        key = (namespace, hex_id, node)
+        asked = self._side_asked.get(key, 0)
+        lease, held = self._side.get(key, (0, {}))
+        if lease != self.locator.view.state.leases.get(node, 0):
+            held = {}  # the replica restarted since: it is sent everything again
+        db = Address(namespace, hex_id).path(self.sup.config.data_dir)
+        ops, after, complete = side_files.changes(db, held, budget)
+        sides.append((key, after, asked if complete else 0))
+        return ops, complete
 
     async def _send_base(self, link: Any, node: str, stream: Stream) -> None:
         """An image of the stream's database to ``node``, taken between turns unless
@@ -595,12 +695,12 @@ class Replication:
             sender, entries = _shape(args, 2, method)
             positions = []
             for entry in entries:
-                namespace, hex_id, stream, commits = _shape(entry, 4, method)
+                namespace, hex_id, stream, commits, ops = _shape(entry, 5, method)
                 if not self._accepts(sender, namespace, hex_id):
                     positions.append(REFUSED)
                     continue
                 try:
-                    positions.append(self.store.receive(namespace, hex_id, stream, commits))
+                    positions.append(self.store.receive(namespace, hex_id, stream, commits, ops))
                 except ReplicaGap:
                     positions.append(NEEDS_BASE)
             return values.pack(positions)

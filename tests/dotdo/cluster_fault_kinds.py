@@ -55,6 +55,19 @@ class Account(DO):
         self.sql.exec("INSERT OR REPLACE INTO blobs VALUES (?, randomblob(?))", key, size)
         return size
 
+    async def mark(self) -> str:
+        """A bookmark of the account as it is (needs the server's history on)."""
+        return await self.S.bookmark()
+
+    async def back_to(self, bookmark: str) -> str:
+        return await self.S.restore(bookmark)
+
+    async def fork(self, name: str) -> dict[str, Any]:
+        return await self.S.branch(name)
+
+    async def forks(self) -> list[str]:
+        return sorted(b["name"] for b in await self.S.branches())
+
     async def count(self) -> int:
         """The writes the account holds (a read: it writes nothing)."""
         return int(self.sql.exec("SELECT count(*) AS n FROM writes").one()["n"])

@@ -191,19 +191,30 @@ async def test_idle_actors_are_seeded_on_a_new_replica_and_survive_their_primary
                 assert sorted(w["seq"] for w in response.json()["result"]["writes"]) == acked[account], account
 
 
+async def two_nodes(stack: AsyncExitStack, tmp_path: Path, etcd: EtcdServer, **extra: Any) -> tuple[str, trio.CancelScope, str]:
+    """Nodes a and b (one replica per slot), settled: a's URL and scope, b's URL."""
+    options = dict(cluster=(etcd.url,), cluster_secret=SECRET, lease_ttl=2, slots=SLOTS, replicas=1, env={"NODE": "?"}, **extra)
+    a_url, a_scope = await stack.enter_async_context(crashable([Account], tmp_path / "a", node="a", **options))
+    b_url, _ = await stack.enter_async_context(crashable([Account], tmp_path / "b", node="b", **options))
+    with trio.fail_after(20):
+        while not await settled(etcd):
+            await trio.sleep(0.1)
+    return a_url, a_scope, b_url
+
+
+async def names_on(node: str, prefix: str, count: int, etcd: EtcdServer) -> list[str]:
+    """``count`` account names (``PREFIX<n>``) whose slots ``node`` owns."""
+    owners = await slot_owners(etcd)
+    return [f"{prefix}{i}" for i in range(100) if owners[int(resolve("Account", f"{prefix}{i}").hex[8:16], 16) % SLOTS] == node][:count]
+
+
 async def test_commits_larger_than_a_frame_together_or_alone_reach_the_replica(tmp_path: Path, etcd: EtcdServer) -> None:
     """Commits that together (or one alone) are over the transport's frame limit are
     sent in rounds of bounded size (a commit over the round's size as a base): each
     reply still leaves once the replica holds its commit."""
-    options = dict(cluster=(etcd.url,), cluster_secret=SECRET, lease_ttl=2, slots=SLOTS, replicas=1, env={"NODE": "?"})
     async with AsyncExitStack() as stack, httpx.AsyncClient(timeout=30) as client:
-        a_url, _ = await stack.enter_async_context(crashable([Account], tmp_path / "a", node="a", **options))
-        b_url, _ = await stack.enter_async_context(crashable([Account], tmp_path / "b", node="b", **options))
-        with trio.fail_after(20):
-            while not await settled(etcd):
-                await trio.sleep(0.1)
-        owners = await slot_owners(etcd)
-        on_a = [f"big{i}" for i in range(40) if owners[int(resolve("Account", f"big{i}").hex[8:16], 16) % SLOTS] == "a"][:6]
+        a_url, _, _ = await two_nodes(stack, tmp_path, etcd)
+        on_a = await names_on("a", "big", 6, etcd)
         statuses: list[int] = []
 
         async def fill(account: str, size: int) -> None:
@@ -224,3 +235,38 @@ async def test_commits_larger_than_a_frame_together_or_alone_reach_the_replica(t
                 assert conn.execute("SELECT length(body) FROM blobs WHERE key = 'k'").fetchall() == [(3584 * 1024,)]
             finally:
                 conn.close()
+
+
+async def test_history_and_branches_come_back_with_an_actor_after_a_failover(tmp_path: Path, etcd: EtcdServer) -> None:
+    async with AsyncExitStack() as stack, httpx.AsyncClient(timeout=30) as client:
+        a_url, a_scope, b_url = await two_nodes(stack, tmp_path, etcd, history=3600.0, idle_timeout=0.5)
+        on_a = await names_on("a", "hist", 3, etcd)
+
+        async def rpc(url: str, account: str, method: str, *args: Any) -> Any:
+            response = await client.post(f"{url}/_rpc/Account/{account}/{method}", json={"args": list(args), "kwargs": {}})
+            assert response.status_code == 200, response.text
+            return response.json()["result"]
+
+        marks = {}
+        for account in on_a:
+            for seq in range(3):
+                await rpc(a_url, account, "write", seq)
+            marks[account] = await rpc(a_url, account, "mark")  # after 3 writes
+            await rpc(a_url, account, "fork", "draft")  # a branch of that state
+            for seq in range(3, 6):
+                await rpc(a_url, account, "write", seq)
+        await trio.sleep(1.5)  # passivated (idle 0.5 s): closing wrote their last side files
+        for account in on_a[1:-1]:  # and these are active again when a dies
+            await rpc(a_url, account, "write", 6)
+        last = on_a[-1]
+        await rpc(a_url, last, "count")  # active again (its activation committed)
+        await rpc(a_url, last, "fork", "late")  # a branch the reply promised, committing nothing
+        a_scope.cancel()  # a is gone, with its files
+        with trio.fail_after(30):
+            for account in on_a:
+                while (response := await client.post(f"{b_url}/_rpc/Account/{account}/count", json={"args": [], "kwargs": {}})).status_code == 503:
+                    await trio.sleep(0.1)
+                assert response.json()["result"] == (6 if account in (on_a[0], last) else 7)
+                assert await rpc(b_url, account, "forks") == (["draft", "late", "main"] if account == last else ["draft", "main"])
+                await rpc(b_url, account, "back_to", marks[account])  # the history came along
+                assert await rpc(b_url, account, "count") == 3
