@@ -41,10 +41,11 @@ def roots(db: Path) -> dict[str, Path]:
     return {"history": history_dir(db), "branches": Path(f"{db}.branches")}
 
 
-def manifest(db: Path) -> Manifest:
-    """The side files of the database at ``db`` as they are now (none: empty)."""
+def manifest(folders: dict[str, Path]) -> Manifest:
+    """The side files in ``folders`` (a database's ``roots``) as they are now (none:
+    empty)."""
     found: Manifest = {}
-    for kind, root in roots(db).items():
+    for kind, root in folders.items():
         if not root.is_dir():
             continue
         for path in root.rglob("*"):
@@ -57,11 +58,12 @@ def manifest(db: Path) -> Manifest:
     return found
 
 
-def changes(db: Path, sent: Manifest, budget: int) -> tuple[list[Operation], Manifest, bool]:
-    """What a replica that was sent ``sent`` lacks of the side files of ``db``: the
-    operations (at most about ``budget`` bytes of data), the manifest it holds once it
-    has applied them, and whether that is everything (False: more in another round)."""
-    now = manifest(db)
+def changes(folders: dict[str, Path], sent: Manifest, budget: int) -> tuple[list[Operation], Manifest, bool]:
+    """What a replica that was sent ``sent`` lacks of the side files in ``folders`` (a
+    database's ``roots``): the operations (at most about ``budget`` bytes of data), the
+    manifest it holds once it has applied them, and whether that is everything (False:
+    more in another round)."""
+    now = manifest(folders)
     held = dict(sent)
     ops: list[Operation] = []
     for rel in sorted(set(held) - set(now)):
@@ -76,7 +78,8 @@ def changes(db: Path, sent: Manifest, budget: int) -> tuple[list[Operation], Man
         if budget <= 0:
             complete = False
             break
-        path = roots(db)[rel.split("/", 1)[0]] / rel.split("/", 1)[1]
+        kind, name = rel.split("/", 1)
+        path = folders[kind] / name
         try:
             with open(path, "rb") as handle:
                 handle.seek(start)

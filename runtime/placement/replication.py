@@ -58,9 +58,11 @@ redo log written first, then the copy) and answered with the position each copy 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -140,6 +142,7 @@ class Stream:
     changed: trio.Event = field(default_factory=trio.Event)
     closed: bool = False
     branches: int = 0  # the branches folder's mtime when last looked at (0: none)
+    sides: dict[str, Path] = field(default_factory=dict)  # its side folders (side_files.roots)
 
     def notify(self) -> None:
         self.changed.set()
@@ -181,6 +184,9 @@ class Replication:
         self.store = ReplicaStore(supervisor.config.data_dir, durable)
         self.streams: dict[tuple[str, str], Stream] = {}
         self._feeders: dict[str, trio.Event] = {}
+        # The streams each replica node may lack something of (a feeder's round looks at
+        # these only, not at every stream).
+        self._pending: dict[str, dict[tuple[str, str], Stream]] = {}
         self.excluded: dict[tuple[int, str], float] = {}  # replicas not in sync, not waited for (since when)
         self._pins: dict[tuple[int, str], float] = {}  # caught up, about to be in sync: waited for until then
         # The side files (history, branches) each replica holds of each actor, with the
@@ -225,7 +231,8 @@ class Replication:
         record = self.locator.view.slot(slot)
         name = (record.epoch if record is not None else 0).to_bytes(8, "big") + time.time_ns().to_bytes(8, "big")
         stream = Stream(activation.id, slot, name, image)
-        stream.branches = self._branches_mtime(activation.id)
+        stream.sides = side_files.roots(self._db_path(activation.id.namespace, activation.id.hex))
+        stream.branches = self._branches_mtime(stream)
         if self.replicas_of(slot):
             stream.base = image()
         self.streams[activation.id.namespace, activation.id.hex] = stream
@@ -302,15 +309,20 @@ class Replication:
             log.info("slot %d: seeded %d idle actors on its replicas", slot, seeded)
 
     def _wake(self, stream: Stream) -> None:
+        key = (stream.actor.namespace, stream.actor.hex)
         for node in self.replicas_of(stream.slot):
+            self._pending.setdefault(node, {})[key] = stream
             self._feeder(node)
 
-    def _branches_mtime(self, actor: ActorId) -> int:
+    def _db_path(self, namespace: str, hex_id: str) -> Path:
+        return Address(namespace, hex_id).path(self.sup.config.data_dir)
+
+    @staticmethod
+    def _branches_mtime(stream: Stream) -> int:
         """The modification time of the actor's branches folder (0: it has none): a
         branch made, replaced or deleted changes it."""
-        db = Address(actor.namespace, actor.hex).path(self.sup.config.data_dir)
         try:
-            return side_files.roots(db)["branches"].stat().st_mtime_ns
+            return os.stat(stream.sides["branches"]).st_mtime_ns
         except FileNotFoundError:
             return 0
 
@@ -333,7 +345,7 @@ class Replication:
         # A turn that changed the actor's branches (a fork, a deletion) may have
         # committed nothing: its replicas are sent its side files in a round begun now.
         asked: dict[str, int] = {}
-        branches = self._branches_mtime(stream.actor)
+        branches = self._branches_mtime(stream)
         if branches != stream.branches:
             stream.branches = branches
             for node in self.replicas_of(stream.slot):
@@ -519,10 +531,24 @@ class Replication:
             return  # not live: what it lacks goes when it is back (repair gives it a base)
         # Only the streams with something for this node: a base, or commits it lacks;
         # and the passivated actors whose side files it may lack.
-        mine = [
-            s for s in self.streams.values()
-            if node in self.replicas_of(s.slot) and (node not in s.acked or s.acked[node] < s.seq)
-        ]
+        candidates = self._pending.pop(node, {})
+        try:
+            await self._round(node, candidates)
+        finally:
+            # What it still lacks is looked at again in the next round (also after an error).
+            pending = self._pending.setdefault(node, {})
+            for key, stream in candidates.items():
+                if not stream.closed and self._lacks(stream, node):
+                    pending.setdefault(key, stream)
+
+    def _lacks(self, stream: Stream, node: str) -> bool:
+        return node in self.replicas_of(stream.slot) and (node not in stream.acked or stream.acked[node] < stream.seq)
+
+    async def _round(self, node: str, candidates: dict[tuple[str, str], Stream]) -> None:
+        info = self.locator.view.state.nodes.get(node)
+        if info is None:
+            return
+        mine = [s for s in candidates.values() if not s.closed and self._lacks(s, node)]
         due = [key for key in self._side_due.pop(node, set()) if key not in {(s.actor.namespace, s.actor.hex) for s in mine}]
         if not mine and not due:
             return
@@ -565,7 +591,7 @@ class Replication:
             if not pending:
                 behind = True
                 break  # the budget is spent: the rest next round
-            ops, complete = self._side_ops(stream.actor.namespace, stream.actor.hex, node, budget, sides)
+            ops, complete = self._side_ops(stream.actor.namespace, stream.actor.hex, node, budget, sides, stream.sides)
             budget -= sum(len(op[2]) for op in ops)
             behind = behind or not complete
             entries.append([stream.actor.namespace, stream.actor.hex, stream.id, pending, ops])
@@ -618,7 +644,13 @@ class Replication:
             stream.notify()
 
     def _side_ops(
-        self, namespace: str, hex_id: str, node: str, budget: int, sides: list[tuple[tuple[str, str, str], side_files.Manifest, int]]
+        self,
+        namespace: str,
+        hex_id: str,
+        node: str,
+        budget: int,
+        sides: list[tuple[tuple[str, str, str], side_files.Manifest, int]],
+        folders: dict[str, Path] | None = None,
     ) -> tuple[list[side_files.Operation], bool]:
         """What ``node`` lacks of one actor's side files (at most ``budget`` bytes), with
         what it holds once it has them and the asks they answer appended to ``sides``;
@@ -628,8 +660,9 @@ class Replication:
         lease, held = self._side.get(key, (0, {}))
         if lease != self.locator.view.state.leases.get(node, 0):
             held = {}  # the replica restarted since: it is sent everything again
-        db = Address(namespace, hex_id).path(self.sup.config.data_dir)
-        ops, after, complete = side_files.changes(db, held, budget)
+        if folders is None:
+            folders = side_files.roots(self._db_path(namespace, hex_id))
+        ops, after, complete = side_files.changes(folders, held, budget)
         sides.append((key, after, asked if complete else 0))
         return ops, complete
 

@@ -34,13 +34,13 @@ def write(path: Path, data: bytes) -> None:
 def test_a_replica_is_sent_what_it_lacks_appends_as_tails_replacements_whole(tmp_path: Path) -> None:
     db, copy = tmp_path / "primary" / "a.sqlite", tmp_path / "replica" / "a.sqlite"
     db.parent.mkdir()
-    assert side_files.changes(db, {}, 1 << 20) == ([], {}, True)  # no side files: nothing
+    assert side_files.changes(side_files.roots(db), {}, 1 << 20) == ([], {}, True)  # no side files: nothing
     history, branches = side_files.roots(db)["history"], side_files.roots(db)["branches"]
     write(history / "gen-1.log", b"header" + b"r" * 100)
     write(history / "gen-1.base", b"snapshot")
     write(branches / "draft.sqlite", b"draft-1")
     write(branches / "base" / "draft.sqlite", b"base-1")
-    ops, held, complete = side_files.changes(db, {}, 1 << 20)
+    ops, held, complete = side_files.changes(side_files.roots(db), {}, 1 << 20)
     assert complete and len(ops) == 4
     side_files.apply(copy, ops)
     assert tree(copy) == tree(db)
@@ -49,7 +49,7 @@ def test_a_replica_is_sent_what_it_lacks_appends_as_tails_replacements_whole(tmp
         log.write(b"s" * 50)
     write(branches / "draft.sqlite", b"draft-2!")  # a branch rewritten: a new file
     (branches / "base" / "draft.sqlite").unlink()
-    ops, held, complete = side_files.changes(db, held, 1 << 20)
+    ops, held, complete = side_files.changes(side_files.roots(db), held, 1 << 20)
     by_path = {op[0]: op for op in ops}
     assert by_path["history/gen-1.log"][1:] == [106, b"s" * 50, True]  # only the tail
     assert by_path["branches/draft.sqlite"][1:] == [0, b"draft-2!", True]
@@ -58,10 +58,10 @@ def test_a_replica_is_sent_what_it_lacks_appends_as_tails_replacements_whole(tmp
     side_files.apply(copy, ops)
     side_files.apply(copy, ops)  # a repeat changes nothing
     assert tree(copy) == tree(db)
-    assert side_files.changes(db, held, 1 << 20) == ([], held, True)
+    assert side_files.changes(side_files.roots(db), held, 1 << 20) == ([], held, True)
 
     os.truncate(history / "gen-1.log", 80)  # a torn record cut off at open: shorter, so whole
-    ops, held, _ = side_files.changes(db, held, 1 << 20)
+    ops, held, _ = side_files.changes(side_files.roots(db), held, 1 << 20)
     assert [op[:2] for op in ops] == [["history/gen-1.log", 0]]
     side_files.apply(copy, ops)
     assert tree(copy) == tree(db)
@@ -74,7 +74,7 @@ def test_large_side_files_go_over_several_rounds(tmp_path: Path) -> None:
     held: side_files.Manifest = {}
     rounds = 0
     while True:
-        ops, held, complete = side_files.changes(db, held, 4_096)
+        ops, held, complete = side_files.changes(side_files.roots(db), held, 4_096)
         assert sum(len(op[2]) for op in ops) <= 4_096
         side_files.apply(copy, ops)
         rounds += 1
