@@ -16,6 +16,7 @@ worker each and one etcd on this machine, as in ``cluster_bench.py``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import tempfile
@@ -60,18 +61,38 @@ def writes(args: argparse.Namespace, scratch: Path) -> list[str]:
                 cluster.start(name)
             cluster.settle_replicas(list(NAMES))
             warm(cluster.nodes["a"].url, counters)
+        replicated = clusters["replicas 2, quorum"]
+        before = shipped(replicated)
         for _ in range(args.rounds):
             for label, cluster in clusters.items():
                 runs = loads([(cluster.nodes[n].url, counters) for n in NAMES], args, scratch, max(1, args.connections // 3))
                 results[label].append(sum(r.rate for r in runs))
                 p99[label].append(max(r.p99_ms for r in runs))
+        after = shipped(replicated)
     finally:
         for cluster in clusters.values():
             cluster.close()
     (on, on_rate), (off, off_rate) = [(k, statistics.median(v)) for k, v in results.items()]
     lines = [f"writes {k:<20} {statistics.median(v):>9,.0f} req/s  p99 {statistics.median(p99[k]):7.2f} ms" for k, v in results.items()]
     lines.append(f"writes {on} / {off}: {on_rate / off_rate:.2f}x")
+    sent = {key: after[key] - before.get(key, 0) for key in after}
+    if sent.get("commits"):
+        lines.append(
+            f"shipped per commit to each replica: {sent['commit_bytes'] / sent['commits']:,.0f} bytes of pages; "
+            f"{sent['commits'] / max(sent['calls'], 1):.1f} commits per call ({sent['calls']:,} calls, "
+            f"{sent['bases']} bases of {sent['base_bytes']:,} bytes)"
+        )
     return lines
+
+
+def shipped(cluster: ReplicatedCluster) -> dict[str, int]:
+    """What the cluster's nodes have sent their replicas so far (``/_health``), in all."""
+    total: dict[str, int] = {}
+    for node in cluster.nodes.values():
+        body = cluster_bench._get(f"{node.url}/_health")
+        for key, value in (json.loads(body).get("shipped", {}) if body else {}).items():
+            total[key] = total.get(key, 0) + value
+    return total
 
 
 def failover(args: argparse.Namespace, scratch: Path) -> list[str]:

@@ -162,6 +162,8 @@ class ClusterLocator(Locator):
         self._clock = clock
         self.lag: Callable[[], dict[str, dict[str, float]]] | None = None
         """Replication's figures for ``describe`` (set when this worker replicates)."""
+        self.shipped: Callable[[], dict[str, int]] | None = None
+        """What replication has sent to replicas, in all (for ``describe``)."""
 
     @property
     def serving(self) -> bool:
@@ -258,6 +260,8 @@ class ClusterLocator(Locator):
         described: dict[str, Any] = {"worker": self.index, "workers": self.count, "slots": held, "revision": self.view.revision}
         if self.lag is not None:
             described["replicas"] = self.lag()  # this worker's active actors, by replica node
+        if self.shipped is not None:
+            described["shipped"] = self.shipped()
         return described
 
     async def aclose(self) -> None:

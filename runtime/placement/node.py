@@ -195,6 +195,7 @@ class ClusterNode:
 
         supervisor.node_calls = node_call
         locator.lag = replication.lag
+        locator.shipped = replication.shipped
         supervisor.nursery.start_soon(replication.run)
         self.failover = Failover(locator, replication, handover, self.settings.ack)
 

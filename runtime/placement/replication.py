@@ -187,6 +187,7 @@ class Replication:
         # The streams each replica node may lack something of (a feeder's round looks at
         # these only, not at every stream).
         self._pending: dict[str, dict[tuple[str, str], Stream]] = {}
+        self._shipped = {"commits": 0, "commit_bytes": 0, "side_bytes": 0, "bases": 0, "base_bytes": 0, "calls": 0}
         self.excluded: dict[tuple[int, str], float] = {}  # replicas not in sync, not waited for (since when)
         self._pins: dict[tuple[int, str], float] = {}  # caught up, about to be in sync: waited for until then
         # The side files (history, branches) each replica holds of each actor, with the
@@ -431,6 +432,12 @@ class Replication:
             log.warning("slot %d: replicas %s lag; out of its in-sync set", record.slot, ",".join(lagging))
             await self.locator.view.until(done.epoch)
 
+    def shipped(self) -> dict[str, int]:
+        """What this worker has sent its replicas since it started: ``$node.replicate``
+        calls, the commits in them and their bytes (page sets), side-file bytes, and
+        bases and their bytes (each replica counted)."""
+        return dict(self._shipped)
+
     def lag(self) -> dict[str, dict[str, float]]:
         """How far behind each replica of this worker's active actors is: commits it has
         not acknowledged, streams it lacks a base of, and the age of the oldest commit it
@@ -615,7 +622,14 @@ class Replication:
                 await trio.sleep(RETRY if refused else 0)
                 self._feeders[node].set()
             return
-        reply = values.unpack(await link.call_raw(NODE_TARGET, [(REPLICATE, values.pack([self.name, entries]))], SEND_TIMEOUT))
+        payload = values.pack([self.name, entries])
+        reply = values.unpack(await link.call_raw(NODE_TARGET, [(REPLICATE, payload)], SEND_TIMEOUT))
+        shipped = self._shipped
+        shipped["calls"] += 1
+        for entry in entries:
+            shipped["commits"] += len(entry[3])
+            shipped["commit_bytes"] += sum(len(data) for data in entry[3])
+            shipped["side_bytes"] += sum(len(op[2]) for op in entry[4])
         again = refused
         for stream, (key, held, asked), position in zip(sent, sides, reply):
             if position in (NEEDS_BASE, REFUSED):
@@ -683,6 +697,8 @@ class Replication:
             part = base[offset : offset + BASE_CHUNK]
             payload = values.pack([self.name, stream.actor.namespace, stream.actor.hex, stream.id, at, offset, total, part])
             await link.call_raw(NODE_TARGET, [(REPLICATE_BASE, payload)], SEND_TIMEOUT)
+            self._shipped["base_bytes"] += len(part)
+        self._shipped["bases"] += 1
         if not self._follows(stream, at):
             stream.base = None  # the commits after it were forgotten meanwhile: a later one
             raise Unavailable(f"{stream.actor}: its base for {node} went stale while it was sent; sending another")

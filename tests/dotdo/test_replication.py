@@ -54,6 +54,9 @@ async def test_every_acknowledged_write_is_on_the_replica_before_its_reply(tmp_p
                 owner = owners[int(actor.hex[8:16], 16) % SLOTS]
                 replica_dir = (tmp_path / ("b" if owner == "a" else "a")).resolve()
                 assert held_by(ReplicaStore(replica_dir).path("Account", actor.hex), tmp_path / f"check{seq}") == acked[account]
+            shipped = [(await client.get(f"{s.url}/_health")).json()["shipped"] for s in (a, b)]
+            assert sum(s["commits"] for s in shipped) >= 60 and sum(s["bases"] for s in shipped) >= 12  # each account's base
+            assert all(s["commit_bytes"] >= 4096 * s["commits"] and s["calls"] <= s["commits"] for s in shipped)
 
 
 def held_by(copy_path: Path, scratch: Path) -> list[int]:
