@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
 from dotdo.runtime.core.kinds import KindSpec
@@ -17,6 +17,7 @@ from dotdo.actors.workflow import Workflow
 if TYPE_CHECKING:
     from dotdo.runtime.core.context import ActorContext
     from dotdo.runtime.core.ids import ActorId
+    from dotdo.runtime.services.websockets import WebSocket
     from dotdo.storage.sql import SqlStore
 
 
@@ -117,6 +118,40 @@ class DO:
         """Delete the alarm; inside ``alarm`` it also stops retries. Whether one was set."""
         ctx = self._dotdo_ctx
         return ctx.supervisor.alarms.delete_alarm(ctx)
+
+    # -- WebSockets (dotdo.runtime.services.websockets) ----------------------------------
+
+    def accept_websocket(self, ws: WebSocket, tags: Iterable[str] = ()) -> WebSocket:
+        """Accept the WebSocket of an upgrade request to this actor (``request.websocket``
+        in ``fetch``), with up to 10 ``tags`` (1 to 256 characters each). The socket
+        then lives in the server: this actor may be passivated while it stays open
+        (hibernation), and each message wakes it for a turn of ``websocket_message``.
+        Returns the socket."""
+        self._dotdo_ctx.supervisor.websockets.accept(self._dotdo_ctx.id, ws, tags)
+        return ws
+
+    def get_websockets(self, tag: str | None = None) -> list[WebSocket]:
+        """This actor's open WebSockets (with ``tag`` among their tags, when given)."""
+        return self._dotdo_ctx.supervisor.websockets.sockets(self._dotdo_ctx.id, tag)
+
+    def get_tags(self, ws: WebSocket) -> tuple[str, ...]:
+        """The tags ``ws`` was accepted with."""
+        return ws.tags
+
+    def set_websocket_auto_response(self, request: str | None = None, response: str | None = None) -> None:
+        """Answer a message equal to ``request`` with ``response`` in the server, without
+        waking this actor (each 1 to 2,048 characters); no arguments: stop. It lasts as
+        long as the server, across hibernation."""
+        self._dotdo_ctx.supervisor.websockets.set_auto_response(self._dotdo_ctx.id, request, response)
+
+    def get_websocket_auto_response(self) -> tuple[str, str] | None:
+        """The auto-response's (request, response), or None."""
+        return self._dotdo_ctx.supervisor.websockets.auto_response(self._dotdo_ctx.id)
+
+    def get_websocket_auto_response_timestamp(self, ws: WebSocket) -> dt.datetime | None:
+        """When the server last answered ``ws`` with the auto-response (UTC), or None."""
+        at = ws.auto_response_at
+        return None if at is None else dt.datetime.fromtimestamp(at, dt.timezone.utc)
 
     # -- ending the activation ----------------------------------------------------------
 

@@ -21,7 +21,7 @@ from dotdo.runtime.core.errors import InvalidArguments
 from dotdo.runtime.core.kinds import Binder, MethodSpec
 
 # Hooks the runtime calls itself; never callable by RPC.
-LIFECYCLE = frozenset({"fetch", "alarm", "on_start"})
+LIFECYCLE = frozenset({"fetch", "alarm", "on_start", "websocket_message", "websocket_close", "websocket_error"})
 
 _CONFIG = pydantic.ConfigDict(arbitrary_types_allowed=True)
 DESCRIBED = 10  # wrong arguments named in one InvalidArguments message

@@ -52,6 +52,7 @@ class SupervisorConfig:
         step_retry_max: The longest wait between two tries of a step.
         compact_retention: Seconds of events and finished actions ``compact`` keeps
             as they are; older ones are folded into summary rows.
+        max_ws_message: Bytes of a WebSocket message at most, either way.
     """
 
     data_dir: Path
@@ -75,6 +76,7 @@ class SupervisorConfig:
     step_retry_initial: float = 0.5
     step_retry_max: float = 30.0
     compact_retention: float = 7 * 86400.0
+    max_ws_message: int = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,8 @@ constructors::
     core.hooks          where the services plug into the core
     placement.locator   where an address runs: asked once by every entry point below
     placement.forwarding  calls relayed to the owner of their address
-    services.*          alarms, subscriptions, events, steps, lifecycle, sharding, promotion
+    services.*          alarms, subscriptions, events, steps, lifecycle, sharding, promotion,
+                        WebSockets
     config              its settings (``SupervisorConfig``) and figures
 
 Invariants kept by them: one activation per address (the table, and the exclusive lock
@@ -60,6 +61,7 @@ from dotdo.runtime.services.promotion import PromotionService
 from dotdo.runtime.services.sharding import ShardService
 from dotdo.runtime.services.steps import StepService
 from dotdo.runtime.services.subscriptions import SubscriptionService
+from dotdo.runtime.services.websockets import WebSockets
 from dotdo.runtime.stubs import ActorStub, Namespaces, caller_of
 from dotdo.runtime.transport import wire
 from dotdo.runtime.transport.peers import Peers
@@ -140,6 +142,7 @@ class Supervisor:
         self.subscriptions = SubscriptionService(self)
         self.events = EventService(self)
         self.steps = StepService(self)
+        self.websockets = WebSockets(self, config.max_ws_message, config.clock)
         self._nursery: trio.Nursery | None = None
         self._previous: Supervisor | None = None
         self._copy = functools.partial(values.copy, make_ref=self.ref)

@@ -70,8 +70,10 @@ def fetch_handler(supervisor: Supervisor) -> FetchHandler:
             await trio.sleep_forever()
             raise AssertionError("unreachable")
 
+        request = Request(scope, receive)
+        request.websocket = None  # type: ignore[attr-defined]  # a relayed request is never an upgrade
         try:
-            value = await supervisor.fetch(target, Request(scope, receive), timeout=timeout, located=True)
+            value = await supervisor.fetch(target, request, timeout=timeout, located=True)
         except Moved:  # placed elsewhere while it waited: it goes to the new owner
             return await supervisor.relay.fetch(MOVING, target, http, timeout)
         return await _capture(as_response(value), scope)

@@ -11,12 +11,14 @@ from urllib.parse import unquote
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 from dotdo.bodies import parse_json, read_body
 from dotdo.errors import InvalidId, InvalidInput
 from dotdo.http.fetch import wire_request
 from dotdo.http.responses import JSON, as_response
+from dotdo.http.websocket import serve_websocket
 from dotdo.runtime.core.errors import Moved
 from dotdo.runtime.core.ids import ActorId, resolve
 from dotdo.runtime.placement.locator import MOVING
@@ -29,9 +31,11 @@ ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 MAX_KNOWN_IDS = 4096
 
 
-def routes(handlers: Handlers) -> list[Route]:
+def routes(handlers: Handlers) -> list[BaseRoute]:
     """The app's routes, each to a method of ``handlers``."""
     return [
+        WebSocketRoute("/{namespace}/{id}", handlers.websocket),
+        WebSocketRoute("/{namespace}/{id}/{rest:path}", handlers.websocket),
         Route("/_health", handlers.health, methods=["GET", "HEAD"]),
         Route("/_kinds", handlers.kinds, methods=["GET"]),
         Route("/_rpc/{rest:path}", handlers.rpc, methods=["POST"]),
@@ -108,6 +112,7 @@ class Handlers:
         # The body is read before the turn (fetch gets it from the request's cache): a
         # slow client holds its own connection, never the actor.
         await read_body(request, supervisor.config.call_timeout)
+        request.websocket = None  # type: ignore[attr-defined]  # not an upgrade (those go to ``websocket``)
         owner = supervisor.locate(target)
         if owner is None:
             try:
@@ -119,6 +124,11 @@ class Handlers:
         forwarded = Response(body, status_code=status)
         forwarded.raw_headers = headers
         return forwarded
+
+    async def websocket(self, connection: WebSocket) -> None:
+        """A WebSocket upgrade to ``/{namespace}/{id}[/{path}]``: the actor's ``fetch``
+        accepts it or not (``dotdo.http.websocket``)."""
+        await serve_websocket(self, connection)
 
     async def alarms(self, request: Request) -> Response:
         """``GET /_admin/alarms``: a page of pending alarms and schedules."""

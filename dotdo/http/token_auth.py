@@ -4,6 +4,7 @@ without the token its route needs (``dotdo.auth``)."""
 from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from dotdo.auth import Tokens, bearer
 from dotdo.errors import Unauthorized
@@ -22,7 +23,7 @@ class TokenAuth:
         self.tokens = tokens
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         headers = scope["headers"]
@@ -32,6 +33,9 @@ class TokenAuth:
             await self.app(scope, receive, send)
             return
         response = error_response(refusal)
+        if scope["type"] == "websocket":  # the upgrade refused with the same answer
+            await WebSocket(scope, receive, send).send_denial_response(response)
+            return
         if isinstance(refusal, Unauthorized):
             response.headers["www-authenticate"] = 'Bearer realm="dotdo"'
         if any(name in (b"content-length", b"transfer-encoding") for name, _ in headers):

@@ -8,7 +8,7 @@ same call chain.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -53,7 +53,7 @@ class Turn:
         stopped: Why the turn must not commit, once it was stopped (``TurnStopped``).
     """
 
-    __slots__ = ("activation", "chain", "path", "deadline", "cpu", "stopped")
+    __slots__ = ("activation", "chain", "path", "deadline", "cpu", "stopped", "held")
 
     def __init__(self, activation: Activation, chain: str, path: tuple[str, ...], deadline: float) -> None:
         self.activation = activation
@@ -62,6 +62,28 @@ class Turn:
         self.deadline = deadline
         self.cpu = 0.0
         self.stopped: TurnStopped | None = None
+        self.held: list[tuple[Callable[[Any], None], Any]] | None = None
+
+    def hold(self, release: Callable[[Any], None], item: Any) -> None:
+        """Keep ``item`` (a WebSocket message) until the turn's commit has left the
+        output gate, then ``release`` it; a turn rolled back drops it."""
+        if self.held is None:
+            self.held = []
+        self.held.append((release, item))
+
+    def release(self) -> None:
+        """Let out what ``hold`` kept (the turn committed): to the turn it runs inside,
+        when that is a turn of the same actor (it commits later), else out."""
+        held, self.held = self.held, None
+        if not held:
+            return
+        outer = current_turn.get()
+        if outer is not None and outer.activation is self.activation:
+            for release, item in held:
+                outer.hold(release, item)
+            return
+        for release, item in held:
+            release(item)
 
     @property
     def supervisor(self) -> Any:

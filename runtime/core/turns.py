@@ -164,11 +164,13 @@ class Turns:
             gate.exit()  # it was diverted while this call waited
             return await divert.call(activation, call)
         try:
+            held = None
             if activation.state is not ActivationState.ACTIVE:
-                await self.ready(activation, call)
+                held = await self.ready(activation, call)
             db = activation.db
             db.begin_turn()
             turn = Turn(activation, chain, (*call.path, activation.label), call.deadline)
+            turn.held = held  # what on_start sent goes out with this turn's commit
             token = current_turn.set(turn)
             try:
                 result = await call.fn(activation.instance, *call.args, **call.kwargs)
@@ -190,6 +192,7 @@ class Turns:
                 raise_public(exc, activation)
             finally:
                 self.end_turn(activation, token)
+            turn.release()  # WebSocket messages it sent, now that its commit is out
             return result
         finally:
             gate.exit()
@@ -220,13 +223,14 @@ class Turns:
             else:
                 self.table.close(activation, PassivationReason.MOVED, ActivationState.MOVED)
 
-    async def ready(self, activation: Activation, call: Call) -> None:
+    async def ready(self, activation: Activation, call: Call) -> list[Any] | None:
         """Finish starting an activation (what must run before ``on_start``, then
-        ``on_start``), or report why it cannot serve."""
+        ``on_start``), or report why it cannot serve; what ``on_start`` sent on
+        WebSockets (it goes out with the commit of the call's turn)."""
         state = activation.state
         if state is ActivationState.STARTING:
             if activation.started:  # a reentrant call while on_start runs
-                return
+                return None
             activation.started = True
             pending = activation.before_start
             while pending:
@@ -239,7 +243,7 @@ class Turns:
             on_start = activation.kind.on_start
             if on_start is None:
                 activation.state = ActivationState.ACTIVE
-                return
+                return None
             db = activation.db
             db.begin_turn()
             turn = Turn(activation, call.chain, (*call.path, activation.label), call.deadline)
@@ -257,7 +261,7 @@ class Turns:
                 self.end_turn(activation, token)
             if failure is None:
                 activation.state = ActivationState.ACTIVE
-                return
+                return turn.held
             activation.failure = public_error(failure, activation)
             self.table.close(activation, PassivationReason.START_FAILED, ActivationState.FAILED)
             raise_public(failure, activation)

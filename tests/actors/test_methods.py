@@ -182,7 +182,7 @@ def test_public_names_of_do_itself_are_not_callable() -> None:
 
 
 def test_lifecycle_names() -> None:
-    assert LIFECYCLE == frozenset({"fetch", "alarm", "on_start"})
+    assert LIFECYCLE == frozenset({"fetch", "alarm", "on_start", "websocket_message", "websocket_close", "websocket_error"})
 
 
 def test_a_kind_without_methods_has_none() -> None:

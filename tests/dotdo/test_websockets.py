@@ -1,0 +1,97 @@
+"""WebSockets with hibernation (dotdo.runtime.services.websockets, dotdo.http.websocket):
+a real server on 127.0.0.1 and WebSocket clients (``tests.dotdo.wsclient``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.dotdo.serving import serving
+from tests.dotdo.websocket_kinds import Room
+from tests.dotdo.wsclient import Closed, Rejected, connect
+
+
+def ws_url(base: str, path: str) -> str:
+    return base.replace("http://", "ws://") + path
+
+
+async def test_messages_are_turns_broadcast_to_the_room(tmp_path: Path) -> None:
+    async with serving([Room], tmp_path) as server:
+        with trio.fail_after(10):
+            async with connect(ws_url(server.url, "/Room/lobby?user=ann")) as ann, connect(
+                ws_url(server.url, "/Room/lobby?user=bob")
+            ) as bob:
+                await ann.send("hello")
+                assert await ann.receive() == "ann: hello"
+                assert await bob.receive() == "ann: hello"
+                await bob.send(b"\x00\x01")
+                assert await ann.receive() == b"\x00\x01"
+                assert await bob.receive() == b"\x00\x01"
+                await ann.send("!who")
+                assert await ann.receive() == "user:ann,user:bob"
+                await ann.send("!count")
+                assert await ann.receive() == "2"
+
+
+async def test_a_failing_handler_rolls_back_reports_and_keeps_the_socket(tmp_path: Path) -> None:
+    async with serving([Room], tmp_path) as server:
+        with trio.fail_after(10):
+            async with connect(ws_url(server.url, "/Room/r?user=ann")) as ann:
+                await ann.send("!fail")
+                assert await ann.receive() == "error: ActorError"  # never "never"
+                await ann.send("hi")
+                assert await ann.receive() == "ann: hi"  # still open
+        response = await server.client.post("/_rpc/Room/r/failed", json={"args": [], "kwargs": {}})
+        assert response.json()["result"] is False  # rolled back
+
+
+async def test_close_codes_both_ways_reach_websocket_close(tmp_path: Path) -> None:
+    async with serving([Room], tmp_path) as server:
+        with trio.fail_after(10):
+            async with connect(ws_url(server.url, "/Room/c?user=ann")) as ann:
+                await ann.send("!close")
+                with pytest.raises(Closed) as closed:
+                    await ann.receive()
+                assert closed.value.code == 4000 and closed.value.reason == "asked to"
+            async with connect(ws_url(server.url, "/Room/c?user=bob")) as bob:
+                await bob.close(4001, "bye")
+            while not (await server.client.post("/_rpc/Room/c/closes", json={"args": [], "kwargs": {}})).json()["result"]:
+                await trio.sleep(0.02)
+            await trio.sleep(0.2)
+        closes = (await server.client.post("/_rpc/Room/c/closes", json={"args": [], "kwargs": {}})).json()["result"]
+        assert len(closes) == 1  # bob's: a close the actor made itself does not call websocket_close
+
+
+async def test_an_upgrade_fetch_refuses_gets_its_response(tmp_path: Path) -> None:
+    async with serving([Room], tmp_path) as server:
+        with trio.fail_after(10):
+            with pytest.raises(Rejected) as rejected:
+                async with connect(ws_url(server.url, "/Room/r?refuse=1")):
+                    pass
+            assert rejected.value.status == 403 and rejected.value.body == b"not today"
+            with pytest.raises(Rejected) as unknown:
+                async with connect(ws_url(server.url, "/Nope/r")):
+                    pass
+            assert unknown.value.status == 404
+        assert (await server.client.get("/Room/r")).status_code == 426  # not an upgrade: request.websocket is None
+
+
+async def test_the_auto_response_answers_without_waking_the_actor_and_sockets_survive_hibernation(tmp_path: Path) -> None:
+    async with serving([Room], tmp_path, idle_timeout=0.3) as server:
+        with trio.fail_after(15):
+            async with connect(ws_url(server.url, "/Room/h?user=ann")) as ann:
+                await ann.send("one")
+                assert await ann.receive() == "ann: one"
+                starts = Room.starts
+                while (await server.client.get("/_health")).json()["active_actors"]:
+                    await trio.sleep(0.1)  # hibernated: passivated with its socket open
+                await ann.send("ping")
+                assert await ann.receive() == "pong"
+                assert (await server.client.get("/_health")).json()["active_actors"] == 0  # not woken
+                await ann.send("two")  # wakes it: on_start again, tags and attachment kept
+                assert await ann.receive() == "ann: two"
+                assert Room.starts == starts + 1
+                await ann.send("!count")
+                assert await ann.receive() == "2"
