@@ -51,6 +51,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "dotdo.runtime.services.events": ("Event", "Sent"),
     "dotdo.runtime.services.subscriptions": ("Subscribed",),
     "dotdo.runtime.services.workflow": ("Retry",),
+    "dotdo.runtime.services.websockets": ("WebSocket",),
     "dotdo.runtime.core.ids": ("ActorId", "id_from_name", "id_from_string", "new_unique_id"),
     "dotdo.runtime.supervisor": ("Supervisor",),
     "dotdo.storage.options": ("Durability",),
@@ -114,6 +115,7 @@ if TYPE_CHECKING:
     from dotdo.runtime.services.alarm_info import AlarmInfo, ScheduleInfo, ScheduleRun
     from dotdo.runtime.services.events import Event, Sent
     from dotdo.runtime.services.subscriptions import Subscribed
+    from dotdo.runtime.services.websockets import WebSocket
     from dotdo.runtime.services.workflow import Retry
     from dotdo.runtime.core.ids import ActorId, id_from_name, id_from_string, new_unique_id
     from dotdo.runtime.supervisor import Supervisor
@@ -195,6 +197,7 @@ __all__ = [
     "Unauthorized",
     "Unavailable",
     "VersionConflict",
+    "WebSocket",
     "id_from_name",
     "id_from_string",
     "new_unique_id",

@@ -191,6 +191,10 @@ def _serve_arguments(serve: argparse.ArgumentParser) -> None:
         "(automatic when the directory cannot be written)",
     )
     serve.add_argument("--max-body", type=_positive(int), default=1024 * 1024, metavar="BYTES", help="largest request body (default: 1048576)")
+    serve.add_argument(
+        "--max-ws-message", type=_positive(int), default=1024 * 1024, metavar="BYTES",
+        help="largest WebSocket message, either way (default: 1048576); a larger one from a client closes its socket (1009)",
+    )
     serve.add_argument("--idle-timeout", type=_positive(float), default=120.0, metavar="SECONDS", help="passivate actors idle this long (default: 120)")
     serve.add_argument(
         "--max-active",
@@ -435,6 +439,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         history=args.history,
         read_only=args.read_only,
         max_body=args.max_body,
+        max_ws_message=args.max_ws_message,
         idle_timeout=args.idle_timeout,
         max_active=args.max_active,
         call_timeout=args.call_timeout,

@@ -27,6 +27,7 @@ class ServeOptions:
     history: float = 0.0
     read_only: bool = False
     max_body: int = DEFAULT_MAX_BODY
+    max_ws_message: int = 1024 * 1024
     idle_timeout: float = 120.0
     max_active: int | None = None
     call_timeout: float = 30.0

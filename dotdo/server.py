@@ -26,6 +26,7 @@ from dotdo.connections import serve_http
 from dotdo.http import create_app, fetch_handler
 from dotdo.options import ServeOptions
 from dotdo.workers import WorkerSpec, serve_workers
+from dotdo.runtime.services.websockets import GOING_AWAY
 from dotdo.runtime.transport.descriptors import descriptor_budget, peer_connections
 from dotdo.runtime.core.kinds import KindSpec
 from dotdo.runtime.transport.peers import PEER_INFLIGHT, PEER_INFLIGHT_BYTES, Peers
@@ -165,6 +166,7 @@ async def _serve_on(
         max_mailbox=options.max_mailbox,
         shutdown_grace=options.shutdown_grace,
         env=options.env,
+        max_ws_message=options.max_ws_message,
     )
     config = HypercornConfig()
     config.bind = [_bind(options.host, options.port) if worker is None else f"fd://{worker.http_fd}"]
@@ -176,6 +178,7 @@ async def _serve_on(
     config.keep_alive_timeout = options.keep_alive_timeout
     config.read_timeout = options.read_timeout
     config.include_server_header = False
+    config.websocket_max_message_size = options.max_ws_message
     app = create_app(supervisor, max_body=options.max_body, debug=options.debug, tokens=tokens)
     base_trigger = shutdown_trigger or (wait_for_signal if worker is None else _worker_stop)
 
@@ -184,6 +187,9 @@ async def _serve_on(
         if node is not None:
             await node.leave()  # hand the slots over while still serving (relaying) calls
             await node.stop()  # then no move or takeover may start while the server closes
+        # WebSockets would hold the graceful stop for its whole grace: their clients are
+        # told to go (1001) and reconnect elsewhere or later.
+        supervisor.websockets.close_all(None, GOING_AWAY, "the server is stopping")
 
     fetch = fetch_handler(supervisor)
     supervisor.wire_fetch = fetch  # a request relayed here after its actor moved runs through it

@@ -7,8 +7,8 @@ request). If ``fetch`` accepts it (``self.accept_websocket``), the handshake com
 and the connection runs until either side closes; if not, the upgrade is refused with
 the response ``fetch`` returned when it is an error (status 400 or more: status,
 headers and body), else with 426 (the actor took no socket). Pings are answered and the
-close handshake completed by the HTTP server; a text frame that is not UTF-8 closes the
-connection (1007) and a message over ``--max-ws-message`` too (1009).
+close handshake completed by the HTTP server; a message over ``--max-ws-message`` closes
+the socket (1009), and a text frame that is not UTF-8 ends the connection.
 """
 
 from __future__ import annotations

@@ -270,6 +270,7 @@ class ClusterNode:
                 before = now
                 self._release_lost(supervisor, *now)
                 supervisor.alarms.placement_changed()
+                supervisor.websockets.placement_changed()
             if self._replication is not None and locator.view.revision != seen:
                 seen = locator.view.revision
                 self._replication.placement_changed()  # replica lists may have changed

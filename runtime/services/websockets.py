@@ -51,6 +51,7 @@ MAX_QUEUED = 16 * 1024 * 1024
 the socket is closed (1013, try again later)."""
 NORMAL = 1000
 GOING_AWAY = 1001
+SERVICE_RESTART = 1012
 TRY_AGAIN = 1013
 
 
@@ -217,6 +218,16 @@ class WebSockets:
                 ws._put((code, reason))
                 closed += 1
         return closed
+
+    def placement_changed(self) -> None:
+        """Where actors run changed (a cluster's slots moved): the sockets of an actor
+        that runs elsewhere now are closed with 1012 (service restart), so that their
+        clients reconnect and reach it where it is."""
+        for held in list(self._sockets.values()):
+            sockets = list(held.values())
+            if sockets and self._sup.locate(sockets[0].actor) is not None:
+                for ws in sockets:
+                    ws._put((SERVICE_RESTART, "the actor moved: reconnect"))
 
     async def _report(self, ws: WebSocket, error: DotdoError) -> None:
         try:

@@ -69,6 +69,7 @@ EXPECTED = [
     "Unauthorized",
     "Unavailable",
     "VersionConflict",
+    "WebSocket",
     "id_from_name",
     "id_from_string",
     "new_unique_id",

@@ -95,3 +95,39 @@ async def test_the_auto_response_answers_without_waking_the_actor_and_sockets_su
                 assert Room.starts == starts + 1
                 await ann.send("!count")
                 assert await ann.receive() == "2"
+
+
+async def test_pings_are_answered_and_bad_frames_close_only_their_socket(tmp_path: Path) -> None:
+    async with serving([Room], tmp_path, max_ws_message=1024) as server:
+        with trio.fail_after(10):
+            async with connect(ws_url(server.url, "/Room/p?user=ann")) as ann:
+                await ann.ping()
+                await ann.send("hello")
+                assert await ann.receive() == "ann: hello"
+                assert ann.pongs == 1  # answered by the server
+                async with connect(ws_url(server.url, "/Room/p?user=bob")) as bob:
+                    await bob.send("x" * 2000)  # over --max-ws-message
+                    with pytest.raises(Closed) as too_big:
+                        while True:
+                            await bob.receive()
+                    assert too_big.value.code == 1009
+                async with connect(ws_url(server.url, "/Room/p?user=eve")) as eve:
+                    await eve.stream.send_all(b"\x81\x81\x00\x00\x00\x00\xff")  # a text frame that is not UTF-8
+                    with pytest.raises(Closed) as not_text:
+                        while True:
+                            await eve.receive()
+                    assert not_text.value.code in (1006, 1007)  # hypercorn drops the connection
+                await ann.send("still here")
+                assert await ann.receive() == "ann: still here"
+
+
+async def test_a_server_that_stops_closes_its_sockets_as_going_away(tmp_path: Path) -> None:
+    async with serving([Room], tmp_path) as server:
+        with trio.fail_after(10):
+            async with connect(ws_url(server.url, "/Room/s?user=ann")) as ann:
+                await ann.send("hi")
+                assert await ann.receive() == "ann: hi"
+                server.stop.set()
+                with pytest.raises(Closed) as closed:
+                    await ann.receive()
+                assert closed.value.code == 1001
