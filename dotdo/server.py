@@ -179,6 +179,11 @@ async def _serve_on(
     config.read_timeout = options.read_timeout
     config.include_server_header = False
     config.websocket_max_message_size = options.max_ws_message
+    # hypercorn's read timeout applies to WebSockets too: an idle socket (a hibernated
+    # room's) would be cut. The server pings every socket well within it (the client's
+    # pong is read); at most every second, since a closed socket's connection lingers
+    # until its next ping is due (which would hold up a graceful stop).
+    config.websocket_ping_interval = max(0.25, min(1.0, options.read_timeout / 3))
     app = create_app(supervisor, max_body=options.max_body, debug=options.debug, tokens=tokens)
     base_trigger = shutdown_trigger or (wait_for_signal if worker is None else _worker_stop)
 

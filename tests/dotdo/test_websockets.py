@@ -131,3 +131,16 @@ async def test_a_server_that_stops_closes_its_sockets_as_going_away(tmp_path: Pa
                 with pytest.raises(Closed) as closed:
                     await ann.receive()
                 assert closed.value.code == 1001
+
+
+async def test_an_idle_socket_outlives_the_read_timeout(tmp_path: Path) -> None:
+    async with serving([Room], tmp_path, read_timeout=1.0) as server:
+        with trio.fail_after(15):
+            async with connect(ws_url(server.url, "/Room/i?user=ann")) as ann:
+                await ann.send("hi")
+                assert await ann.receive() == "ann: hi"
+                with trio.move_on_after(3.5):  # silent, but for the pongs it answers
+                    await ann.receive()
+                assert ann.closed is None
+                await ann.send("still")
+                assert await ann.receive() == "ann: still"
