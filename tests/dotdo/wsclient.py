@@ -71,7 +71,8 @@ class Client:
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Close (the handshake completed if the server answers)."""
         if self.closed is None:
-            await self.stream.send_all(self.ws.send(CloseConnection(code=code, reason=reason)))
+            if self.ws.state is ConnectionState.OPEN:  # not begun already
+                await self.stream.send_all(self.ws.send(CloseConnection(code=code, reason=reason)))
             with trio.move_on_after(5):
                 while self.closed is None:
                     await self._read()
@@ -90,7 +91,8 @@ class Client:
                     self.pending.append(joined)
                     self._parts.clear()
             elif isinstance(event, Ping):
-                await self.stream.send_all(self.ws.send(event.response()))
+                if self.ws.state is ConnectionState.OPEN:  # not while closing
+                    await self.stream.send_all(self.ws.send(event.response()))
             elif isinstance(event, Pong):
                 self.pongs += 1
             elif isinstance(event, CloseConnection):
