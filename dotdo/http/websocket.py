@@ -13,7 +13,6 @@ the socket (1009), and a text frame that is not UTF-8 ends the connection.
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -29,8 +28,6 @@ from dotdo.runtime.services.websockets import WebSocket
 
 if TYPE_CHECKING:
     from dotdo.http.routes import Handlers
-
-log = logging.getLogger("dotdo.http")
 
 
 async def serve_websocket(handlers: Handlers, connection: Connection) -> None:

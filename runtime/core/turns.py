@@ -192,7 +192,8 @@ class Turns:
                 raise_public(exc, activation)
             finally:
                 self.end_turn(activation, token)
-            turn.release()  # WebSocket messages it sent, now that its commit is out
+            if turn.held:
+                turn.release()  # WebSocket messages it sent, now that its commit is out
             return result
         finally:
             gate.exit()

@@ -556,7 +556,8 @@ class Replication:
         if info is None:
             return
         mine = [s for s in candidates.values() if not s.closed and self._lacks(s, node)]
-        due = [key for key in self._side_due.pop(node, set()) if key not in {(s.actor.namespace, s.actor.hex) for s in mine}]
+        streaming = {(s.actor.namespace, s.actor.hex) for s in mine}  # their side files go with their commits
+        due = [key for key in self._side_due.pop(node, set()) if key not in streaming]
         if not mine and not due:
             return
         link = await self.locator.nodes.link(node, info.advertise)

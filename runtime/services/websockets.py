@@ -254,10 +254,6 @@ class WebSockets:
         held = self._sockets.get(_key(actor), {})
         return [ws for ws in held.values() if not ws.closing and (tag is None or tag in ws.tags)]
 
-    def count(self) -> int:
-        """Sockets open, over every actor."""
-        return sum(len(held) for held in self._sockets.values())
-
     def set_auto_response(self, actor: ActorId, request: str | None, response: str | None) -> None:
         if request is None and response is None:
             self._auto.pop(_key(actor), None)
