@@ -155,6 +155,19 @@ async def history(client: httpx.AsyncClient, node: Served, account: str) -> dict
             await trio.sleep(0.2)
 
 
+async def fired_history(client: httpx.AsyncClient, node: Served, account: str, timeout: float = 30.0) -> dict[str, Any]:
+    """The history of an account whose alarm was armed, once that alarm has fired (a
+    write acknowledged just before the load stopped arms one that is due a little
+    later): fails after ``timeout`` seconds with the account's activations."""
+    record = await history(client, node, account)
+    with trio.move_on_after(timeout):
+        while not record["fired"]:
+            await trio.sleep(0.1)
+            record = await history(client, node, account)
+    assert record["fired"], f"{account}: its alarm never fired ({record['activations']})"
+    return record
+
+
 def check_history(account: str, record: dict[str, Any], acked: set[int]) -> None:
     """Every acknowledged write is there, and the activations never overlapped: each
     one's writes all come before the next one started."""
