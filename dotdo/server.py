@@ -24,6 +24,7 @@ from dotdo.auth import Tokens
 from dotdo.banner import print_banner, url
 from dotdo.connections import serve_http
 from dotdo.http import create_app, fetch_handler
+from dotdo.http.websocket import relay_open
 from dotdo.options import ServeOptions
 from dotdo.workers import WorkerSpec, serve_workers
 from dotdo.runtime.services.websockets import GOING_AWAY
@@ -198,6 +199,7 @@ async def _serve_on(
 
     fetch = fetch_handler(supervisor)
     supervisor.wire_fetch = fetch  # a request relayed here after its actor moved runs through it
+    supervisor.websockets.relay.open_hook = relay_open(supervisor)  # an upgrade held by another worker or node
     async with supervisor, trio.open_nursery() as nursery:
         if node is not None:
             node.attach(supervisor)

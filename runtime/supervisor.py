@@ -61,6 +61,7 @@ from dotdo.runtime.services.promotion import PromotionService
 from dotdo.runtime.services.sharding import ShardService
 from dotdo.runtime.services.steps import StepService
 from dotdo.runtime.services.subscriptions import SubscriptionService
+from dotdo.runtime.services.websocket_relay import METHODS as WS_METHODS
 from dotdo.runtime.services.websockets import WebSockets
 from dotdo.runtime.stubs import ActorStub, Namespaces, caller_of
 from dotdo.runtime.transport import wire
@@ -320,6 +321,10 @@ class Supervisor:
         system = method[:1] == "$" and trusted and len(steps) == 1
         if system and method.startswith(NODE_METHODS):
             return await self._node_call(method, payload, timeout, scope)
+        if system and method.startswith(WS_METHODS):
+            with scope if scope is not None else trio.CancelScope():
+                return await self.websocket_call(target, method, payload, timeout=timeout)
+            raise CallTimeout(f"{method} on {target} was cancelled")
         if system:
             self.registry.kind(target.namespace)
             seconds = timeout
@@ -368,6 +373,16 @@ class Supervisor:
                 return await self.turns.route(target, self.events.run_system, (method, payload), {}, None, timeout)  # type: ignore[no-any-return]
             except Moved:
                 owner = MOVING
+        return await self.relay.call(owner, target, [(method, payload)], timeout)
+
+    async def websocket_call(self, target: ActorId, method: str, payload: bytes, *, timeout: float | None = None) -> bytes:
+        """One of the WebSocket relay's calls (``runtime.services.websocket_relay``),
+        run by the hub of whichever process owns ``target`` (not as a turn: the hub
+        runs the actor's turns itself); its result packed."""
+        owner = self.locator.locate(target)
+        if owner is None:
+            self.registry.kind(target.namespace)
+            return await self.websockets.relay.serve(method, target, payload)
         return await self.relay.call(owner, target, [(method, payload)], timeout)
 
     async def fetch(self, target: ActorId, request: Any, *, timeout: float | None = None, located: bool = False) -> Any:

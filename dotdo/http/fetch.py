@@ -43,45 +43,50 @@ def fetch_handler(supervisor: Supervisor) -> FetchHandler:
         owner = supervisor.locate(target)
         if owner is not None:
             return await supervisor.relay.fetch(owner, target, http, timeout)
-        path = unquote(http.path)
-        parts = path.split("/", 3)
-        scope: dict[str, Any] = {
-            "type": "http",
-            "asgi": {"version": "3.0", "spec_version": "2.4"},
-            "http_version": "1.1",
-            "method": http.method,
-            "scheme": "http",
-            "path": path,
-            "raw_path": http.path.encode("latin-1"),
-            "query_string": http.query,
-            "root_path": "",
-            "headers": http.headers,
-            "server": None,
-            "client": None,
-            "path_params": {"namespace": target.namespace, "id": parts[2] if len(parts) > 2 else "", "rest": parts[3] if len(parts) > 3 else ""},
-        }
-        delivered = False
-
-        async def receive() -> Message:
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": http.body, "more_body": False}
-            await trio.sleep_forever()
-            raise AssertionError("unreachable")
-
-        request = Request(scope, receive)
+        request = rebuilt(target, http)
         request.websocket = None  # type: ignore[attr-defined]  # a relayed request is never an upgrade
         try:
             value = await supervisor.fetch(target, request, timeout=timeout, located=True)
         except Moved:  # placed elsewhere while it waited: it goes to the new owner
             return await supervisor.relay.fetch(MOVING, target, http, timeout)
-        return await _capture(as_response(value), scope)
+        return await capture(as_response(value), request.scope)
 
     return handle
 
 
-async def _capture(response: Response, scope: Scope) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+def rebuilt(target: ActorId, http: wire.HttpRequest) -> Request:
+    """The request a fetch frame carries, as the actor's ``fetch`` receives it."""
+    path = unquote(http.path)
+    parts = path.split("/", 3)
+    scope: dict[str, Any] = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": http.method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": http.path.encode("latin-1"),
+        "query_string": http.query,
+        "root_path": "",
+        "headers": http.headers,
+        "server": None,
+        "client": None,
+        "path_params": {"namespace": target.namespace, "id": parts[2] if len(parts) > 2 else "", "rest": parts[3] if len(parts) > 3 else ""},
+    }
+    delivered = False
+
+    async def receive() -> Message:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return {"type": "http.request", "body": http.body, "more_body": False}
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    return Request(scope, receive)
+
+
+async def capture(response: Response, scope: Scope) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """Run ``response`` as ASGI and keep what it sends: (status, headers, body)."""
     start: dict[str, Any] = {}
     chunks: list[bytes] = []

@@ -9,77 +9,122 @@ the response ``fetch`` returned when it is an error (status 400 or more: status,
 headers and body), else with 426 (the actor took no socket). Pings are answered and the
 close handshake completed by the HTTP server; a message over ``--max-ws-message`` closes
 the socket (1009), and a text frame that is not UTF-8 ends the connection.
+
+An upgrade that reaches a worker (or node) other than the actor's owner is relayed:
+the owner runs ``fetch`` and holds the socket for the actor, this process holds the
+client's connection (``dotdo.runtime.services.websocket_relay``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.websockets import WebSocket as Connection
 from starlette.websockets import WebSocketDisconnect
 
-from dotdo.errors import DotdoError, Unavailable
+from dotdo.errors import DotdoError
+from dotdo.http.fetch import capture, rebuilt, wire_request
 from dotdo.http.responses import as_response, error_response
 from dotdo.runtime.core.ids import ActorId
+from dotdo.runtime.placement.forwarding import HttpReply
 from dotdo.runtime.services.websockets import WebSocket
+from dotdo.runtime.supervisor import Supervisor
+from dotdo.runtime.transport import wire
 
 if TYPE_CHECKING:
     from dotdo.http.routes import Handlers
 
 
 async def serve_websocket(handlers: Handlers, connection: Connection) -> None:
-    """One upgrade request: the actor's ``fetch``, then the connection if it accepted."""
+    """One upgrade request: the actor's ``fetch`` (here, or relayed to the process that
+    owns the actor), then the connection if it accepted."""
     supervisor = handlers.supervisor
+    hub = supervisor.websockets
     request = Request(dict(connection.scope, type="http", method="GET"), _no_body)
     try:
         target = handlers.addressed(request)
-        if supervisor.locate(target) is not None:
-            # Owned by another worker or node: WebSockets are not relayed there yet.
-            await connection.send_denial_response(error_response(_elsewhere(target)))
+        if supervisor.locate(target) is not None:  # owned by another worker or node
+            proxy, reply = await hub.relay.open(target, await wire_request(request))
+            if proxy is None:
+                status, headers, body = reply
+                denied = Response(body, status)
+                denied.raw_headers = headers
+                await connection.send_denial_response(denied)
+                return
+            await _serve(connection, proxy, hub.relay.message, hub.relay.closed)
             return
-        ws = supervisor.websockets.offer(target)
+        ws = hub.offer(target)
         request.websocket = ws  # type: ignore[attr-defined]
         response = as_response(await supervisor.fetch(target, request, located=True))
     except DotdoError as exc:
         await connection.send_denial_response(error_response(exc))
         return
     if not ws.accepted:
-        if response.status_code < 400:  # not a refusal: the client asked for a socket
-            response = JSONResponse(
-                {"error": "UpgradeRequired", "message": f"{target} did not accept the WebSocket (self.accept_websocket in its fetch)"},
-                status_code=426,
-            )
-        await connection.send_denial_response(response)
+        await connection.send_denial_response(_refusal(target, response))
         return
     try:
-        await connection.accept()
-        await _run(supervisor, connection, ws)
+        await _serve(connection, ws, hub.message, hub.closed)
     finally:
-        supervisor.websockets.forget(ws)
+        hub.forget(ws)
 
 
-async def _run(supervisor: Any, connection: Connection, ws: WebSocket) -> None:
-    """Messages in (each a turn, in order), messages out, until either side closes;
-    then the actor's ``websocket_close``."""
-    hub = supervisor.websockets
-    closed: tuple[int, str] = (1006, "")
+def relay_open(supervisor: Supervisor) -> Callable[[ActorId, list[Any], WebSocket], Awaitable[HttpReply]]:
+    """What runs an upgrade relayed to this process, the actor's owner, by the one
+    holding the client's connection (``WebSocketRelay.open_hook``): the actor's
+    ``fetch`` with ``ws`` offered; its refusal captured whole when it did not accept."""
+
+    async def open_relayed(target: ActorId, parts: list[Any], ws: WebSocket) -> HttpReply:
+        method, path, query, headers, body = parts
+        http = wire.HttpRequest(str(method), str(path), bytes(query), [(bytes(k), bytes(v)) for k, v in headers], bytes(body))
+        request = rebuilt(target, http)
+        request.websocket = ws  # type: ignore[attr-defined]
+        response = as_response(await supervisor.fetch(target, request, located=True))
+        if ws.accepted:
+            return 101, [], b""
+        return await capture(_refusal(target, response), request.scope)
+
+    return open_relayed
+
+
+def _refusal(target: ActorId, response: Response) -> Response:
+    """What an upgrade that ``fetch`` did not accept is answered with: its response
+    when it is an error, else 426 (the client asked for a socket)."""
+    if response.status_code >= 400:
+        return response
+    return JSONResponse(
+        {"error": "UpgradeRequired", "message": f"{target} did not accept the WebSocket (self.accept_websocket in its fetch)"},
+        status_code=426,
+    )
+
+
+async def _serve(
+    connection: Connection,
+    ws: WebSocket,
+    message: Callable[[WebSocket, str | bytes], Awaitable[None]],
+    closed: Callable[[WebSocket, int, str, bool], Awaitable[None]],
+) -> None:
+    """Messages in (each handed to ``message`` in order), messages out, until either
+    side closes; then ``closed``."""
+    await connection.accept()
+    end: tuple[int, str] = (1006, "")
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_write, connection, ws, nursery.cancel_scope)
         while True:
-            message = await connection.receive()
-            if message["type"] == "websocket.disconnect":
-                closed = (int(message.get("code") or 1005), str(message.get("reason") or ""))
+            received = await connection.receive()
+            if received["type"] == "websocket.disconnect":
+                end = (int(received.get("code") or 1005), str(received.get("reason") or ""))
                 nursery.cancel_scope.cancel()
                 break
-            data = message.get("text")
+            data = received.get("text")
             if data is None:
-                data = message.get("bytes") or b""
-            await hub.message(ws, data)
-    code, reason = closed
-    await hub.closed(ws, code, reason, code != 1006)
+                data = received.get("bytes") or b""
+            await message(ws, data)
+    code, reason = end
+    await closed(ws, code, reason, code != 1006)
 
 
 async def _write(connection: Connection, ws: WebSocket, connection_scope: trio.CancelScope) -> None:
@@ -100,7 +145,3 @@ async def _write(connection: Connection, ws: WebSocket, connection_scope: trio.C
 
 async def _no_body() -> dict[str, Any]:
     return {"type": "http.request", "body": b"", "more_body": False}
-
-
-def _elsewhere(target: ActorId) -> DotdoError:
-    return Unavailable(f"{target} runs in another process; its WebSockets are served where it runs: retry")

@@ -33,6 +33,7 @@ from dotdo.runtime.core import values
 from dotdo.runtime.core.context import current_turn
 from dotdo.runtime.core.errors import Overloaded
 from dotdo.runtime.core.ids import ActorId
+from dotdo.runtime.services.websocket_relay import Outbox, WebSocketRelay
 
 if TYPE_CHECKING:
     from dotdo.runtime.supervisor import Supervisor
@@ -54,6 +55,9 @@ GOING_AWAY = 1001
 SERVICE_RESTART = 1012
 TRY_AGAIN = 1013
 
+Item = str | bytes | tuple[int, str]
+"""What goes out on a socket: a message, or ``(code, reason)`` to close it with."""
+
 
 class WebSocket:
     """One accepted (or, inside ``fetch``, offered) WebSocket of an actor.
@@ -63,7 +67,7 @@ class WebSocket:
     outside one, at once.
     """
 
-    __slots__ = ("id", "actor", "tags", "accepted", "_attachment", "_hub", "_queue", "_queued", "_ready", "closing", "auto_response_at")
+    __slots__ = ("id", "actor", "tags", "accepted", "_attachment", "_hub", "_queue", "_queued", "_ready", "_sink", "closing", "auto_response_at")
 
     def __init__(self, hub: WebSockets, socket_id: int, actor: ActorId) -> None:
         self.id = socket_id
@@ -75,9 +79,12 @@ class WebSocket:
         """When the server last answered this socket's auto-response (epoch seconds)."""
         self._attachment: bytes | None = None
         self._hub = hub
-        self._queue: deque[str | bytes | tuple[int, str]] = deque()
+        self._queue: deque[Item] = deque()
         self._queued = 0
         self._ready = trio.Event()
+        self._sink: Outbox | None = None
+        """Where what is sent goes when the client's connection is held by another
+        process (``websocket_relay``); None: this process's connection."""
 
     # -- what an actor does with it ---------------------------------------------------
 
@@ -113,19 +120,22 @@ class WebSocket:
 
     # -- the way out ------------------------------------------------------------------
 
-    def _out(self, item: str | bytes | tuple[int, str]) -> None:
+    def _out(self, item: Item) -> None:
         turn = current_turn.get()
         if turn is not None and turn.activation.id == self.actor:
             turn.hold(self._put, item)  # after the turn's commit
         else:
             self._put(item)
 
-    def _put(self, item: str | bytes | tuple[int, str]) -> None:
+    def _put(self, item: Item) -> None:
         if self.closing:
             return
         if isinstance(item, tuple):
             self.closing = True
-        else:
+        if self._sink is not None:
+            self._sink.put(self, item)
+            return
+        if not isinstance(item, tuple):
             self._queued += len(item)
             if self._queued > MAX_QUEUED:
                 self._queue.clear()
@@ -134,7 +144,7 @@ class WebSocket:
         self._queue.append(item)
         self._ready.set()
 
-    async def next_out(self) -> str | bytes | tuple[int, str]:
+    async def next_out(self) -> Item:
         """What the connection sends next (the HTTP side's writer): a message, or
         ``(code, reason)`` to close with."""
         while not self._queue:
@@ -161,24 +171,26 @@ class WebSockets:
     def __init__(self, supervisor: Supervisor, max_message: int, clock: Callable[[], float]) -> None:
         self._sup = supervisor
         self.max_message = max_message
-        self._clock = clock
+        self.clock = clock
         self._ids = itertools.count(1)
         self._sockets: dict[tuple[str, str], dict[int, WebSocket]] = {}
         self._auto: dict[tuple[str, str], tuple[str, str]] = {}
+        self.relay = WebSocketRelay(self, supervisor)
 
     # -- from the HTTP side ---------------------------------------------------------------
 
-    def offer(self, actor: ActorId) -> WebSocket:
+    def offer(self, actor: ActorId, socket_id: int | None = None) -> WebSocket:
         """A socket for an upgrade request to ``actor``, not accepted yet (its
-        ``fetch`` may, with ``accept``)."""
-        return WebSocket(self, next(self._ids), actor)
+        ``fetch`` may, with ``accept``); with ``socket_id``, the socket a relayed
+        upgrade was accepted as by the actor's owner (``websocket_relay``)."""
+        return WebSocket(self, next(self._ids) if socket_id is None else socket_id, actor)
 
     async def message(self, ws: WebSocket, message: str | bytes) -> None:
         """A message from the client: the auto-response, or a turn of the actor's
         ``websocket_message`` (one that raises is reported to ``websocket_error``)."""
         auto = self._auto.get(_key(ws.actor))
         if auto is not None and message == auto[0]:
-            ws.auto_response_at = self._clock()
+            ws.auto_response_at = self.clock()
             ws._put(auto[1])
             return
         try:
@@ -212,12 +224,12 @@ class WebSockets:
         """Close the sockets of ``actor`` (every actor's with None), with ``code``: the
         actor moved (1012) or the server stops (1001); how many."""
         keys = list(self._sockets) if actor is None else [_key(actor)]
-        closed = 0
-        for key in keys:
-            for ws in list(self._sockets.get(key, {}).values()):
-                ws._put((code, reason))
-                closed += 1
-        return closed
+        sockets = [ws for key in keys for ws in self._sockets.get(key, {}).values()]
+        if actor is None:
+            sockets += self.relay.proxies()
+        for ws in sockets:
+            ws._put((code, reason))
+        return len(sockets)
 
     def placement_changed(self) -> None:
         """Where actors run changed (a cluster's slots moved): the sockets of an actor

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from starlette.responses import Response
@@ -61,3 +62,11 @@ class Room(DO):
 
     async def failed(self) -> bool:
         return bool(self.storage.get("failed"))
+
+    async def pid(self) -> int:
+        """The process the room runs in (its owner, among the server's workers)."""
+        return os.getpid()
+
+    async def node(self) -> str:
+        """The cluster node the room runs on (its ``NODE`` environment variable)."""
+        return str(self.env.get("NODE", "?"))
