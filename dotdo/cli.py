@@ -216,6 +216,15 @@ def _serve_arguments(serve: argparse.ArgumentParser) -> None:
         help="open HTTP connections at most, more wait to be accepted; and open transport connections at most, more are "
         "refused (default: 256 each, per worker); each holds a file descriptor, taken from what --max-active can have",
     )
+    serve.add_argument(
+        "--max-websockets",
+        type=_count,
+        default=None,
+        metavar="N",
+        help="open WebSockets at most, per worker; an upgrade past it gets 503 (default: 4096, or what the open-file "
+        "limit fits); an upgraded connection leaves --max-connections, and the server raises its soft open-file limit "
+        "by this many when the hard limit allows",
+    )
     serve.add_argument("--keep-alive-timeout", type=_positive(float), default=5.0, metavar="SECONDS", help="close a connection idle this long between requests, or still sending its headers (default: 5)")
     serve.add_argument("--read-timeout", type=_positive(float), default=30.0, metavar="SECONDS", help="close a connection whose client sends nothing for this long mid-request; a body must also arrive whole within --call-timeout (default: 30)")
     serve.add_argument("--env", type=_env_pair, action="append", default=[], metavar="KEY=VALUE", help="a value actors read as self.env[KEY]; repeatable")
@@ -447,6 +456,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_mailbox=args.max_mailbox,
         shutdown_grace=args.shutdown_grace,
         max_connections=args.max_connections,
+        max_websockets=args.max_websockets,
         keep_alive_timeout=args.keep_alive_timeout,
         read_timeout=args.read_timeout,
         debug=args.debug,

@@ -37,6 +37,8 @@ class ServeOptions:
     keep_alive_timeout: float = 5.0
     read_timeout: float = 30.0
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_websockets: int | None = None
+    """WebSocket connections one process holds at most (None: 4,096, or what fits)."""
     debug: bool = False
     env: Mapping[str, str] = field(default_factory=dict)
     rpc_port: int | None = None

@@ -28,7 +28,13 @@ from dotdo.http.websocket import relay_open
 from dotdo.options import ServeOptions
 from dotdo.workers import WorkerSpec, serve_workers
 from dotdo.runtime.services.websockets import GOING_AWAY
-from dotdo.runtime.transport.descriptors import descriptor_budget, peer_connections
+from dotdo.runtime.transport.descriptors import (
+    DEFAULT_MAX_WEBSOCKETS,
+    descriptor_budget,
+    peer_connections,
+    raise_soft_limit,
+    websocket_share,
+)
 from dotdo.runtime.core.kinds import KindSpec
 from dotdo.runtime.transport.peers import PEER_INFLIGHT, PEER_INFLIGHT_BYTES, Peers
 from dotdo.runtime.placement.node import ClusterNode, ClusterSettings
@@ -61,17 +67,30 @@ async def wait_for_signal() -> None:
             return
 
 
-def _max_active(options: ServeOptions) -> int:
-    """The active-actor cap one serving process (each worker, with several) can hold
-    within its open-file limit: ``options.max_active``, refused when it does not fit.
+def _descriptors(options: ServeOptions, first: bool) -> ServeOptions:
+    """``options`` with the active-actor and WebSocket caps one serving process (each
+    worker, with several) can hold within its open-file limit: ``max_active`` and
+    ``max_websockets``, refused when they do not fit, else what fits. The ``first``
+    process of a server raises its soft limit for the WebSockets (its workers inherit
+    it, and the caps).
 
     Raises:
-        DotdoError: It does not fit, or the limit is too small for the rest.
+        DotdoError: They do not fit, or the limit is too small for the rest.
     """
-    budget = descriptor_budget(max_connections=options.max_connections, workers=options.workers)
+    parts = {"max_connections": options.max_connections, "workers": options.workers}
+    requested = DEFAULT_MAX_WEBSOCKETS if options.max_websockets is None else options.max_websockets
+    base = descriptor_budget(**parts)
+    gained = raise_soft_limit(requested) if first else 0
+    websockets = websocket_share(base, gained, options.max_active, options.max_websockets)
+    budget = descriptor_budget(**parts, websockets=websockets)
     max_active = budget.admit(options.max_active)
+    if first and options.max_websockets is None and websockets < DEFAULT_MAX_WEBSOCKETS:
+        log.warning(
+            "the open-file limit (%d, which could not be raised further) leaves room for %d WebSockets per process, not %d: "
+            "raise its hard limit, or give --max-websockets", budget.limit, websockets, DEFAULT_MAX_WEBSOCKETS,
+        )
     log.info("descriptors: limit %d, %s, actors %d x %d", budget.limit, budget.describe(), max_active, budget.per_actor)
-    return max_active
+    return dataclasses.replace(options, max_active=max_active, max_websockets=websockets)
 
 
 def _bind(host: str, port: int) -> str:
@@ -102,7 +121,7 @@ async def serve(
     """
     out = out if out is not None else sys.stdout
     Tokens(options.token, options.admin_token)  # refuses unusable tokens before anything starts
-    options = dataclasses.replace(options, max_active=_max_active(options))
+    options = _descriptors(options, first=worker is None)
     if worker is None and not options.read_only and not writable(options.data_dir):
         if options.cluster:
             raise DotdoError(f"a cluster node needs a data directory it can write; {options.data_dir} cannot be written")
@@ -185,7 +204,9 @@ async def _serve_on(
     # pong is read); at most every second, since a closed socket's connection lingers
     # until its next ping is due (which would hold up a graceful stop).
     config.websocket_ping_interval = max(0.25, min(1.0, options.read_timeout / 3))
-    app = create_app(supervisor, max_body=options.max_body, debug=options.debug, tokens=tokens)
+    app = create_app(
+        supervisor, max_body=options.max_body, debug=options.debug, tokens=tokens, max_websockets=options.max_websockets or 0
+    )
     base_trigger = shutdown_trigger or (wait_for_signal if worker is None else _worker_stop)
 
     async def trigger() -> None:

@@ -45,19 +45,26 @@ from dotdo.http.responses import as_response, error_response, on_error, on_routi
 from dotdo.http.routes import Handlers, routes
 from dotdo.http.token_auth import TokenAuth
 from dotdo.runtime.supervisor import Supervisor
+from dotdo.runtime.transport.descriptors import DEFAULT_MAX_WEBSOCKETS
 
 __all__ = ["DEFAULT_MAX_BODY", "as_response", "create_app", "error_response", "fetch_handler"]
 
 
 def create_app(
-    supervisor: Supervisor, *, max_body: int = DEFAULT_MAX_BODY, debug: bool = False, tokens: Tokens = Tokens()
+    supervisor: Supervisor,
+    *,
+    max_body: int = DEFAULT_MAX_BODY,
+    debug: bool = False,
+    tokens: Tokens = Tokens(),
+    max_websockets: int = DEFAULT_MAX_WEBSOCKETS,
 ) -> Starlette:
     """The ASGI app serving ``supervisor``'s actors; ``tokens`` say who may use which
-    routes (``dotdo.auth``; the default asks for none)."""
+    routes (``dotdo.auth``; the default asks for none); at most ``max_websockets``
+    WebSocket connections open at once."""
     handle_error = partial(on_error, debug=debug)
     # DotdoError is answered by the exception middleware; anything else is a bug, answered
     # by the outermost middleware (which also lets the server log it).
-    app = Starlette(routes=routes(Handlers(supervisor)), exception_handlers={DotdoError: handle_error, Exception: handle_error})
+    app = Starlette(routes=routes(Handlers(supervisor, max_websockets)), exception_handlers={DotdoError: handle_error, Exception: handle_error})
     app.add_exception_handler(HTTPException, on_routing_error)  # 404 and 405 as JSON too
     app.add_middleware(BodyLimit, limit=max_body)
     if tokens.required:  # outermost: a refused request never reaches the body limit or the app

@@ -23,6 +23,7 @@ from dotdo.runtime.core.errors import Moved
 from dotdo.runtime.core.ids import ActorId, resolve
 from dotdo.runtime.placement.locator import MOVING
 from dotdo.runtime.supervisor import Supervisor
+from dotdo.runtime.transport.descriptors import DEFAULT_MAX_WEBSOCKETS
 
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
@@ -49,8 +50,11 @@ def routes(handlers: Handlers) -> list[BaseRoute]:
 class Handlers:
     """The route handlers of one app, over ``supervisor``'s actors."""
 
-    def __init__(self, supervisor: Supervisor) -> None:
+    def __init__(self, supervisor: Supervisor, max_websockets: int = DEFAULT_MAX_WEBSOCKETS) -> None:
         self.supervisor = supervisor
+        self.max_websockets = max_websockets
+        self.websockets = 0
+        """WebSocket connections open (or being upgraded) now."""
         # Each id named in a URL is checked and hashed once (ActorId is immutable);
         # refusals raise and are not remembered. The cache is the app's own.
         self.resolved = functools.lru_cache(maxsize=MAX_KNOWN_IDS)(self._resolve)
@@ -69,7 +73,9 @@ class Handlers:
         """``GET /_health``: the server is up, and how busy it is."""
         supervisor = self.supervisor
         stats = supervisor.statistics()
-        body: dict[str, Any] = {"status": "ok", "active_actors": stats.active, "calls_in_flight": stats.calls_in_flight}
+        body: dict[str, Any] = {
+            "status": "ok", "active_actors": stats.active, "calls_in_flight": stats.calls_in_flight, "websockets": self.websockets,
+        }  # fmt: skip
         if supervisor.config.storage.read_only:
             body["read_only"] = True
         body.update(supervisor.locator.describe())  # which worker of how many, with several

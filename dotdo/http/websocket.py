@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.websockets import WebSocket as Connection
 from starlette.websockets import WebSocketDisconnect
 
-from dotdo.errors import DotdoError
+from dotdo.errors import DotdoError, Overloaded
 from dotdo.http.fetch import capture, rebuilt, wire_request
 from dotdo.http.responses import as_response, error_response
 from dotdo.runtime.core.ids import ActorId
@@ -34,6 +34,7 @@ from dotdo.runtime.placement.forwarding import HttpReply
 from dotdo.runtime.services.websockets import WebSocket
 from dotdo.runtime.supervisor import Supervisor
 from dotdo.runtime.transport import wire
+from dotdo.runtime.transport.listening import connection_slot
 
 if TYPE_CHECKING:
     from dotdo.http.routes import Handlers
@@ -42,6 +43,18 @@ if TYPE_CHECKING:
 async def serve_websocket(handlers: Handlers, connection: Connection) -> None:
     """One upgrade request: the actor's ``fetch`` (here, or relayed to the process that
     owns the actor), then the connection if it accepted."""
+    if handlers.websockets >= handlers.max_websockets:
+        refused = Overloaded(f"this server holds {handlers.max_websockets:,} WebSockets, its most (--max-websockets): retry later")
+        await connection.send_denial_response(error_response(refused))
+        return
+    handlers.websockets += 1
+    try:
+        await _upgrade(handlers, connection)
+    finally:
+        handlers.websockets -= 1
+
+
+async def _upgrade(handlers: Handlers, connection: Connection) -> None:
     supervisor = handlers.supervisor
     hub = supervisor.websockets
     request = Request(dict(connection.scope, type="http", method="GET"), _no_body)
@@ -110,6 +123,9 @@ async def _serve(
     """Messages in (each handed to ``message`` in order), messages out, until either
     side closes; then ``closed``."""
     await connection.accept()
+    slot = connection_slot.get()
+    if slot is not None:  # a WebSocket now: it counts against --max-websockets, not --max-connections
+        slot.release()
     end: tuple[int, str] = (1006, "")
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_write, connection, ws, nursery.cancel_scope)

@@ -15,7 +15,14 @@ remains, at ``DESCRIPTORS_PER_ACTOR`` (3) per actor::
                     their handshake), its listener
     + reserve       transient opens: a clone's, backup's, compact's or branch's second
                     database, SQLite's temporary files, the history archive's reads
+    + websockets    --max-websockets: WebSocket connections, which leave the HTTP cap
+                    once upgraded (``websocket_share``)
     + actors        max_active x DESCRIPTORS_PER_ACTOR
+
+WebSockets get a share of their own because they are long-lived and many: a room of a
+thousand clients is common. Their share comes on top of the limit the server was
+started with when the hard limit allows (the server raises its soft limit by that much,
+``raise_soft_limit``, as Go's runtime raises it to the hard limit), else out of it.
 
 ``--history`` costs no descriptor while an actor is idle: its archive opens the WAL
 and its log only for the moment it copies frames, so its share is in the reserve.
@@ -51,6 +58,11 @@ MIN_ACTIVE = 16
 """Fewest active actors a server is started with."""
 RESERVE_MIN = 128
 RESERVE_SHARE = 0.05
+DEFAULT_MAX_WEBSOCKETS = 4096
+"""WebSockets one serving process holds at most, unless ``--max-websockets`` says."""
+WEBSOCKET_SHARE = 0.25
+"""Of what a limit that could not be raised leaves the actors, the part the default
+WebSocket cap may take."""
 UNLIMITED = 65536
 """The limit planned for when the process has none (``RLIM_INFINITY``)."""
 
@@ -69,6 +81,7 @@ class DescriptorBudget:
         reserve: Transient opens (a lifecycle operation's second database, SQLite's
             temporary files, the history archive).
         per_actor: What each active actor holds.
+        websockets: WebSocket connections (``--max-websockets``).
     """
 
     limit: int
@@ -78,11 +91,12 @@ class DescriptorBudget:
     workers: int
     reserve: int
     per_actor: int
+    websockets: int = 0
 
     @property
     def fixed(self) -> int:
         """Every part but the actors."""
-        return self.process + self.http + self.transport + self.workers + self.reserve
+        return self.process + self.http + self.transport + self.workers + self.reserve + self.websockets
 
     @property
     def max_active(self) -> int:
@@ -108,6 +122,7 @@ class DescriptorBudget:
                 f"the open-file limit ({self.limit}) is too small: the server needs {self.fixed} descriptors "
                 f"({self.describe()}) and {MIN_ACTIVE * self.per_actor} for its fewest {MIN_ACTIVE} active actors; "
                 f"raise it (ulimit -n {self.needed(MIN_ACTIVE)} or more) or lower --max-connections"
+                + (" or --max-websockets" if self.websockets else "")
             )
         if max_active is None:
             return self.max_active
@@ -117,6 +132,7 @@ class DescriptorBudget:
                 f"{max_active * self.per_actor} descriptors ({self.per_actor} each) and the server needs {self.fixed} "
                 f"besides ({self.describe()}), so at most {self.max_active} fit; raise the limit "
                 f"(ulimit -n {self.needed(max_active)}) or lower --max-active or --max-connections"
+                + (" or --max-websockets" if self.websockets else "")
             )
         return max_active
 
@@ -125,6 +141,7 @@ class DescriptorBudget:
         return (
             f"process {self.process}, HTTP {self.http}, transport {self.transport}, "
             f"worker links {self.workers}, transient reserve {self.reserve}"
+            + (f", WebSockets {self.websockets}" if self.websockets else "")
         )
 
 
@@ -134,6 +151,7 @@ def descriptor_budget(
     handshakes: int = DEFAULT_MAX_HANDSHAKES,
     workers: int = 1,
     limit: int | None = None,
+    websockets: int = 0,
 ) -> DescriptorBudget:
     """The budget of one serving process (a worker, with ``workers`` > 1).
 
@@ -143,6 +161,8 @@ def descriptor_budget(
         handshakes: The cap on transport connections still in their handshake.
         workers: Worker processes of the server (``--workers``).
         limit: The open-file limit; None: this process's soft ``RLIMIT_NOFILE``.
+        websockets: The cap on WebSocket connections (the reserve is a share of the
+            limit without them).
     """
     if limit is None:
         limit = open_file_limit()
@@ -152,8 +172,9 @@ def descriptor_budget(
         http=max_connections + LISTENERS,
         transport=max_connections + handshakes + LISTENERS,
         workers=0 if workers <= 1 else (workers - 1) + 2 * peer_connections(workers) + 1,
-        reserve=max(RESERVE_MIN, int(limit * RESERVE_SHARE)),
+        reserve=max(RESERVE_MIN, int((limit - websockets) * RESERVE_SHARE)),
         per_actor=DESCRIPTORS_PER_ACTOR,
+        websockets=websockets,
     )
 
 
@@ -167,3 +188,36 @@ def open_file_limit() -> int:
     """This process's soft open-file limit (``UNLIMITED`` when it has none)."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     return UNLIMITED if soft == resource.RLIM_INFINITY else soft
+
+
+def websocket_share(
+    base: DescriptorBudget, gained: int, max_active: int | None, max_websockets: int | None
+) -> int:
+    """The WebSocket cap to serve with, when the limit of ``base`` (the budget without
+    WebSockets, at the limit the server started with) was raised by ``gained`` for them
+    (``raise_soft_limit``): ``max_websockets`` when given (``admit`` then says whether
+    it fits); else ``DEFAULT_MAX_WEBSOCKETS``, or what fits of it: what the raise
+    gained, plus (when that falls short) part of what the limit leaves the actors,
+    ``WEBSOCKET_SHARE`` of it when their cap is the default, all that ``max_active``
+    leaves when it is given, never so much that fewer than ``MIN_ACTIVE`` fit."""
+    if max_websockets is not None:
+        return max_websockets
+    room = base.limit - base.fixed - (max_active or MIN_ACTIVE) * base.per_actor
+    taken = room if max_active is not None else min(int((base.limit - base.fixed) * WEBSOCKET_SHARE), room)
+    return max(0, min(DEFAULT_MAX_WEBSOCKETS, gained + max(0, taken)))
+
+
+def raise_soft_limit(extra: int) -> int:
+    """Raise this process's soft open-file limit by ``extra`` (at most to its hard
+    limit); how many descriptors that gained. Processes it starts inherit the limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or extra <= 0:
+        return extra if soft == resource.RLIM_INFINITY else 0
+    target = soft + extra if hard == resource.RLIM_INFINITY else min(hard, soft + extra)
+    if target <= soft:
+        return 0
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        return 0
+    return target - soft

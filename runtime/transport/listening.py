@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import logging
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any
 
 import trio
@@ -56,15 +57,38 @@ async def accept(listener: trio.SocketListener) -> trio.SocketStream:
             await trio.sleep(CAPACITY_RETRY)
 
 
+class Slot:
+    """The slot one connection holds: given back when it closes, or earlier by the code
+    serving it (``connection_slot``), once, when the connection turns into something
+    another cap counts (an HTTP connection upgraded to a WebSocket)."""
+
+    __slots__ = ("_slots",)
+
+    def __init__(self, slots: trio.Semaphore) -> None:
+        self._slots: trio.Semaphore | None = slots
+
+    def release(self) -> None:
+        if self._slots is not None:
+            slots, self._slots = self._slots, None
+            slots.release()
+
+
+connection_slot: ContextVar[Slot | None] = ContextVar("connection_slot", default=None)
+"""The slot of the connection the current task serves (tasks started while serving it
+see it too)."""
+
+
 async def _connection(handler: Handler, stream: trio.SocketStream, slots: trio.Semaphore, what: str) -> None:
     """Serve one connection, then close it and give its slot back."""
+    slot = Slot(slots)
+    connection_slot.set(slot)  # this task's own context: the connection's
     try:
         await contained(handler(stream), what)
     finally:
         try:
             await trio.aclose_forcefully(stream)
         finally:
-            slots.release()
+            slot.release()
 
 
 async def contained(work: Awaitable[Any], what: str) -> None:

@@ -130,14 +130,17 @@ async def wait_for_url(process: trio.Process, stdout: Path, stderr: Path, host: 
     return url
 
 
-def open_file_limit(soft: int | None) -> Callable[[], None] | None:
-    """What a child process runs before it starts to have ``soft`` as its open-file
-    limit (``ulimit -n``); None: nothing, it keeps this process's limit."""
-    if soft is None:
+def open_file_limit(limit: int | tuple[int, int] | None) -> Callable[[], None] | None:
+    """What a child process runs before it starts to have ``limit`` as its open-file
+    limit (``ulimit -n``): a number is the soft and the hard limit (so the server
+    cannot raise it for its WebSockets), a pair is (soft, hard); None: nothing, it keeps
+    this process's limit."""
+    if limit is None:
         return None
+    soft, hard = (limit, limit) if isinstance(limit, int) else limit
 
     def lower() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
     return lower
 
@@ -147,7 +150,7 @@ async def dotdo_serve(
     tmp_path: Path,
     *args: str,
     env: dict[str, str] | None = None,
-    nofile: int | None = None,
+    nofile: int | tuple[int, int] | None = None,
     program: Sequence[str] = DOTDO,
 ) -> AsyncIterator[Served]:
     """``python -m dotdo serve --port 0 ARGS`` (or ``program``'s) in ``tmp_path`` until it
@@ -172,7 +175,7 @@ async def dotdo(
     *args: str,
     cwd: Path,
     env: dict[str, str] | None = None,
-    nofile: int | None = None,
+    nofile: int | tuple[int, int] | None = None,
     program: Sequence[str] = DOTDO,
 ) -> subprocess.CompletedProcess[bytes]:
     """``python -m dotdo ARGS`` (or ``program``'s), its output captured; ``env`` adds
@@ -229,7 +232,7 @@ async def _open_serve(
     env: dict[str, str],
     *,
     new_session: bool = False,
-    nofile: int | None = None,
+    nofile: int | tuple[int, int] | None = None,
     program: Sequence[str] = DOTDO,
 ) -> trio.Process:
     """Start ``python -m dotdo serve --port 0 ARGS`` (or ``program``'s) in ``cwd``, its

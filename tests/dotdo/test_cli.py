@@ -321,10 +321,24 @@ async def test_serve_refuses_an_open_file_limit_too_small_for_its_connections(tm
 
 
 async def test_serve_under_a_low_limit_takes_the_active_actors_it_has_room_for(tmp_path: Path) -> None:
-    # 512 = process 32 + HTTP 34 + transport 98 + reserve 128 + 73 actors x 3 (+ 1 spare)
+    # 512 = process 32 + HTTP 34 + transport 98 + reserve 128 + WebSockets 55 (a quarter of
+    # the 220 left: the hard limit is 512 too) + 55 actors x 3
     args = ("--max-connections", "32", "--log-level", "info")
     async with dotdo_serve(tmp_path, *args, nofile=512) as served:
-        assert "descriptors: limit 512, process 32, HTTP 34, transport 98, worker links 0, transient reserve 128, actors 73 x 3" in served.errors()
+        errors = served.errors()
+        assert "limit 512, process 32, HTTP 34, transport 98, worker links 0, transient reserve 128, WebSockets 55, actors 55 x 3" in errors
+        assert "leaves room for 55 WebSockets per process, not 4096" in errors
+        assert await stop(served, signal.SIGTERM) == 0
+
+
+async def test_serve_raises_its_soft_open_file_limit_for_its_websockets(tmp_path: Path) -> None:
+    # soft 1024, hard 8192: the WebSockets' 4096 come on top of the 1024, which the rest
+    # spends as before (94 actors)
+    async with dotdo_serve(tmp_path, "--log-level", "info", nofile=(1024, 8192)) as served:
+        assert "descriptors: limit 5120, process 32, HTTP 258, transport 322, worker links 0, transient reserve 128, WebSockets 4096, actors 94 x 3" in served.errors()
+        assert await stop(served, signal.SIGTERM) == 0
+    async with dotdo_serve(tmp_path, "--log-level", "info", "--max-websockets", "0", nofile=(1024, 8192)) as served:
+        assert "descriptors: limit 1024, process 32, HTTP 258, transport 322, worker links 0, transient reserve 128, actors 94 x 3" in served.errors()
         assert await stop(served, signal.SIGTERM) == 0
 
 

@@ -103,7 +103,7 @@ async def test_health_and_kinds(tmp_path: Path) -> None:
     async with serving(KINDS, tmp_path) as server:
         response = await server.client.get("/_health")
         assert response.status_code == 200
-        assert response.json() == {"status": "ok", "active_actors": 0, "calls_in_flight": 0}
+        assert response.json() == {"status": "ok", "active_actors": 0, "calls_in_flight": 0, "websockets": 0}
         assert (await rpc(server, "Plain", "p", "ping")).json() == {"result": "pong"}
         assert (await server.client.get("/_health")).json()["active_actors"] == 1
         assert (await server.client.head("/_health")).status_code == 200

@@ -3,6 +3,7 @@ a real server on 127.0.0.1 and WebSocket clients (``tests.dotdo.wsclient``)."""
 
 from __future__ import annotations
 
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,23 @@ async def test_an_idle_socket_outlives_the_read_timeout(tmp_path: Path) -> None:
                 assert ann.closed is None
                 await ann.send("still")
                 assert await ann.receive() == "ann: still"
+
+
+async def test_websockets_have_their_own_cap_and_leave_the_http_one(tmp_path: Path) -> None:
+    async with serving([Room], tmp_path, max_connections=4, max_websockets=6) as server, AsyncExitStack() as stack:
+        with trio.fail_after(15):
+            sockets = [await stack.enter_async_context(connect(ws_url(server.url, f"/Room/cap?user=u{i}"))) for i in range(6)]
+            await sockets[0].send("!count")  # six sockets open, more than --max-connections
+            assert await sockets[0].receive() == "0"
+            health = (await server.client.get("/_health")).json()  # and HTTP is still served
+            assert health["websockets"] == 6
+            with pytest.raises(Rejected) as refused:
+                async with connect(ws_url(server.url, "/Room/cap?user=late")):
+                    pass
+            assert refused.value.status == 503 and b"--max-websockets" in refused.value.body
+            await sockets[5].close()
+            while (await server.client.get("/_health")).json()["websockets"] == 6:
+                await trio.sleep(0.02)
+            async with connect(ws_url(server.url, "/Room/cap?user=late")) as late:
+                await late.send("!who")
+                assert "user:late" in str(await late.receive())

@@ -19,6 +19,8 @@ from dotdo.runtime.transport.descriptors import (
     descriptor_budget,
     open_file_limit,
     peer_connections,
+    raise_soft_limit,
+    websocket_share,
 )
 from dotdo.storage.errors import DotdoError
 from dotdo.storage.opening import DESCRIPTORS_PER_ACTOR
@@ -94,3 +96,53 @@ def test_the_budget_is_a_frozen_record() -> None:
     assert isinstance(budget, DescriptorBudget)
     with pytest.raises(dataclasses.FrozenInstanceError):
         budget.limit = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("limit", "gained", "max_active", "max_websockets", "share"),
+    [
+        (1024, 4096, None, None, 4096),  # raised by all they need: the rest spends the 1024 as before
+        (20000, 0, None, None, 4096),  # not raised, but a quarter of what the actors have is more
+        (1024, 0, None, None, 71),  # not raised: a quarter of the 284 the actors had
+        (1024, 100, None, None, 171),  # raised by some: that and the quarter
+        (1024, 0, 90, None, 14),  # an explicit --max-active keeps its own: the 14 left over
+        (1024, 0, 94, None, 2),
+        (512, 0, None, None, 0),  # not even room for the rest: none
+        (1024, 0, None, 7, 7),  # an explicit cap is taken as given (admit says whether it fits)
+        (100_000, 0, None, None, 4096),
+    ],
+)
+def test_the_websockets_share_comes_from_the_raise_then_from_what_the_actors_had(
+    limit: int, gained: int, max_active: int | None, max_websockets: int | None, share: int
+) -> None:
+    base = descriptor_budget(limit=limit)
+    assert websocket_share(base, gained, max_active, max_websockets) == share
+    budget = descriptor_budget(limit=limit + gained, websockets=share)
+    assert budget.websockets == share and budget.fixed - share <= base.fixed  # the reserve: a share of the rest
+    if gained >= share:
+        assert budget.fixed == base.fixed + share
+    if base.max_active >= MIN_ACTIVE:
+        fits = budget.admit(max_active)  # what the share leaves the actors fits their cap
+        assert fits >= (max_active or MIN_ACTIVE) and (gained < share or max_active or fits == base.max_active)
+
+
+def test_an_explicit_websockets_cap_that_does_not_fit_is_refused_naming_it() -> None:
+    budget = descriptor_budget(limit=1024, websockets=5000)
+    with pytest.raises(DotdoError, match=r"open-file limit \(1024\) is too small.*or --max-websockets"):
+        budget.admit(None)
+    assert "WebSockets 5000" in budget.describe()
+
+
+def test_the_soft_limit_is_raised_up_to_the_hard_one_only() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        room = (hard - 256) if hard != resource.RLIM_INFINITY else 100
+        assert raise_soft_limit(min(100, room)) == min(100, room)
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == 256 + min(100, room)
+        assert raise_soft_limit(0) == 0
+        if hard != resource.RLIM_INFINITY:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            assert raise_soft_limit(10) == 0  # at the hard limit already
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
