@@ -5,6 +5,7 @@
 - ``Customer``: an inbox in SQL; ``notify(message)`` returns the inbox size.
 - ``Order``: ``place(customer, item, qty)`` records the order and notifies the customer
   (an actor calling another actor).
+- ``ChatRoom``: a room of WebSocket clients with a small page (``dotdo.actors.chat``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from dotdo.actors.base import DO
+from dotdo.actors.chat import ChatRoom
 from dotdo.storage.errors import InvalidInput
 
 
@@ -104,4 +106,4 @@ class Order(DO):
         return self.storage.get("order")
 
 
-EXAMPLES: tuple[type[DO], ...] = (Counter, Customer, Order)
+EXAMPLES: tuple[type[DO], ...] = (Counter, Customer, Order, ChatRoom)

@@ -1,4 +1,4 @@
-"""The example kinds ``dotdo serve`` runs with no module: Counter, Customer, Order."""
+"""The example kinds ``dotdo serve`` runs with no module: Counter, Customer, Order, ChatRoom."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from starlette.requests import Request
 from starlette.types import Message
 
-from dotdo.actors.examples import EXAMPLES, Counter, Customer, Order
+from dotdo.actors.examples import EXAMPLES, ChatRoom, Counter, Customer, Order
 from dotdo import InvalidArguments, InvalidInput, MethodNotAllowed, Supervisor
 
 
@@ -49,7 +49,7 @@ def decoded(response: Any) -> Any:
 
 
 def test_the_examples() -> None:
-    assert EXAMPLES == (Counter, Customer, Order)
+    assert EXAMPLES == (Counter, Customer, Order, ChatRoom)
     assert sorted(Counter.__dotdo_kind__().methods) == ["get", "increment", "reset"]
     assert sorted(Customer.__dotdo_kind__().methods) == ["inbox", "notify"]
     assert sorted(Order.__dotdo_kind__().methods) == ["place", "status"]
