@@ -29,6 +29,7 @@ expect, a bug) is closed and logged, and the others go on.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from functools import partial
 from typing import Any
 
@@ -76,7 +77,7 @@ async def serve_http(
                 sock.listen(config.backlog)
             listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in sockets]
             binds = [f"http://{repr_socket_addr(sock.family, sock.getsockname())}" for sock in sockets]
-            handler = partial(TCPServer, wrapped, config, context, ConnectionState(lifespan_state.copy()))
+            handler = partial(_connection, wrapped, config, context, ConnectionState(lifespan_state.copy()))
             slots = trio.Semaphore(max_connections)
             try:
                 async with trio.open_nursery() as accepting:
@@ -90,3 +91,28 @@ async def serve_http(
                 connections.cancel_scope.deadline = trio.current_time() + config.graceful_timeout
         await lifespan.wait_for_shutdown()
         lifespan_nursery.cancel_scope.cancel()
+
+
+RawSend = Callable[[bytes], Awaitable[None]]
+
+raw_send: ContextVar[RawSend | None] = ContextVar("raw_send", default=None)
+"""Writes bytes to the connection the current task serves, in turn with hypercorn's own
+writes (its lock): how a WebSocket's frames, encoded once for every socket a broadcast
+goes to, leave without a trip through the ASGI layers per message
+(``dotdo.http.websocket``). Set in the connection's task, seen by the app's."""
+
+
+async def _connection(app: Any, config: Config, context: WorkerContext, state: ConnectionState, stream: trio.SocketStream) -> None:
+    server = TCPServer(app, config, context, state, stream)
+    lock = server.send_lock
+
+    async def send(data: bytes) -> None:
+        # What hypercorn's protocol_send does with raw data, without its shield: the
+        # writer is cancelled only once the connection is over, when a partial frame
+        # no longer matters. A broken connection raises here, ending the writer; the
+        # connection's reader sees it end too.
+        async with lock:
+            await stream.send_all(data)
+
+    raw_send.set(send)
+    await server.run()

@@ -31,7 +31,8 @@ from dotdo.http.fetch import capture, rebuilt, wire_request
 from dotdo.http.responses import as_response, error_response
 from dotdo.runtime.core.ids import ActorId
 from dotdo.runtime.placement.forwarding import HttpReply
-from dotdo.runtime.services.websockets import WebSocket
+from dotdo.connections import raw_send
+from dotdo.runtime.services.websockets import WebSocket, unframe
 from dotdo.runtime.supervisor import Supervisor
 from dotdo.runtime.transport import wire
 from dotdo.runtime.transport.listening import connection_slot
@@ -144,18 +145,23 @@ async def _serve(
 
 
 async def _write(connection: Connection, ws: WebSocket, connection_scope: trio.CancelScope) -> None:
+    """Send what the actor sends, every frame waiting in one write (straight to the
+    connection, in turn with the HTTP server's own writes: ``raw_send``), then the close
+    when there is one."""
+    send = raw_send.get()
     try:
         while True:
-            item = await ws.next_out()
-            if isinstance(item, tuple):
-                code, reason = item
-                await connection.close(code, reason)
+            frames, close = await ws.next_out()
+            if frames:
+                if send is not None:
+                    await send(frames)
+                else:  # served by another ASGI server: message by message
+                    for message in unframe(frames):
+                        await (connection.send_text(message) if isinstance(message, str) else connection.send_bytes(message))
+            if close is not None:
+                await connection.close(*close)
                 return
-            if isinstance(item, str):
-                await connection.send_text(item)
-            else:
-                await connection.send_bytes(item)
-    except (WebSocketDisconnect, RuntimeError, OSError):
+    except (WebSocketDisconnect, RuntimeError, OSError, trio.BrokenResourceError, trio.ClosedResourceError):
         connection_scope.cancel()  # the client is gone: the reader sees it too
 
 

@@ -57,6 +57,41 @@ TRY_AGAIN = 1013
 
 Item = str | bytes | tuple[int, str]
 """What goes out on a socket: a message, or ``(code, reason)`` to close it with."""
+TEXT = 0x1
+BINARY = 0x2
+FRAMES = 64
+"""Messages whose frames the hub keeps (a broadcast sends one message to every socket,
+several may be on their way at once)."""
+
+
+def frame(opcode: int, payload: bytes) -> bytes:
+    """A whole, unmasked WebSocket frame (RFC 6455 5.2: what a server sends)."""
+    size = len(payload)
+    if size < 126:
+        header = bytes((0x80 | opcode, size))
+    elif size < 65536:
+        header = bytes((0x80 | opcode, 126)) + size.to_bytes(2, "big")
+    else:
+        header = bytes((0x80 | opcode, 127)) + size.to_bytes(8, "big")
+    return header + payload
+
+
+def unframe(data: bytes) -> list[str | bytes]:
+    """The messages of frames made by ``frame``, joined (for a connection that takes
+    messages rather than bytes)."""
+    messages: list[str | bytes] = []
+    at = 0
+    while at < len(data):
+        opcode, size = data[at] & 0x0F, data[at + 1] & 0x7F
+        at += 2
+        if size == 126:
+            size, at = int.from_bytes(data[at : at + 2], "big"), at + 2
+        elif size == 127:
+            size, at = int.from_bytes(data[at : at + 8], "big"), at + 8
+        payload = data[at : at + size]
+        at += size
+        messages.append(payload.decode("utf-8") if opcode == TEXT else payload)
+    return messages
 
 
 class WebSocket:
@@ -94,7 +129,7 @@ class WebSocket:
             raise InvalidInput(f"a WebSocket message is text or bytes, not {type(message).__name__}")
         if isinstance(message, (bytearray, memoryview)):
             message = bytes(message)
-        self._hub.limit_message(message)
+        self._hub.frame(message)  # refused here if it cannot be sent (encoded once per message)
         self._out(message)
 
     def close(self, code: int = NORMAL, reason: str = "") -> None:
@@ -136,6 +171,7 @@ class WebSocket:
             self._sink.put(self, item)
             return
         if not isinstance(item, tuple):
+            item = self._hub.frame(item)
             self._queued += len(item)
             if self._queued > MAX_QUEUED:
                 self._queue.clear()
@@ -144,16 +180,22 @@ class WebSocket:
         self._queue.append(item)
         self._ready.set()
 
-    async def next_out(self) -> Item:
-        """What the connection sends next (the HTTP side's writer): a message, or
-        ``(code, reason)`` to close with."""
+    async def next_out(self) -> tuple[bytes, tuple[int, str] | None]:
+        """What the connection sends next (the HTTP side's writer): every frame waiting
+        (encoded, joined), and ``(code, reason)`` when it is to close after them."""
         while not self._queue:
             self._ready = trio.Event()
             await self._ready.wait()
-        item = self._queue.popleft()
-        if not isinstance(item, tuple):
-            self._queued -= len(item)
-        return item
+        frames: list[bytes] = []
+        queue = self._queue
+        while queue:
+            item = queue.popleft()
+            if isinstance(item, tuple):
+                self._queued = 0
+                return b"".join(frames), item
+            frames.append(item)
+        self._queued = 0
+        return b"".join(frames), None
 
     def __repr__(self) -> str:
         return f"<WebSocket {self.id} of {self.actor}>"
@@ -176,6 +218,7 @@ class WebSockets:
         self._sockets: dict[tuple[str, str], dict[int, WebSocket]] = {}
         self._auto: dict[tuple[str, str], tuple[str, str]] = {}
         self.relay = WebSocketRelay(self, supervisor)
+        self._frames: dict[int, tuple[str | bytes, bytes]] = {}
 
     # -- from the HTTP side ---------------------------------------------------------------
 
@@ -279,10 +322,32 @@ class WebSockets:
     def auto_response(self, actor: ActorId) -> tuple[str, str] | None:
         return self._auto.get(_key(actor))
 
-    def limit_message(self, message: str | bytes) -> None:
-        size = len(message) if isinstance(message, bytes) else len(message.encode("utf-8", "surrogatepass"))
-        if size > self.max_message:
-            raise InvalidInput(f"a WebSocket message is at most {self.max_message:,} bytes, not {size:,}")
+    def frame(self, message: str | bytes) -> bytes:
+        """``message`` as the frame that carries it to a client (text or binary, whole),
+        encoded once however many sockets it goes to: the last ``FRAMES`` messages'
+        frames are kept, by the message object.
+
+        Raises:
+            InvalidInput: It is over the size limit, or text that is not Unicode.
+        """
+        held = self._frames.get(id(message))
+        if held is not None and held[0] is message:
+            return held[1]
+        if isinstance(message, str):
+            try:
+                payload = message.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InvalidInput("a WebSocket text message must be Unicode (it holds a lone surrogate)") from None
+        else:
+            payload = bytes(message)
+        if len(payload) > self.max_message:
+            raise InvalidInput(f"a WebSocket message is at most {self.max_message:,} bytes, not {len(payload):,}")
+        encoded = frame(TEXT if isinstance(message, str) else BINARY, payload)
+        frames = self._frames
+        frames[id(message)] = (message, encoded)
+        if len(frames) > FRAMES:
+            del frames[next(iter(frames))]
+        return encoded
 
 
 def _key(actor: ActorId) -> tuple[str, str]:
