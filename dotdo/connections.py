@@ -28,6 +28,8 @@ expect, a bug) is closed and logged, and the others go on.
 
 from __future__ import annotations
 
+import copy
+import socket
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from functools import partial
@@ -77,7 +79,9 @@ async def serve_http(
                 sock.listen(config.backlog)
             listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in sockets]
             binds = [f"http://{repr_socket_addr(sock.family, sock.getsockname())}" for sock in sockets]
-            handler = partial(_connection, wrapped, config, context, ConnectionState(lifespan_state.copy()))
+            socket_config = copy.copy(config)
+            socket_config.read_timeout = None
+            handler = partial(_connection, wrapped, config, socket_config, context, ConnectionState(lifespan_state.copy()))
             slots = trio.Semaphore(max_connections)
             try:
                 async with trio.open_nursery() as accepting:
@@ -93,26 +97,54 @@ async def serve_http(
         lifespan_nursery.cancel_scope.cancel()
 
 
-RawSend = Callable[[bytes], Awaitable[None]]
+KEEPALIVE_IDLE = 60
+KEEPALIVE_INTERVAL = 10
+KEEPALIVE_COUNT = 6
+"""TCP keepalive on a WebSocket's connection (seconds idle before the first probe,
+between probes, probes unanswered): a client gone without a word (its machine off, its
+network cut) is noticed by the kernel in about two minutes, at no cost to the process."""
 
-raw_send: ContextVar[RawSend | None] = ContextVar("raw_send", default=None)
-"""Writes bytes to the connection the current task serves, in turn with hypercorn's own
-writes (its lock): how a WebSocket's frames, encoded once for every socket a broadcast
-goes to, leave without a trip through the ASGI layers per message
-(``dotdo.http.websocket``). Set in the connection's task, seen by the app's."""
+
+class Upgraded:
+    """What the app may do to the connection its task serves once it is a WebSocket
+    (``upgraded``, set in the connection's task and seen by the app's)."""
+
+    __slots__ = ("_server", "_stream", "_lock", "_config")
+
+    def __init__(self, server: TCPServer, stream: trio.SocketStream, config: Config) -> None:
+        self._server = server
+        self._stream = stream
+        self._lock = server.send_lock
+        self._config = config
+
+    async def send(self, data: bytes) -> None:
+        """Write ``data`` (whole frames) in turn with hypercorn's own writes (its lock):
+        a WebSocket's frames, encoded once for every socket a broadcast goes to, leave
+        without a trip through the ASGI layers per message. What hypercorn's
+        protocol_send does with raw data, without its shield: the writer is cancelled
+        only once the connection is over, when a partial frame no longer matters; a
+        broken connection raises here."""
+        async with self._lock:
+            await self._stream.send_all(data)
+
+    def keep_open(self) -> None:
+        """The connection is a WebSocket now: no read timeout (a quiet client is not a
+        slow one; hypercorn reads the setting at each read), TCP keepalive instead."""
+        self._server.config = self._config
+        sock = self._stream.socket
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL), ("TCP_KEEPCNT", KEEPALIVE_COUNT)):
+            if hasattr(socket, option):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
-async def _connection(app: Any, config: Config, context: WorkerContext, state: ConnectionState, stream: trio.SocketStream) -> None:
+upgraded: ContextVar[Upgraded | None] = ContextVar("upgraded", default=None)
+"""The connection the current task serves (None: not served by ``serve_http``)."""
+
+
+async def _connection(
+    app: Any, config: Config, upgraded_config: Config, context: WorkerContext, state: ConnectionState, stream: trio.SocketStream
+) -> None:
     server = TCPServer(app, config, context, state, stream)
-    lock = server.send_lock
-
-    async def send(data: bytes) -> None:
-        # What hypercorn's protocol_send does with raw data, without its shield: the
-        # writer is cancelled only once the connection is over, when a partial frame
-        # no longer matters. A broken connection raises here, ending the writer; the
-        # connection's reader sees it end too.
-        async with lock:
-            await stream.send_all(data)
-
-    raw_send.set(send)
+    upgraded.set(Upgraded(server, stream, upgraded_config))
     await server.run()

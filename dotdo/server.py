@@ -199,11 +199,9 @@ async def _serve_on(
     config.read_timeout = options.read_timeout
     config.include_server_header = False
     config.websocket_max_message_size = options.max_ws_message
-    # hypercorn's read timeout applies to WebSockets too: an idle socket (a hibernated
-    # room's) would be cut. The server pings every socket well within it (the client's
-    # pong is read); at most every second, since a closed socket's connection lingers
-    # until its next ping is due (which would hold up a graceful stop).
-    config.websocket_ping_interval = max(0.25, min(1.0, options.read_timeout / 3))
+    # No server pings: an upgraded connection has no read timeout and TCP keepalive
+    # instead (dotdo.connections.Upgraded.keep_open), so a quiet socket costs no task.
+    config.websocket_ping_interval = None
     app = create_app(
         supervisor, max_body=options.max_body, debug=options.debug, tokens=tokens, max_websockets=options.max_websockets or 0
     )

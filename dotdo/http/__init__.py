@@ -44,6 +44,7 @@ from dotdo.http.fetch import fetch_handler
 from dotdo.http.responses import as_response, error_response, on_error, on_routing_error
 from dotdo.http.routes import Handlers, routes
 from dotdo.http.token_auth import TokenAuth
+from dotdo.http.websocket import WebSocketUpgrades
 from dotdo.runtime.supervisor import Supervisor
 from dotdo.runtime.transport.descriptors import DEFAULT_MAX_WEBSOCKETS
 
@@ -64,8 +65,10 @@ def create_app(
     handle_error = partial(on_error, debug=debug)
     # DotdoError is answered by the exception middleware; anything else is a bug, answered
     # by the outermost middleware (which also lets the server log it).
-    app = Starlette(routes=routes(Handlers(supervisor, max_websockets)), exception_handlers={DotdoError: handle_error, Exception: handle_error})
+    handlers = Handlers(supervisor, max_websockets)
+    app = Starlette(routes=routes(handlers), exception_handlers={DotdoError: handle_error, Exception: handle_error})
     app.add_exception_handler(HTTPException, on_routing_error)  # 404 and 405 as JSON too
+    app.add_middleware(WebSocketUpgrades, handlers=handlers)  # innermost of ours: past the token, before routing
     app.add_middleware(BodyLimit, limit=max_body)
     if tokens.required:  # outermost: a refused request never reaches the body limit or the app
         app.add_middleware(TokenAuth, tokens=tokens)

@@ -11,15 +11,13 @@ from urllib.parse import unquote
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route, WebSocketRoute
-from starlette.websockets import WebSocket
+from starlette.routing import BaseRoute, Route
 
 from dotdo.bodies import parse_json, read_body
 from dotdo.errors import InvalidId, InvalidInput
 from dotdo.http.fetch import wire_request
 from dotdo.http.responses import JSON, as_response
-from dotdo.http.websocket import serve_websocket
-from dotdo.runtime.core.errors import Moved
+from dotdo.runtime.core.errors import ActorNotFound, Moved
 from dotdo.runtime.core.ids import ActorId, resolve
 from dotdo.runtime.placement.locator import MOVING
 from dotdo.runtime.supervisor import Supervisor
@@ -35,8 +33,6 @@ MAX_KNOWN_IDS = 4096
 def routes(handlers: Handlers) -> list[BaseRoute]:
     """The app's routes, each to a method of ``handlers``."""
     return [
-        WebSocketRoute("/{namespace}/{id}", handlers.websocket),
-        WebSocketRoute("/{namespace}/{id}/{rest:path}", handlers.websocket),
         Route("/_health", handlers.health, methods=["GET", "HEAD"]),
         Route("/_kinds", handlers.kinds, methods=["GET"]),
         Route("/_rpc/{rest:path}", handlers.rpc, methods=["POST"]),
@@ -65,8 +61,15 @@ class Handlers:
         return _actor_id(namespace, raw)
 
     def addressed(self, request: Request) -> ActorId:
-        """The actor a ``/{namespace}/{id}[/{path}]`` request is for."""
+        """The actor a ``/{namespace}/{id}[/{path}]`` request is for.
+
+        Raises:
+            ActorNotFound: The path names no actor (a WebSocket upgrade is not routed
+                first, so its path may be anything).
+        """
         segments = _segments(request)
+        if len(segments) < 3 or not segments[1] or not segments[2]:
+            raise ActorNotFound(f"{request.url.path} is not an actor's URL (/NAMESPACE/ID[/PATH])")
         return self.resolved(segments[1], segments[2])
 
     async def health(self, request: Request) -> Response:
@@ -130,11 +133,6 @@ class Handlers:
         forwarded = Response(body, status_code=status)
         forwarded.raw_headers = headers
         return forwarded
-
-    async def websocket(self, connection: WebSocket) -> None:
-        """A WebSocket upgrade to ``/{namespace}/{id}[/{path}]``: the actor's ``fetch``
-        accepts it or not (``dotdo.http.websocket``)."""
-        await serve_websocket(self, connection)
 
     async def alarms(self, request: Request) -> Response:
         """``GET /_admin/alarms``: a page of pending alarms and schedules."""

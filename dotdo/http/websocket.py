@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket as Connection
 from starlette.websockets import WebSocketDisconnect
 
@@ -30,8 +31,8 @@ from dotdo.errors import DotdoError, Overloaded
 from dotdo.http.fetch import capture, rebuilt, wire_request
 from dotdo.http.responses import as_response, error_response
 from dotdo.runtime.core.ids import ActorId
+from dotdo.connections import upgraded
 from dotdo.runtime.placement.forwarding import HttpReply
-from dotdo.connections import raw_send
 from dotdo.runtime.services.websockets import WebSocket, unframe
 from dotdo.runtime.supervisor import Supervisor
 from dotdo.runtime.transport import wire
@@ -39,6 +40,23 @@ from dotdo.runtime.transport.listening import connection_slot
 
 if TYPE_CHECKING:
     from dotdo.http.routes import Handlers
+
+
+class WebSocketUpgrades:
+    """ASGI middleware taking every WebSocket upgrade straight to ``serve_websocket``:
+    a socket is long-lived and many are open at once, so its task keeps no frames of
+    the app's routing and exception layers (which have nothing to do for it: a refusal
+    is an error response sent here)."""
+
+    def __init__(self, app: ASGIApp, handlers: Handlers) -> None:
+        self.app = app
+        self.handlers = handlers
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            await self.app(scope, receive, send)
+            return
+        await serve_websocket(self.handlers, Connection(scope, receive, send))
 
 
 async def serve_websocket(handlers: Handlers, connection: Connection) -> None:
@@ -50,12 +68,26 @@ async def serve_websocket(handlers: Handlers, connection: Connection) -> None:
         return
     handlers.websockets += 1
     try:
-        await _upgrade(handlers, connection)
+        accepted = await _accepted(handlers, connection)
+        if accepted is None:
+            return
+        ws, relayed = accepted
+        hub = handlers.supervisor.websockets
+        if relayed:
+            await _serve(connection, ws, hub.relay.message, hub.relay.closed)
+            return
+        try:
+            await _serve(connection, ws, hub.message, hub.closed)
+        finally:
+            hub.forget(ws)
     finally:
         handlers.websockets -= 1
 
 
-async def _upgrade(handlers: Handlers, connection: Connection) -> None:
+async def _accepted(handlers: Handlers, connection: Connection) -> tuple[WebSocket, bool] | None:
+    """The upgrade offered to the actor: its socket, and whether it is relayed to the
+    actor's owner elsewhere; None when it was refused (the refusal sent). What it took
+    to decide (the request, the response) is not kept for the socket's life."""
     supervisor = handlers.supervisor
     hub = supervisor.websockets
     request = Request(dict(connection.scope, type="http", method="GET"), _no_body)
@@ -63,27 +95,23 @@ async def _upgrade(handlers: Handlers, connection: Connection) -> None:
         target = handlers.addressed(request)
         if supervisor.locate(target) is not None:  # owned by another worker or node
             proxy, reply = await hub.relay.open(target, await wire_request(request))
-            if proxy is None:
-                status, headers, body = reply
-                denied = Response(body, status)
-                denied.raw_headers = headers
-                await connection.send_denial_response(denied)
-                return
-            await _serve(connection, proxy, hub.relay.message, hub.relay.closed)
-            return
+            if proxy is not None:
+                return proxy, True
+            status, headers, body = reply
+            denied = Response(body, status)
+            denied.raw_headers = headers
+            await connection.send_denial_response(denied)
+            return None
         ws = hub.offer(target)
         request.websocket = ws  # type: ignore[attr-defined]
         response = as_response(await supervisor.fetch(target, request, located=True))
     except DotdoError as exc:
         await connection.send_denial_response(error_response(exc))
-        return
+        return None
     if not ws.accepted:
         await connection.send_denial_response(_refusal(target, response))
-        return
-    try:
-        await _serve(connection, ws, hub.message, hub.closed)
-    finally:
-        hub.forget(ws)
+        return None
+    return ws, False
 
 
 def relay_open(supervisor: Supervisor) -> Callable[[ActorId, list[Any], WebSocket], Awaitable[HttpReply]]:
@@ -127,6 +155,9 @@ async def _serve(
     slot = connection_slot.get()
     if slot is not None:  # a WebSocket now: it counts against --max-websockets, not --max-connections
         slot.release()
+    connection_of = upgraded.get()
+    if connection_of is not None:
+        connection_of.keep_open()
     end: tuple[int, str] = (1006, "")
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_write, connection, ws, nursery.cancel_scope)
@@ -146,15 +177,15 @@ async def _serve(
 
 async def _write(connection: Connection, ws: WebSocket, connection_scope: trio.CancelScope) -> None:
     """Send what the actor sends, every frame waiting in one write (straight to the
-    connection, in turn with the HTTP server's own writes: ``raw_send``), then the close
+    connection, in turn with the HTTP server's own writes: ``Upgraded.send``), then the close
     when there is one."""
-    send = raw_send.get()
+    connection_of = upgraded.get()
     try:
         while True:
             frames, close = await ws.next_out()
             if frames:
-                if send is not None:
-                    await send(frames)
+                if connection_of is not None:
+                    await connection_of.send(frames)
                 else:  # served by another ASGI server: message by message
                     for message in unframe(frames):
                         await (connection.send_text(message) if isinstance(message, str) else connection.send_bytes(message))

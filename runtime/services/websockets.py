@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -114,7 +113,7 @@ class WebSocket:
         """When the server last answered this socket's auto-response (epoch seconds)."""
         self._attachment: bytes | None = None
         self._hub = hub
-        self._queue: deque[Item] = deque()
+        self._queue: list[bytes | tuple[int, str]] = []  # frames, then perhaps a close
         self._queued = 0
         self._ready = trio.Event()
         self._sink: Outbox | None = None
@@ -174,7 +173,7 @@ class WebSocket:
             item = self._hub.frame(item)
             self._queued += len(item)
             if self._queued > MAX_QUEUED:
-                self._queue.clear()
+                self._queue = []
                 self.closing = True
                 item = (TRY_AGAIN, "the client does not read its messages")
         self._queue.append(item)
@@ -186,16 +185,11 @@ class WebSocket:
         while not self._queue:
             self._ready = trio.Event()
             await self._ready.wait()
-        frames: list[bytes] = []
-        queue = self._queue
-        while queue:
-            item = queue.popleft()
-            if isinstance(item, tuple):
-                self._queued = 0
-                return b"".join(frames), item
-            frames.append(item)
+        queue, self._queue = self._queue, []
         self._queued = 0
-        return b"".join(frames), None
+        if isinstance(queue[-1], tuple):  # a close is always last: nothing is queued after it
+            return b"".join(queue[:-1]), queue[-1]  # type: ignore[arg-type]
+        return b"".join(queue), None  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
         return f"<WebSocket {self.id} of {self.actor}>"
