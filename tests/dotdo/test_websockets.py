@@ -76,6 +76,11 @@ async def test_an_upgrade_fetch_refuses_gets_its_response(tmp_path: Path) -> Non
                 async with connect(ws_url(server.url, "/Nope/r")):
                     pass
             assert unknown.value.status == 404
+            for path in ("/", "/_rpc/Room/r/closes", "/Room", "/Room/"):  # not an actor's URL
+                with pytest.raises(Rejected) as elsewhere:
+                    async with connect(ws_url(server.url, path)):
+                        pass
+                assert elsewhere.value.status == 404, path
         assert (await server.client.get("/Room/r")).status_code == 426  # not an upgrade: request.websocket is None
 
 
