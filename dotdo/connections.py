@@ -29,6 +29,8 @@ expect, a bug) is closed and logged, and the others go on.
 from __future__ import annotations
 
 import copy
+import errno
+import os
 import socket
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
@@ -126,6 +128,28 @@ class Upgraded:
         broken connection raises here."""
         async with self._lock:
             await self._stream.send_all(data)
+
+    def try_write(self, data: bytes) -> int:
+        """Write what the socket's buffer takes of ``data`` now, without waiting; how
+        many bytes (0 when it is full, or while hypercorn is writing to it).
+
+        Raises:
+            OSError: The connection is broken or closed.
+        """
+        if self._lock.locked():
+            return 0
+        fd = self._stream.socket.fileno()  # asked each time: -1 once closed, never a reused number
+        if fd < 0:
+            raise OSError(errno.EBADF, "the connection is closed")
+        try:
+            return os.write(fd, data)
+        except BlockingIOError:
+            return 0
+
+    def abort(self) -> None:
+        """Cut the connection now (a client that reads nothing could hold a graceful
+        close forever): whatever waits on it, reading or writing, is woken."""
+        self._stream.socket.close()
 
     def keep_open(self) -> None:
         """The connection is a WebSocket now: no read timeout (a quiet client is not a

@@ -16,8 +16,9 @@ from starlette.routing import BaseRoute, Route
 from dotdo.bodies import parse_json, read_body
 from dotdo.errors import InvalidId, InvalidInput
 from dotdo.http.fetch import wire_request
+from dotdo.http.outlets import Flusher
 from dotdo.http.responses import JSON, as_response
-from dotdo.runtime.core.errors import ActorNotFound, Moved
+from dotdo.runtime.core.errors import Moved
 from dotdo.runtime.core.ids import ActorId, resolve
 from dotdo.runtime.placement.locator import MOVING
 from dotdo.runtime.supervisor import Supervisor
@@ -51,6 +52,8 @@ class Handlers:
         self.max_websockets = max_websockets
         self.websockets = 0
         """WebSocket connections open (or being upgraded) now."""
+        self.flusher: Flusher | None = None
+        """Writes what the actors send to their sockets (``dotdo.http.outlets``)."""
         # Each id named in a URL is checked and hashed once (ActorId is immutable);
         # refusals raise and are not remembered. The cache is the app's own.
         self.resolved = functools.lru_cache(maxsize=MAX_KNOWN_IDS)(self._resolve)
@@ -61,15 +64,8 @@ class Handlers:
         return _actor_id(namespace, raw)
 
     def addressed(self, request: Request) -> ActorId:
-        """The actor a ``/{namespace}/{id}[/{path}]`` request is for.
-
-        Raises:
-            ActorNotFound: The path names no actor (a WebSocket upgrade is not routed
-                first, so its path may be anything).
-        """
+        """The actor a ``/{namespace}/{id}[/{path}]`` request is for."""
         segments = _segments(request)
-        if len(segments) < 3 or not segments[1] or not segments[2]:
-            raise ActorNotFound(f"{request.url.path} is not an actor's URL (/NAMESPACE/ID[/PATH])")
         return self.resolved(segments[1], segments[2])
 
     async def health(self, request: Request) -> Response:

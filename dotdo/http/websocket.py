@@ -25,15 +25,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket as Connection
-from starlette.websockets import WebSocketDisconnect
 
 from dotdo.errors import DotdoError, Overloaded
 from dotdo.http.fetch import capture, rebuilt, wire_request
+from dotdo.http.outlets import flusher_of
 from dotdo.http.responses import as_response, error_response
 from dotdo.runtime.core.ids import ActorId
 from dotdo.connections import upgraded
 from dotdo.runtime.placement.forwarding import HttpReply
-from dotdo.runtime.services.websockets import WebSocket, unframe
+from dotdo.runtime.services.websockets import WebSocket
 from dotdo.runtime.supervisor import Supervisor
 from dotdo.runtime.transport import wire
 from dotdo.runtime.transport.listening import connection_slot
@@ -74,10 +74,10 @@ async def serve_websocket(handlers: Handlers, connection: Connection) -> None:
         ws, relayed = accepted
         hub = handlers.supervisor.websockets
         if relayed:
-            await _serve(connection, ws, hub.relay.message, hub.relay.closed)
+            await _serve(handlers, connection, ws, hub.relay.message, hub.relay.closed)
             return
         try:
-            await _serve(connection, ws, hub.message, hub.closed)
+            await _serve(handlers, connection, ws, hub.message, hub.closed)
         finally:
             hub.forget(ws)
     finally:
@@ -91,6 +91,11 @@ async def _accepted(handlers: Handlers, connection: Connection) -> tuple[WebSock
     supervisor = handlers.supervisor
     hub = supervisor.websockets
     request = Request(dict(connection.scope, type="http", method="GET"), _no_body)
+    parts = request.url.path.split("/")
+    if len(parts) < 3 or not parts[1] or not parts[2]:  # upgrades are not routed: any path comes here
+        message = f"no actor at {request.url.path}: a WebSocket is opened at an actor's URL, /NAMESPACE/ID[/PATH]"
+        await connection.send_denial_response(JSONResponse({"error": "NotFound", "message": message}, status_code=404))
+        return None
     try:
         target = handlers.addressed(request)
         if supervisor.locate(target) is not None:  # owned by another worker or node
@@ -144,13 +149,15 @@ def _refusal(target: ActorId, response: Response) -> Response:
 
 
 async def _serve(
+    handlers: Handlers,
     connection: Connection,
     ws: WebSocket,
     message: Callable[[WebSocket, str | bytes], Awaitable[None]],
     closed: Callable[[WebSocket, int, str, bool], Awaitable[None]],
 ) -> None:
-    """Messages in (each handed to ``message`` in order), messages out, until either
-    side closes; then ``closed``."""
+    """Messages in (each handed to ``message`` in order) until either side closes, what
+    the actor sends going out through the server's flusher (``dotdo.http.outlets``);
+    then ``closed``."""
     await connection.accept()
     slot = connection_slot.get()
     if slot is not None:  # a WebSocket now: it counts against --max-websockets, not --max-connections
@@ -159,41 +166,22 @@ async def _serve(
     if connection_of is not None:
         connection_of.keep_open()
     end: tuple[int, str] = (1006, "")
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_write, connection, ws, nursery.cancel_scope)
-        while True:
-            received = await connection.receive()
-            if received["type"] == "websocket.disconnect":
-                end = (int(received.get("code") or 1005), str(received.get("reason") or ""))
-                nursery.cancel_scope.cancel()
-                break
-            data = received.get("text")
-            if data is None:
-                data = received.get("bytes") or b""
-            await message(ws, data)
+    with trio.CancelScope() as reader:
+        outlet = flusher_of(handlers).attach(ws, connection, connection_of, reader)
+        try:
+            while True:
+                received = await connection.receive()
+                if received["type"] == "websocket.disconnect":
+                    end = (int(received.get("code") or 1005), str(received.get("reason") or ""))
+                    break
+                data = received.get("text")
+                if data is None:
+                    data = received.get("bytes") or b""
+                await message(ws, data)
+        finally:
+            outlet.detach()
     code, reason = end
     await closed(ws, code, reason, code != 1006)
-
-
-async def _write(connection: Connection, ws: WebSocket, connection_scope: trio.CancelScope) -> None:
-    """Send what the actor sends, every frame waiting in one write (straight to the
-    connection, in turn with the HTTP server's own writes: ``Upgraded.send``), then the close
-    when there is one."""
-    connection_of = upgraded.get()
-    try:
-        while True:
-            frames, close = await ws.next_out()
-            if frames:
-                if connection_of is not None:
-                    await connection_of.send(frames)
-                else:  # served by another ASGI server: message by message
-                    for message in unframe(frames):
-                        await (connection.send_text(message) if isinstance(message, str) else connection.send_bytes(message))
-            if close is not None:
-                await connection.close(*close)
-                return
-    except (WebSocketDisconnect, RuntimeError, OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-        connection_scope.cancel()  # the client is gone: the reader sees it too
 
 
 async def _no_body() -> dict[str, Any]:

