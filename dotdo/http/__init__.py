@@ -36,6 +36,7 @@ from functools import partial
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp
 
 from dotdo.auth import Tokens
 from dotdo.errors import DotdoError
@@ -58,7 +59,7 @@ def create_app(
     debug: bool = False,
     tokens: Tokens = Tokens(),
     max_websockets: int = DEFAULT_MAX_WEBSOCKETS,
-) -> Starlette:
+) -> ASGIApp:
     """The ASGI app serving ``supervisor``'s actors; ``tokens`` say who may use which
     routes (``dotdo.auth``; the default asks for none); at most ``max_websockets``
     WebSocket connections open at once."""
@@ -68,8 +69,10 @@ def create_app(
     handlers = Handlers(supervisor, max_websockets)
     app = Starlette(routes=routes(handlers), exception_handlers={DotdoError: handle_error, Exception: handle_error})
     app.add_exception_handler(HTTPException, on_routing_error)  # 404 and 405 as JSON too
-    app.add_middleware(WebSocketUpgrades, handlers=handlers)  # innermost of ours: past the token, before routing
     app.add_middleware(BodyLimit, limit=max_body)
+    # Upgrades go past the token straight to their socket, outside the app: a socket's
+    # task then keeps none of its layers' frames for its whole life.
+    served: ASGIApp = WebSocketUpgrades(app, handlers)
     if tokens.required:  # outermost: a refused request never reaches the body limit or the app
-        app.add_middleware(TokenAuth, tokens=tokens)
-    return app
+        served = TokenAuth(served, tokens)
+    return served

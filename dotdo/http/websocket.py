@@ -43,10 +43,10 @@ if TYPE_CHECKING:
 
 
 class WebSocketUpgrades:
-    """ASGI middleware taking every WebSocket upgrade straight to ``serve_websocket``:
-    a socket is long-lived and many are open at once, so its task keeps no frames of
-    the app's routing and exception layers (which have nothing to do for it: a refusal
-    is an error response sent here)."""
+    """ASGI middleware taking every WebSocket upgrade straight to ``serve_websocket``,
+    around the app: a socket is long-lived and many are open at once, so its task keeps
+    no frames of the app's routing, body and exception layers (which have nothing to do
+    for it: a refusal is an error response sent here)."""
 
     def __init__(self, app: ASGIApp, handlers: Handlers) -> None:
         self.app = app
