@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import errno
+import math
 import os
 import socket
 from collections.abc import Awaitable, Callable
@@ -81,9 +82,11 @@ async def serve_http(
                 sock.listen(config.backlog)
             listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in sockets]
             binds = [f"http://{repr_socket_addr(sock.family, sock.getsockname())}" for sock in sockets]
-            socket_config = copy.copy(config)
-            socket_config.read_timeout = None
-            handler = partial(_connection, wrapped, config, socket_config, context, ConnectionState(lifespan_state.copy()))
+            connection_config = copy.copy(config)  # reads are timed by ReadTimed instead
+            connection_config.read_timeout = None
+            handler = partial(
+                _connection, wrapped, connection_config, config.read_timeout, context, ConnectionState(lifespan_state.copy())
+            )
             slots = trio.Semaphore(max_connections)
             try:
                 async with trio.open_nursery() as accepting:
@@ -107,17 +110,60 @@ between probes, probes unanswered): a client gone without a word (its machine of
 network cut) is noticed by the kernel in about two minutes, at no cost to the process."""
 
 
+class ReadTimed:
+    """A connection's stream as hypercorn is given it (its own read timeout is off):
+    each read bounded by ``--read-timeout``, a bound that ``lift`` removes at once, the
+    read already waiting included, when the connection becomes a WebSocket (a quiet
+    client is not a slow one). Hypercorn takes a read that times out (``TooSlowError``)
+    as the end of the connection, as with its own."""
+
+    __slots__ = ("stream", "socket", "_timeout", "_scope")
+
+    def __init__(self, stream: trio.SocketStream, timeout: float | None) -> None:
+        self.stream = stream
+        self.socket = stream.socket
+        self._timeout = timeout
+        self._scope: trio.CancelScope | None = None
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self._timeout is None:
+            return await self.stream.receive_some(max_bytes)
+        with trio.CancelScope(deadline=trio.current_time() + self._timeout) as scope:
+            self._scope = scope
+            try:
+                return await self.stream.receive_some(max_bytes)
+            finally:
+                self._scope = None
+        raise trio.TooSlowError
+
+    def lift(self) -> None:
+        self._timeout = None
+        if self._scope is not None:
+            self._scope.deadline = math.inf
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
 class Upgraded:
     """What the app may do to the connection its task serves once it is a WebSocket
     (``upgraded``, set in the connection's task and seen by the app's)."""
 
-    __slots__ = ("_server", "_stream", "_lock", "_config")
+    __slots__ = ("_timed", "_stream", "_lock")
 
-    def __init__(self, server: TCPServer, stream: trio.SocketStream, config: Config) -> None:
-        self._server = server
-        self._stream = stream
+    def __init__(self, server: TCPServer, timed: ReadTimed) -> None:
+        self._timed = timed
+        self._stream = timed.stream
         self._lock = server.send_lock
-        self._config = config
 
     async def send(self, data: bytes) -> None:
         """Write ``data`` (whole frames) in turn with hypercorn's own writes (its lock):
@@ -152,9 +198,8 @@ class Upgraded:
         self._stream.socket.close()
 
     def keep_open(self) -> None:
-        """The connection is a WebSocket now: no read timeout (a quiet client is not a
-        slow one; hypercorn reads the setting at each read), TCP keepalive instead."""
-        self._server.config = self._config
+        """The connection is a WebSocket now: no read timeout, TCP keepalive instead."""
+        self._timed.lift()
         sock = self._stream.socket
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         for option, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL), ("TCP_KEEPCNT", KEEPALIVE_COUNT)):
@@ -167,8 +212,9 @@ upgraded: ContextVar[Upgraded | None] = ContextVar("upgraded", default=None)
 
 
 async def _connection(
-    app: Any, config: Config, upgraded_config: Config, context: WorkerContext, state: ConnectionState, stream: trio.SocketStream
+    app: Any, config: Config, read_timeout: float | None, context: WorkerContext, state: ConnectionState, stream: trio.SocketStream
 ) -> None:
-    server = TCPServer(app, config, context, state, stream)
-    upgraded.set(Upgraded(server, stream, upgraded_config))
+    timed = ReadTimed(stream, read_timeout)
+    server = TCPServer(app, config, context, state, timed)  # type: ignore[arg-type]  # a stream as hypercorn uses one
+    upgraded.set(Upgraded(server, timed))
     await server.run()

@@ -146,13 +146,18 @@ async def test_an_idle_socket_outlives_the_read_timeout(tmp_path: Path) -> None:
     async with serving([Room], tmp_path, read_timeout=1.0) as server:
         with trio.fail_after(15):
             async with connect(ws_url(server.url, "/Room/i?user=ann")) as ann:
-                await ann.send("hi")
-                assert await ann.receive() == "ann: hi"
-                with trio.move_on_after(3.5):  # silent, but for the pongs it answers
+                with trio.move_on_after(3.5):  # silent from the start (the server sends no pings)
                     await ann.receive()
                 assert ann.closed is None
                 await ann.send("still")
                 assert await ann.receive() == "ann: still"
+            async with connect(ws_url(server.url, "/Room/i?user=bob")) as bob:
+                await bob.send("hi")
+                assert await bob.receive() == "bob: hi"
+                with trio.move_on_after(3.5):  # and silent after talking
+                    await bob.receive()
+                await bob.send("still")
+                assert await bob.receive() == "bob: still"
 
 
 async def test_websockets_have_their_own_cap_and_leave_the_http_one(tmp_path: Path) -> None:
