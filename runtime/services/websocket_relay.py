@@ -143,7 +143,7 @@ class WebSocketRelay:
             room = self._rooms[_key(target)] = Room(target)
         room.proxies[proxy.id] = proxy
         for item in room.early.pop(proxy.id, ()):
-            proxy._put(item)
+            proxy.put(item)
         if not room.running:
             room.running = True
             self._sup.nursery.start_soon(self._pull, room)
@@ -167,7 +167,7 @@ class WebSocketRelay:
         except DotdoError as exc:
             if method == MESSAGE:
                 log.info("%s: its owner did not take a message (%s): closing the socket", proxy.actor, exc)
-                proxy._put((MOVED, "the actor's server cannot be reached: reconnect"))
+                proxy.put((MOVED, "the actor's server cannot be reached: reconnect"))
             else:
                 log.info("%s: its owner did not hear that a socket closed (%s)", proxy.actor, exc)
 
@@ -193,7 +193,7 @@ class WebSocketRelay:
                         if proxy is None:
                             room.early.setdefault(socket_id, []).append(item)
                         else:
-                            proxy._put(item)
+                            proxy.put(item)
                 if reply["gone"]:
                     break
         finally:
@@ -201,7 +201,7 @@ class WebSocketRelay:
             if self._rooms.get(key) is room:
                 del self._rooms[key]
             for proxy in room.proxies.values():
-                proxy._put((MOVED, "the actor's server went away or the actor moved: reconnect"))
+                proxy.put((MOVED, "the actor's server went away or the actor moved: reconnect"))
 
     def proxies(self) -> list[WebSocket]:
         """Every client socket held here for an actor owned elsewhere."""
@@ -241,7 +241,7 @@ class WebSocketRelay:
             outbox = self._outboxes[key] = Outbox(self._hub.clock)
             self._sup.nursery.start_soon(self._expire, target, holder, outbox)
         ws = self._hub.offer(target)
-        ws._sink = outbox
+        ws.sink = outbox
         outbox.sockets[ws.id] = ws
         try:
             status, headers, reply = await self.open_hook(target, body[1:], ws)

@@ -101,7 +101,7 @@ class WebSocket:
     outside one, at once.
     """
 
-    __slots__ = ("id", "actor", "tags", "accepted", "_attachment", "_hub", "_queue", "_queued", "_sink", "closing", "overflowed", "auto_response_at", "on_ready")
+    __slots__ = ("id", "actor", "tags", "accepted", "_attachment", "_hub", "_queue", "_queued", "sink", "closing", "overflowed", "auto_response_at", "on_ready")
 
     def __init__(self, hub: WebSockets, socket_id: int, actor: ActorId) -> None:
         self.id = socket_id
@@ -120,7 +120,7 @@ class WebSocket:
         self.on_ready: Callable[[WebSocket], None] | None = None
         """Called when something is queued for the connection to send (``take``) and
         nothing was (set by the connection's side)."""
-        self._sink: Outbox | None = None
+        self.sink: Outbox | None = None
         """Where what is sent goes when the client's connection is held by another
         process (``websocket_relay``); None: this process's connection."""
 
@@ -161,17 +161,19 @@ class WebSocket:
     def _out(self, item: Item) -> None:
         turn = current_turn.get()
         if turn is not None and turn.activation.id == self.actor:
-            turn.hold(self._put, item)  # after the turn's commit
+            turn.hold(self.put, item)  # after the turn's commit
         else:
-            self._put(item)
+            self.put(item)
 
-    def _put(self, item: Item) -> None:
+    def put(self, item: Item) -> None:
+        """Queue ``item`` for the client now (the runtime's: an actor's ``send`` and
+        ``close`` go through the turn first)."""
         if self.closing:
             return
         if isinstance(item, tuple):
             self.closing = True
-        if self._sink is not None:
-            self._sink.put(self, item)
+        if self.sink is not None:
+            self.sink.put(self, item)
             return
         if not isinstance(item, tuple):
             item = self._hub.frame(item)
@@ -235,7 +237,7 @@ class WebSockets:
         auto = self._auto.get(_key(ws.actor))
         if auto is not None and message == auto[0]:
             ws.auto_response_at = self.clock()
-            ws._put(auto[1])
+            ws.put(auto[1])
             return
         try:
             await self._sup.run_turn(ws.actor, lambda actor: _handler(actor, "websocket_message")(ws, message))
@@ -272,7 +274,7 @@ class WebSockets:
         if actor is None:
             sockets += self.relay.proxies()
         for ws in sockets:
-            ws._put((code, reason))
+            ws.put((code, reason))
         return len(sockets)
 
     def placement_changed(self) -> None:
@@ -283,7 +285,7 @@ class WebSockets:
             sockets = list(held.values())
             if sockets and self._sup.locate(sockets[0].actor) is not None:
                 for ws in sockets:
-                    ws._put((SERVICE_RESTART, "the actor moved: reconnect"))
+                    ws.put((SERVICE_RESTART, "the actor moved: reconnect"))
 
     async def _report(self, ws: WebSocket, error: DotdoError) -> None:
         try:

@@ -227,7 +227,7 @@ async def test_serve_the_examples_call_them_and_stop_on_sigint(tmp_path: Path, w
     async with dotdo_serve(tmp_path, "--data", str(data), "--workers", str(workers)) as served:
         output = served.output()
         with_workers = f" with {workers} workers" if workers > 1 else ""
-        assert output.startswith(f"dotdo serving Counter, Customer, Order, ChatRoom{with_workers}\n")
+        assert output.startswith(f"dotdo serving ChatRoom, Counter, Customer, Order{with_workers}\n")
         assert f"  data: {data.resolve()} (durability normal)\n" in output
         first = await dotdo("call", "--url", served.url, "Counter", "x", "increment", cwd=tmp_path)
         assert (first.returncode, first.stdout, first.stderr) == (0, b"1\n", b"")

@@ -68,7 +68,7 @@ def test_a_file_importing_a_sibling(tmp_path: Path) -> None:
 
 
 def test_a_dotted_module_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert [k.__name__ for k in load_kinds(["dotdo.actors.examples"])] == ["Counter", "Customer", "Order"]
+    assert [k.__name__ for k in load_kinds(["dotdo.actors.examples"])] == ["ChatRoom", "Counter", "Customer", "Order"]
     package = tmp_path / "loader_probe_pkg"
     package.mkdir()
     write(package / "__init__.py", "")
@@ -80,7 +80,7 @@ def test_a_dotted_module_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 def test_several_modules_without_duplicates(tmp_path: Path) -> None:
     path = str(write(tmp_path / "loader_probe_dup.py", "from dotdo.actors.examples import Counter\n"))
     kinds = load_kinds(["dotdo.actors.examples", path])
-    assert [k.__name__ for k in kinds] == ["Counter", "Customer", "Order"]
+    assert [k.__name__ for k in kinds] == ["ChatRoom", "Counter", "Customer", "Order"]
 
 
 def test_a_missing_file(tmp_path: Path) -> None:
