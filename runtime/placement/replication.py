@@ -11,7 +11,8 @@ of many actors that committed meanwhile travel together, so the cost per turn is
 round trip, shared. A base travels first, in parts (``$node.replicate_base``).
 
 **Acknowledgement.** A turn's reply leaves once its commit is held by every *in-sync*
-replica of its slot and by every other live replica not excluded for lagging
+replica of its slot and by every other live replica caught up since it was added
+(or last excluded for lagging: a new one is not waited for while it fetches its bases)
 (``Activation.output``, awaited by the turn core after the commit), as Kafka's in-sync
 replicas work: the slot's record names the in-sync ones (``SlotRecord.in_sync``), and
 only they can take the slot over, so whichever does holds every acknowledged commit.
@@ -189,6 +190,7 @@ class Replication:
         self._pending: dict[str, dict[tuple[str, str], Stream]] = {}
         self._shipped = {"commits": 0, "commit_bytes": 0, "side_bytes": 0, "bases": 0, "base_bytes": 0, "calls": 0}
         self.excluded: dict[tuple[int, str], float] = {}  # replicas not in sync, not waited for (since when)
+        self.included: set[tuple[int, str]] = set()  # replicas not in sync yet, waited for (caught up)
         self._pins: dict[tuple[int, str], float] = {}  # caught up, about to be in sync: waited for until then
         # The side files (history, branches) each replica holds of each actor, with the
         # replica's lease then, and the passivated actors whose side files a replica may lack.
@@ -398,17 +400,24 @@ class Replication:
 
     def waited(self, record: SlotRecord) -> set[str]:
         """The replicas a commit of ``record``'s slot waits for: the in-sync ones, and
-        every other live one that has not been excluded for lagging. Waiting for one
+        every other live one that was caught up and has not been excluded for lagging
+        since (any live one when those are too few). Waiting for one
         more is always safe; the ones not in sync count towards ``needed`` too, since
         none of them can take the slot over before it is caught up, and whatever is
         acknowledged meanwhile is on it by then (``catch_up`` fails for one excluded
         since it began)."""
         state = self.locator.view.state
         waited = set(record.in_sync)
-        candidates = [n for n in record.replicas if n in state.nodes and (record.slot, n) not in self.excluded]
-        waited.update(n for n in candidates if n not in state.draining)
-        if not self.enough(record, waited):  # a draining replica still answers until it leaves
-            waited.update(candidates)
+        slot = record.slot
+        for node in record.in_sync:
+            self.included.discard((slot, node))  # in sync now: its record says so
+        live = [n for n in record.replicas if n in state.nodes and (slot, n) not in self.excluded]
+        # A replica not in sync yet is waited for once it is caught up (``catch_up``),
+        # not before: a new one would hold every turn up for LAG while it fetches its
+        # bases. Unless too few would be waited for without it.
+        waited.update(n for n in live if n not in state.draining and (n in record.in_sync or (slot, n) in self.included))
+        if not self.enough(record, waited):  # a draining or new replica still counts then
+            waited.update(live)
         return waited
 
     def enough(self, record: SlotRecord, waited: set[str]) -> bool:
@@ -481,6 +490,7 @@ class Replication:
         # Waited for from now: once it holds what was committed before, it holds
         # every commit acknowledged (unless it is excluded again meanwhile).
         self.excluded.pop((slot, node), None)
+        self.included.add((slot, node))
         began = trio.current_time()
         await self._until_held(slot, node)
         if self.excluded.get((slot, node), began - 1) >= began:
