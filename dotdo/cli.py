@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from dotdo.durations import duration, positive_duration, whole_seconds
+
 if TYPE_CHECKING:
     import urllib.error
 
@@ -58,13 +60,6 @@ def _port(text: str) -> int:
     return value
 
 
-def _duration(text: str) -> float:
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd]?)", text.strip())
-    if not match:
-        raise argparse.ArgumentTypeError(f"not a duration (seconds, or 30m, 12h, 7d): {text!r}")
-    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
-
-
 def _env_pair(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -90,6 +85,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     serve's two dozen arguments nor imports what they need.
     """
     parser = argparse.ArgumentParser(prog="dotdo", description="Durable Objects for Python.")
+    parser.add_argument("--version", action="version", version=f"dotdo {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     named = None if argv is None else next((arg for arg in argv if not arg.startswith("-")), "")
@@ -100,20 +96,31 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    """The installed distribution's version (the source tree's, when not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dotdo")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def _commands() -> dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]]:
     """Each command: its summary, its description, and what adds its arguments."""
     commands: dict[str, tuple[str, str, Callable[[argparse.ArgumentParser], None]]] = {
         "serve": (
             "serve actor kinds over HTTP",
             "Serve every DO subclass found in the given modules (default: the built-in "
-            "examples Counter, Customer and Order). Stops cleanly on Ctrl-C or SIGTERM.",
+            "examples Counter, Customer, Order and ChatRoom). Stops cleanly on Ctrl-C or SIGTERM.",
             _serve_arguments,
         ),
         "call": (
             "call an actor's method on a running server",
             "Call NAMESPACE/ID.METHOD on a running server and print the JSON result. "
             "Each ARG is parsed as JSON, or taken as a string when it is not JSON "
-            '(dotdo call Customer alice notify \'"hi"\' and ... notify hi are the same).',
+            '(dotdo call Customer alice notify \'"hi"\' and ... notify hi are the same; '
+            "123 is the number, '\"123\"' or --text the string).",
             _call_arguments,
         ),
         "alarms": (
@@ -178,7 +185,7 @@ def _serve_arguments(serve: argparse.ArgumentParser) -> None:
     )
     serve.add_argument(
         "--history",
-        type=_duration,
+        type=duration,
         default=0.0,
         metavar="SECONDS",
         help="point-in-time history kept per actor for bookmark/restore, e.g. 604800 or 7d "
@@ -195,7 +202,7 @@ def _serve_arguments(serve: argparse.ArgumentParser) -> None:
         "--max-ws-message", type=_positive(int), default=1024 * 1024, metavar="BYTES",
         help="largest WebSocket message, either way (default: 1048576); a larger one from a client closes its socket (1009)",
     )
-    serve.add_argument("--idle-timeout", type=_positive(float), default=120.0, metavar="SECONDS", help="passivate actors idle this long (default: 120)")
+    serve.add_argument("--idle-timeout", type=positive_duration, default=120.0, metavar="SECONDS", help="passivate actors idle this long (default: 120)")
     serve.add_argument(
         "--max-active",
         type=_positive(int),
@@ -204,10 +211,10 @@ def _serve_arguments(serve: argparse.ArgumentParser) -> None:
         help="active actors kept at most, per worker; each holds 3 file descriptors (default: what the open-file "
         "limit leaves once connections, worker links and a reserve are counted; a number that does not fit is refused)",
     )
-    serve.add_argument("--call-timeout", type=_positive(float), default=30.0, metavar="SECONDS", help="deadline of a call (default: 30)")
-    serve.add_argument("--cpu-limit", type=_positive(float), default=30.0, metavar="SECONDS", help="CPU time one turn may use; past it the turn is stopped and rolled back, and the actor starts afresh (default: 30)")
+    serve.add_argument("--call-timeout", type=positive_duration, default=30.0, metavar="SECONDS", help="deadline of a call (default: 30)")
+    serve.add_argument("--cpu-limit", type=positive_duration, default=30.0, metavar="SECONDS", help="CPU time one turn may use; past it the turn is stopped and rolled back, and the actor starts afresh (default: 30)")
     serve.add_argument("--max-mailbox", type=_positive(int), default=1000, metavar="N", help="calls that may wait for one actor before 503 (default: 1000)")
-    serve.add_argument("--shutdown-grace", type=_positive(float), default=10.0, metavar="SECONDS", help="time in-flight calls get on shutdown (default: 10)")
+    serve.add_argument("--shutdown-grace", type=positive_duration, default=10.0, metavar="SECONDS", help="time in-flight calls get on shutdown (default: 10)")
     serve.add_argument(
         "--max-connections",
         type=_positive(int),
@@ -225,8 +232,8 @@ def _serve_arguments(serve: argparse.ArgumentParser) -> None:
         "limit fits); an upgraded connection leaves --max-connections, and the server raises its soft open-file limit "
         "by this many when the hard limit allows",
     )
-    serve.add_argument("--keep-alive-timeout", type=_positive(float), default=5.0, metavar="SECONDS", help="close a connection idle this long between requests, or still sending its headers (default: 5)")
-    serve.add_argument("--read-timeout", type=_positive(float), default=30.0, metavar="SECONDS", help="close a connection whose client sends nothing for this long mid-request; a body must also arrive whole within --call-timeout (default: 30)")
+    serve.add_argument("--keep-alive-timeout", type=positive_duration, default=5.0, metavar="SECONDS", help="close a connection idle this long between requests, or still sending its headers (default: 5)")
+    serve.add_argument("--read-timeout", type=positive_duration, default=30.0, metavar="SECONDS", help="close a connection whose client sends nothing for this long mid-request; a body must also arrive whole within --call-timeout (default: 30)")
     serve.add_argument("--env", type=_env_pair, action="append", default=[], metavar="KEY=VALUE", help="a value actors read as self.env[KEY]; repeatable")
     cluster = serve.add_argument_group(
         "cluster", "Join a cluster of nodes coordinated by etcd; the cluster secret comes from $DOTDO_CLUSTER_SECRET"
@@ -234,9 +241,9 @@ def _serve_arguments(serve: argparse.ArgumentParser) -> None:
     cluster.add_argument("--cluster", type=_urls, default=(), metavar="URLS", help="etcd client URLs, comma-separated (e.g. http://127.0.0.1:2379): serve as a node of that cluster")
     cluster.add_argument("--node", metavar="NAME", help="this node's name in the cluster (letters, digits, - and _); required with --cluster")
     cluster.add_argument("--advertise", metavar="HOST:PORT", help="where the other nodes reach this node's transport (default: --host and the transport's port)")
-    cluster.add_argument("--lease-ttl", type=_positive(int), default=5, metavar="SECONDS", help="the node's etcd lease TTL: a node that cannot renew it stops serving before it expires (default: 5)")
+    cluster.add_argument("--lease-ttl", type=whole_seconds, default=5, metavar="SECONDS", help="the node's etcd lease TTL: a node that cannot renew it stops serving before it expires (default: 5)")
     cluster.add_argument("--slots", type=_positive(int), default=256, metavar="N", help="slots addresses hash to, when this node forms a new cluster (default: 256)")
-    cluster.add_argument("--drain-timeout", type=_positive(float), default=120.0, metavar="SECONDS", help="time a stopping node has to hand its slots to the others (default: 120)")
+    cluster.add_argument("--drain-timeout", type=positive_duration, default=120.0, metavar="SECONDS", help="time a stopping node has to hand its slots to the others (default: 120)")
     cluster.add_argument("--replicas", type=_count, default=2, metavar="R", help="copies of each of this node's slots kept on other nodes, at most one per node; 0 turns replication off; give every node the same (default: 2)")
     cluster.add_argument("--ack", choices=["quorum", "all", "none"], default="quorum", help="replicas that hold a commit before the turn's reply leaves: a majority of the copies, all of them, or none (asynchronous: what they lack is lost with the primary's disk) (default: quorum)")
     serve.add_argument("--debug", action="store_true", help="include tracebacks in error responses")
@@ -250,6 +257,10 @@ def _call_arguments(call: argparse.ArgumentParser) -> None:
     call.add_argument("method")
     call.add_argument("args", nargs="*", metavar="ARG")
     call.add_argument("--kw", type=_env_pair, action="append", default=[], metavar="NAME=JSON", help="a keyword argument; repeatable")
+    call.add_argument(
+        "--text", action="store_true",
+        help="take every ARG and keyword value as text, never as JSON (123 is then the string \"123\")",
+    )  # fmt: skip
     _server_arguments(call, timeout=60.0)
 
 
@@ -269,7 +280,7 @@ def _cluster_arguments(cluster: argparse.ArgumentParser) -> None:
 def _server_arguments(sub: argparse.ArgumentParser, timeout: float) -> None:
     """The arguments of a command that talks to a running server."""
     sub.add_argument("--url", default=os.environ.get("DOTDO_URL", DEFAULT_URL), help=f"server URL (default: $DOTDO_URL or {DEFAULT_URL})")
-    sub.add_argument("--timeout", type=_positive(float), default=timeout, metavar="SECONDS", help=f"give up after this long (default: {timeout:g})")
+    sub.add_argument("--timeout", type=positive_duration, default=timeout, metavar="SECONDS", help=f"give up after this long (default: {timeout:g})")
 
 
 # command: (help, [(positional argument, help)]); the operation is named like the
@@ -302,7 +313,7 @@ def _lifecycle_arguments(sub: argparse.ArgumentParser, command: str) -> None:
     if command == "clone":
         sub.add_argument("--no-alarms", action="store_true", help="the copy gets no alarm and no schedules")
     if command == "compact":
-        sub.add_argument("--retention", type=float, default=None, metavar="SECONDS", help="keep events this recent (default: the server's, 7 days)")
+        sub.add_argument("--retention", type=duration, default=None, metavar="SECONDS", help="keep events this recent (default: the server's, 7 days)")
     if command == "merge":
         sub.add_argument("--policy", choices=["fail", "source", "current"], default="fail", help="on rows changed on both sides: fail and change nothing (default), or let one side win")
     if command == "diff":
@@ -490,8 +501,27 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 
 def cmd_call(args: argparse.Namespace) -> int:
-    body = {"args": [_json_or_text(a) for a in args.args], "kwargs": {k: _json_or_text(v) for k, v in args.kw}}
-    return _post_and_print(args, ("_rpc", args.namespace, args.id, args.method), body)
+    parse = str if args.text else _json_or_text
+    body = {"args": [parse(a) for a in args.args], "kwargs": {k: parse(v) for k, v in args.kw}}
+    try:
+        return _post_and_print(args, ("_rpc", args.namespace, args.id, args.method), body)
+    except SystemExit as exc:
+        if exc.code == 1 and not args.text:
+            _hint_text(args)
+        raise
+
+
+def _hint_text(args: argparse.Namespace) -> None:
+    """After a refused call: say which arguments went as JSON values other than text,
+    in case the method wanted text."""
+    sent = [*args.args, *(v for _, v in args.kw)]
+    typed = [a for a in sent if not isinstance(_json_or_text(a), str)]
+    if typed:
+        listed = ", ".join(f"{a} ({type(_json_or_text(a)).__name__})" for a in typed)
+        print(
+            f"note: sent as JSON values, not text: {listed}; for text, quote them as JSON ('\"{typed[0]}\"') or give --text",
+            file=sys.stderr,
+        )
 
 
 def cmd_alarms(args: argparse.Namespace) -> int:
@@ -538,7 +568,16 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
     handlers = {"serve": cmd_serve, "call": cmd_call, "alarms": cmd_alarms, "cluster": cmd_cluster}
-    sys.exit(handlers.get(args.command, cmd_lifecycle)(args))
+    try:
+        code = handlers.get(args.command, cmd_lifecycle)(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (dotdo alarms --json | head): what was asked for was
+        # taken; nothing more to say. stdout is pointed at nothing so that the
+        # interpreter's own flush at exit does not complain again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from typing import Any
 
 import trio
 
+from dotdo.durations import positive_duration
 from dotdo.runtime.cluster.etcd import Etcd, EtcdError
 from dotdo.runtime.cluster.view import ClusterView, State
 from dotdo.runtime.placement.node import PREFIX
@@ -50,7 +51,7 @@ def add_arguments(cluster: argparse.ArgumentParser, urls: Any) -> None:
             metavar="URLS",
             help=f"etcd client URLs, comma-separated (default: ${CLUSTER_ENV})",
         )
-        sub.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS", help="give up after this long (default: 600)")
+        sub.add_argument("--timeout", type=positive_duration, default=600.0, metavar="SECONDS", help="give up after this long (default: 600)")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ from hypercorn.config import Config as HypercornConfig
 
 from dotdo.auth import Tokens
 from dotdo.banner import print_banner, url
+from dotdo.serve_lock import ServeLock, serving_lock
 from dotdo.connections import serve_http
 from dotdo.http import create_app, fetch_handler
 from dotdo.http.websocket import relay_open
@@ -129,6 +130,33 @@ async def serve(
         options = dataclasses.replace(options, read_only=True)
     if options.cluster:
         check_cluster(options)
+    with contextlib.ExitStack() as held:
+        if worker is None and not options.read_only:  # one server per data directory
+            lock = held.enter_context(serving_lock(options.data_dir))
+            task_status = _Noting(task_status, lock)
+        await _serve(kinds, options, shutdown_trigger, out, task_status, worker)
+
+
+class _Noting:
+    """A task status that also writes the bound URLs into the data directory's lock."""
+
+    def __init__(self, status: trio.TaskStatus[list[str]], lock: ServeLock) -> None:
+        self._status = status
+        self._lock = lock
+
+    def started(self, value: list[str]) -> None:
+        self._lock.note(value)
+        self._status.started(value)
+
+
+async def _serve(
+    kinds: Iterable[type | KindSpec],
+    options: ServeOptions,
+    shutdown_trigger: Callable[[], Awaitable[None]] | None,
+    out: TextIO,
+    task_status: Any,
+    worker: WorkerSpec | None,
+) -> None:
     if worker is None and options.workers > 1:
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         await serve_workers(

@@ -234,3 +234,11 @@ def test_an_editable_installation_maps_the_layers_inside_dotdo(editable: Environ
     # The repository's root is not on the path: its folders are no top-level packages.
     found = editable.run("import importlib.util as u; print([u.find_spec(n) for n in ('actors', 'runtime', 'storage')])", cwd=tmp_path)
     assert found.strip() == "[None, None, None]"
+
+
+def test_the_license_file_is_the_declared_license() -> None:
+    project = pyproject()["project"]
+    declared = project["license"]["text"]
+    assert (ROOT / "LICENSE").read_text().splitlines()[0] == f"{declared} License"
+    assert f"License :: OSI Approved :: {declared} License" in project["classifiers"]
+    assert "Typing :: Typed" in project["classifiers"] and (ROOT / "dotdo" / "py.typed").exists()

@@ -76,8 +76,11 @@ def test_serve_options() -> None:
         (["serve", "--port", "-1"], "port out of range: -1"),
         (["serve", "--port", "http"], "not a port number: 'http'"),
         (["serve", "--max-body", "0"], "must be positive: '0'"),
-        (["serve", "--call-timeout", "-1"], "must be positive: '-1'"),
-        (["serve", "--idle-timeout", "soon"], "not a number: 'soon'"),
+        (["serve", "--call-timeout", "-1"], "must be 0 or more seconds: '-1'"),
+        (["serve", "--call-timeout", "0"], "must be more than 0 seconds: '0'"),
+        (["serve", "--idle-timeout", "soon"], "not a duration (seconds, or 30s, 2m, 12h, 7d, 1h30m): 'soon'"),
+        (["serve", "--lease-ttl", "2.5"], "must be whole seconds: '2.5'"),
+        (["serve", "--idle-timeout", "2x"], "not a duration"),
         (["serve", "--max-mailbox", "1.5"], "not a number: '1.5'"),
         (["serve", "--env", "NOEQUALS"], "expected KEY=VALUE, got 'NOEQUALS'"),
         (["serve", "--env", "=value"], "expected KEY=VALUE, got '=value'"),
@@ -90,6 +93,33 @@ def test_serve_options() -> None:
 )
 def test_bad_arguments_are_refused(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert message in parse_error(argv, capsys)
+
+
+@pytest.mark.parametrize(
+    ("argv", "name", "seconds"),
+    [
+        (["serve", "--idle-timeout", "2m"], "idle_timeout", 120.0),
+        (["serve", "--call-timeout", "1m30s"], "call_timeout", 90.0),
+        (["serve", "--read-timeout", "45"], "read_timeout", 45.0),
+        (["serve", "--shutdown-grace", "0.5s"], "shutdown_grace", 0.5),
+        (["serve", "--history", "12h"], "history", 43200.0),
+        (["serve", "--drain-timeout", "10m"], "drain_timeout", 600.0),
+        (["serve", "--lease-ttl", "5s"], "lease_ttl", 5),
+        (["compact", "Counter", "a", "--retention", "7d"], "retention", 604800.0),
+        (["compact", "Counter", "a", "--retention", "0"], "retention", 0.0),
+        (["cluster", "drain", "b", "--timeout", "2h"], "timeout", 7200.0),
+    ],
+)
+def test_durations_are_taken_the_same_way_everywhere(argv: list[str], name: str, seconds: float) -> None:
+    assert getattr(build_parser(argv).parse_args(argv), name) == seconds
+
+
+def test_version_is_the_installed_ones(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as info:
+        build_parser(["--version"]).parse_args(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out == f"dotdo {version('dotdo')}\n"
 
 
 def test_call_url_defaults_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -120,6 +150,21 @@ async def run_main(argv: list[str]) -> int:
 
     with trio.fail_after(20):
         return await trio.to_thread.run_sync(target)
+
+
+async def test_call_says_what_went_as_json_and_text_takes_it_as_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    async with serving(EXAMPLES, tmp_path) as server:
+        url = ["--url", server.url]
+        assert await run_main(["call", *url, "Customer", "zed", "notify", "123"]) == 1  # notify(message: str)
+        error = capsys.readouterr().err
+        assert error.startswith("error 400 InvalidArguments:")
+        assert "note: sent as JSON values, not text: 123 (int); for text, quote them as JSON ('\"123\"') or give --text" in error
+        assert await run_main(["call", *url, "Customer", "zed", "notify", "123", "--text"]) == 0
+        assert capsys.readouterr().out == "1\n"
+        assert await run_main(["call", *url, "Customer", "zed", "notify", '"456"']) == 0
+        assert capsys.readouterr().out == "2\n"
+        inbox = await server.client.post("/_rpc/Customer/zed/inbox", json={"args": [], "kwargs": {}})
+        assert [m["message"] for m in inbox.json()["result"]] == ["456", "123"]
 
 
 async def test_call_prints_the_json_result(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -375,3 +420,32 @@ def test_bookmark_times() -> None:
     assert abs(_when("-1h") - (time.time() - 3600)) < 5
     with pytest.raises(SystemExit):
         _when("yesterday")
+
+
+async def test_a_reader_that_goes_away_ends_the_listing_quietly(tmp_path: Path) -> None:
+    async with serving([Waker], tmp_path) as server:
+        async def arm(i: int) -> None:
+            await server.client.post(f"/_rpc/Waker/w{i}/wake_in", json={"args": [3600]})
+
+        async with trio.open_nursery() as nursery:  # more alarms than a pipe holds (64 KiB)
+            for i in range(500):
+                nursery.start_soon(arm, i)
+        env = environment()
+        script = f"{sys.executable} -m dotdo alarms --json --url {server.url} | head -1"
+        with trio.fail_after(30):
+            done = await trio.run_process(["sh", "-c", script], capture_stdout=True, capture_stderr=True, env=env, check=False)
+        assert done.returncode == 0 and json.loads(done.stdout)["namespace"] == "Waker"
+        assert done.stderr == b""  # no BrokenPipeError traceback
+
+
+async def test_a_second_server_of_a_data_directory_refuses_to_start_and_names_the_first(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    async with dotdo_serve(tmp_path, "--data", data) as first:
+        second = await dotdo("serve", "--port", "0", "--data", data, cwd=tmp_path)
+        assert second.returncode == 1
+        error = second.stderr.decode()
+        assert error.startswith(f"dotdo serve: {data} is served already, by process {first.process.pid} at {first.url}")
+        assert "stop it first, or serve another --data" in error
+        assert await stop(first, signal.SIGTERM) == 0
+    async with dotdo_serve(tmp_path, "--data", data) as again:  # once it stopped, the directory is free
+        assert await stop(again, signal.SIGTERM) == 0
