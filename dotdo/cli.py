@@ -129,6 +129,13 @@ def _commands() -> dict[str, tuple[str, str, Callable[[argparse.ArgumentParser],
             "with the time it runs next (UTC).",
             _alarms_arguments,
         ),
+        "actors": (
+            "list the actors of a namespace on a running server",
+            "List the actors of NAMESPACE that the server's data directory holds, in id order: "
+            "each one's name (as it was created), id, size on disk, last write, and pending alarm "
+            "and schedules. Nothing is activated.",
+            _actors_arguments,
+        ),
         "cluster": (
             "see and steer a cluster of nodes: status, drain",
             "The cluster's state as etcd holds it (nodes, the slots each owns and their epochs, "
@@ -269,6 +276,14 @@ def _alarms_arguments(alarms: argparse.ArgumentParser) -> None:
     alarms.add_argument("--limit", type=_positive(int), default=1000, metavar="N", help="list at most N (default: 1000)")
     alarms.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     _server_arguments(alarms, timeout=30.0)
+
+
+def _actors_arguments(actors: argparse.ArgumentParser) -> None:
+    actors.add_argument("namespace")
+    actors.add_argument("--limit", type=_positive(int), default=1000, metavar="N", help="list at most N (default: 1000)")
+    actors.add_argument("--after", metavar="ID", help="start after this id (the last of a listing before)")
+    actors.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    _server_arguments(actors, timeout=30.0)
 
 
 def _cluster_arguments(cluster: argparse.ArgumentParser) -> None:
@@ -525,22 +540,9 @@ def _hint_text(args: argparse.Namespace) -> None:
 
 
 def cmd_alarms(args: argparse.Namespace) -> int:
-    rows: list[dict[str, Any]] = []
-    after: str | None = None
-    while len(rows) < args.limit:
-        query = {"limit": str(min(1000, args.limit - len(rows)))}
-        if args.namespace:
-            query["namespace"] = args.namespace
-        if after:
-            query["after"] = after
-        page = _request(args, ("_admin", "alarms"), query=query)
-        rows.extend(page["alarms"])
-        after = page.get("after")
-        if not after:
-            break
-    if args.json:
-        for row in rows:
-            print(json.dumps(row, ensure_ascii=False))
+    query = {"namespace": args.namespace} if args.namespace else {}
+    rows = _pages(args, ("_admin", "alarms"), "alarms", query, None)
+    if _listed_as_json(args, rows):
         return 0
     if not rows:
         print("no pending alarms or schedules")
@@ -549,11 +551,59 @@ def cmd_alarms(args: argparse.Namespace) -> int:
     for row in rows:
         actor = f"{row['namespace']}/{row['name'] if row['name'] is not None else row['id']}"
         what = "alarm" if row["kind"] == "alarm" else f"schedule {row['item']}: {row['schedule']}"
-        table.append((row["next"][:19].replace("T", " "), actor, what, str(row["retries"])))
-    widths = [max(len(line[i]) for line in table) for i in range(3)]
-    for line in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)) + "  " + line[3])
+        table.append((_utc(row["next"]), actor, what, str(row["retries"])))
+    _print_table(table)
     return 0
+
+
+def cmd_actors(args: argparse.Namespace) -> int:
+    rows = _pages(args, ("_admin", "actors", args.namespace), "actors", {}, args.after)
+    if _listed_as_json(args, rows):
+        return 0
+    if not rows:
+        print(f"no actors of {args.namespace}")
+        return 0
+    table = [("NAME", "ID", "BYTES", "LAST WRITE (UTC)", "ALARM (UTC)", "SCHEDULES")]
+    for row in rows:
+        name = row["name"] if row["name"] is not None else "-"
+        table.append((name, row["id"][:16], f"{row['bytes']:,}", _utc(row["last_write"]), _utc(row["alarm"]), str(row["schedules"])))
+    _print_table(table)
+    return 0
+
+
+def _pages(args: argparse.Namespace, parts: tuple[str, ...], key: str, query: dict[str, str], after: str | None) -> list[dict[str, Any]]:
+    """Up to ``args.limit`` rows of a paged listing (``key`` of each page), from
+    ``after``, at most 1,000 a request."""
+    rows: list[dict[str, Any]] = []
+    while len(rows) < args.limit:
+        asked = {**query, "limit": str(min(1000, args.limit - len(rows)))}
+        if after:
+            asked["after"] = after
+        page = _request(args, parts, query=asked)
+        rows.extend(page[key])
+        after = page.get("after")
+        if not after:
+            break
+    return rows
+
+
+def _listed_as_json(args: argparse.Namespace, rows: list[dict[str, Any]]) -> bool:
+    """With ``--json``: print ``rows`` as JSON lines (and say so)."""
+    if args.json:
+        for row in rows:
+            print(json.dumps(row, ensure_ascii=False))
+    return bool(args.json)
+
+
+def _utc(iso: str | None) -> str:
+    return "-" if iso is None else iso[:19].replace("T", " ")
+
+
+def _print_table(table: list[tuple[str, ...]]) -> None:
+    """Columns padded to their widest cell (the last one not)."""
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]) - 1)]
+    for line in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)) + "  " + line[-1])
 
 
 def _print_http_error(exc: urllib.error.HTTPError) -> None:
@@ -567,7 +617,7 @@ def _print_http_error(exc: urllib.error.HTTPError) -> None:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
-    handlers = {"serve": cmd_serve, "call": cmd_call, "alarms": cmd_alarms, "cluster": cmd_cluster}
+    handlers = {"serve": cmd_serve, "call": cmd_call, "alarms": cmd_alarms, "actors": cmd_actors, "cluster": cmd_cluster}
     try:
         code = handlers.get(args.command, cmd_lifecycle)(args)
         sys.stdout.flush()

@@ -233,6 +233,17 @@ class AlarmIndex(IndexFile):
         )
         return [IndexEntry(*row) for row in rows]
 
+    def of_actors(self, namespace: str, hexes: Sequence[str]) -> list[IndexEntry]:
+        """The entries of these actors of ``namespace``."""
+        if not hexes:
+            return []
+        marks = ", ".join("?" * len(hexes))
+        rows = self._exec(
+            f"SELECT namespace, hex, name, item, kind, spec, due, retries FROM pending WHERE namespace = ? AND hex IN ({marks})",
+            (namespace, *hexes),
+        )
+        return [IndexEntry(*row) for row in rows]
+
     def count(self) -> int:
         """How many entries there are."""
         return int(self._exec("SELECT count(*) FROM pending")[0][0])

@@ -123,6 +123,15 @@ class ActorDirectory(IndexFile):
         rows = self._exec("SELECT namespace, hex, name FROM actors WHERE slot_bits % ? = ? ORDER BY namespace, hex", (slots, slot))
         return [Entry(*row) for row in rows]
 
+    def page(self, namespace: str, after: str | None = None, limit: int = 100) -> list[Entry]:
+        """The actors of ``namespace`` in id order, at most ``limit``, from the one after
+        the id ``after`` (the last of the page before)."""
+        rows = self._exec(
+            "SELECT namespace, hex, name FROM actors WHERE namespace = ? AND hex > ? ORDER BY hex LIMIT ?",
+            (namespace, after or "", limit),
+        )
+        return [Entry(*row) for row in rows]
+
     def count(self) -> int:
         return int(self._exec("SELECT count(*) FROM actors")[0][0])
 

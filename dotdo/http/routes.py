@@ -21,6 +21,7 @@ from dotdo.http.responses import JSON, as_response
 from dotdo.runtime.core.errors import Moved
 from dotdo.runtime.core.ids import ActorId, resolve
 from dotdo.runtime.placement.locator import MOVING
+from dotdo.runtime.services.listing import list_actors
 from dotdo.runtime.supervisor import Supervisor
 from dotdo.runtime.transport.descriptors import DEFAULT_MAX_WEBSOCKETS
 
@@ -38,6 +39,7 @@ def routes(handlers: Handlers) -> list[BaseRoute]:
         Route("/_kinds", handlers.kinds, methods=["GET"]),
         Route("/_rpc/{rest:path}", handlers.rpc, methods=["POST"]),
         Route("/_admin/alarms", handlers.alarms, methods=["GET"]),
+        Route("/_admin/actors/{namespace}", handlers.actors, methods=["GET"]),
         Route("/_admin/actors/{rest:path}", handlers.lifecycle, methods=["POST"]),
         Route("/{namespace}/{id}", handlers.actor, methods=ALL_METHODS),
         Route("/{namespace}/{id}/{rest:path}", handlers.actor, methods=ALL_METHODS),
@@ -166,6 +168,30 @@ class Handlers:
         last = entries[-1] if len(entries) == limit else None
         cursor = f"{last.namespace}/{last.hex}/{last.item}" if last is not None else None
         return JSON({"alarms": listing, "after": cursor})
+
+    async def actors(self, request: Request) -> Response:
+        """``GET /_admin/actors/{namespace}?after=&limit=``: a page of the namespace's
+        actors (``dotdo.runtime.services.listing``), in id order; ``after`` of the
+        answer is the cursor of the next page (null: this was the last)."""
+        query = request.query_params
+        try:
+            limit = int(query.get("limit", "100"))
+        except ValueError:
+            raise InvalidInput("limit must be a whole number") from None
+        namespace = unquote(request.path_params["namespace"])
+        page = list_actors(self.supervisor, namespace, query.get("after") or None, limit)
+        listing = [
+            {
+                "id": a.hex,
+                "name": a.name,
+                "bytes": a.bytes,
+                "last_write": None if a.changed is None else _iso(a.changed),
+                "alarm": None if a.alarm is None else _iso(a.alarm),
+                "schedules": a.schedules,
+            }
+            for a in page
+        ]
+        return JSON({"namespace": namespace, "actors": listing, "after": page[-1].hex if len(page) == limit else None})
 
     async def lifecycle(self, request: Request) -> Response:
         """``POST /_admin/actors/{namespace}/{id}/{operation}``: a lifecycle operation."""

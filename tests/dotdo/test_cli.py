@@ -248,7 +248,7 @@ print(json.dumps(sorted(sys.modules)))
 
 @pytest.mark.parametrize(
     "argv",
-    [["--help"], ["call", "Counter", "x", "get"], ["alarms"], ["clone", "Counter", "x", "y"], ["branches", "--help"]],
+    [["--help"], ["call", "Counter", "x", "get"], ["alarms"], ["actors", "Counter"], ["clone", "Counter", "x", "y"], ["branches", "--help"]],
 )
 def test_client_commands_import_no_server(argv: list[str], tmp_path: Path) -> None:
     """A client command starts fast: it imports neither the layers nor the server (a
@@ -449,3 +449,34 @@ async def test_a_second_server_of_a_data_directory_refuses_to_start_and_names_th
         assert await stop(first, signal.SIGTERM) == 0
     async with dotdo_serve(tmp_path, "--data", data) as again:  # once it stopped, the directory is free
         assert await stop(again, signal.SIGTERM) == 0
+
+
+async def test_actors_lists_a_namespace_with_names_sizes_and_alarms(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    async with serving([Waker, *EXAMPLES], tmp_path) as server:
+        for name in ("carol", "alice", "bob"):
+            await server.client.post(f"/_rpc/Counter/{name}/increment", json={"args": [], "kwargs": {}})
+        await server.client.post("/_rpc/Waker/w1/wake_in", json={"args": [3600]})
+        await server.client.post("/_rpc/Waker/w1/daily", json={})
+        page = (await server.client.get("/_admin/actors/Counter", params={"limit": 2})).json()
+        assert page["namespace"] == "Counter" and len(page["actors"]) == 2 and page["after"] == page["actors"][-1]["id"]
+        rest = (await server.client.get("/_admin/actors/Counter", params={"after": page["after"]})).json()
+        listed = page["actors"] + rest["actors"]
+        assert rest["after"] is None and sorted(a["name"] for a in listed) == ["alice", "bob", "carol"]
+        assert [a["id"] for a in listed] == sorted(a["id"] for a in listed)  # id order
+        assert all(a["bytes"] > 0 and a["last_write"] and a["alarm"] is None and a["schedules"] == 0 for a in listed)
+        [waker] = (await server.client.get("/_admin/actors/Waker")).json()["actors"]
+        assert waker["name"] == "w1" and waker["alarm"] and waker["schedules"] == 1
+        assert (await server.client.get("/_admin/actors/Nope")).status_code == 404
+        assert (await server.client.get("/_admin/actors/Counter", params={"after": "zz"})).status_code == 400
+        assert (await server.client.get("/_admin/actors/Counter", params={"limit": 0})).status_code == 400
+
+        url = ["--url", server.url]
+        assert await run_main(["actors", *url, "Counter"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert lines[0].split() == ["NAME", "ID", "BYTES", "LAST", "WRITE", "(UTC)", "ALARM", "(UTC)", "SCHEDULES"]
+        assert sorted(line.split()[0] for line in lines[1:]) == ["alice", "bob", "carol"]
+        assert await run_main(["actors", *url, "Waker", "--json"]) == 0
+        [row] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert row["name"] == "w1" and row["schedules"] == 1
+        assert await run_main(["actors", *url, "Order"]) == 0
+        assert capsys.readouterr().out == "no actors of Order\n"
