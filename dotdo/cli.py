@@ -255,6 +255,8 @@ def _serve_arguments(serve: argparse.ArgumentParser) -> None:
     cluster.add_argument("--ack", choices=["quorum", "all", "none"], default="quorum", help="replicas that hold a commit before the turn's reply leaves: a majority of the copies, all of them, or none (asynchronous: what they lack is lost with the primary's disk) (default: quorum)")
     serve.add_argument("--debug", action="store_true", help="include tracebacks in error responses")
     serve.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"], help="(default: warning)")
+    serve.add_argument("--log-format", default="text", choices=["text", "json"], help="text for people, or JSON lines for machines (default: text)")
+    serve.add_argument("--access-log", action="store_true", help="log a line per HTTP request and WebSocket upgrade (dotdo.access), whatever --log-level says")
 
 
 
@@ -449,17 +451,16 @@ def _json_or_text(text: str) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import logging
-
     from dotdo.actors.examples import EXAMPLES
     from dotdo.loader import load_kinds
+    from dotdo.logs import configure
     from dotdo.options import ServeOptions
     from dotdo.server import quiet_libraries, run
     from dotdo.storage.errors import DotdoError
     from dotdo.storage.options import Durability
     from dotdo.workers import default_workers
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure(args.log_level, args.log_format)
     quiet_libraries()
     try:
         kinds = load_kinds(args.modules) if args.modules else list(EXAMPLES)
@@ -483,6 +484,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         shutdown_grace=args.shutdown_grace,
         max_connections=args.max_connections,
         max_websockets=args.max_websockets,
+        access_log=args.access_log,
+        log_format=args.log_format,
         keep_alive_timeout=args.keep_alive_timeout,
         read_timeout=args.read_timeout,
         debug=args.debug,

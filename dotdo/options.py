@@ -40,6 +40,10 @@ class ServeOptions:
     max_websockets: int | None = None
     """WebSocket connections one process holds at most (None: 4,096, or what fits)."""
     debug: bool = False
+    access_log: bool = False
+    """A line per HTTP request and WebSocket upgrade on the ``dotdo.access`` logger."""
+    log_format: str = "text"
+    """How worker processes log: ``text`` or ``json`` (``dotdo.logs``)."""
     env: Mapping[str, str] = field(default_factory=dict)
     rpc_port: int | None = None
     token: str | None = None

@@ -22,6 +22,7 @@ from hypercorn.config import Config as HypercornConfig
 
 from dotdo.auth import Tokens
 from dotdo.banner import print_banner, url
+from dotdo.logs import ACCESS_FORMAT, access_logger
 from dotdo.serve_lock import ServeLock, serving_lock
 from dotdo.connections import serve_http
 from dotdo.http import create_app, fetch_handler
@@ -218,7 +219,8 @@ async def _serve_on(
     )
     config = HypercornConfig()
     config.bind = [_bind(options.host, options.port) if worker is None else f"fd://{worker.http_fd}"]
-    config.accesslog = None
+    config.accesslog = access_logger() if options.access_log else None
+    config.access_log_format = ACCESS_FORMAT
     # hypercorn logs through our logging setup, not a handler of its own.
     config.errorlog = logging.getLogger("hypercorn.error")
     config.loglevel = logging.getLevelName(logging.getLogger().getEffectiveLevel())

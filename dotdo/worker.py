@@ -3,11 +3,11 @@ writes its ``WorkerSpec`` on stdin; see ``dotdo.workers``)."""
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 
 from dotdo.loader import load_kinds
+from dotdo.logs import configure
 from dotdo.server import quiet_libraries, run
 from dotdo.workers import read_spec
 from dotdo.storage.errors import DotdoError
@@ -22,7 +22,7 @@ def main() -> int:
     except DotdoError as exc:
         print(f"dotdo worker: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=spec.log_level, format=f"%(asctime)s %(levelname)s w{spec.index} %(name)s: %(message)s")
+    configure(spec.log_level, spec.options.log_format, worker=spec.index)
     quiet_libraries()
     try:
         kinds = load_kinds(spec.sources)

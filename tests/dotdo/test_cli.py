@@ -480,3 +480,37 @@ async def test_actors_lists_a_namespace_with_names_sizes_and_alarms(tmp_path: Pa
         assert row["name"] == "w1" and row["schedules"] == 1
         assert await run_main(["actors", *url, "Order"]) == 0
         assert capsys.readouterr().out == "no actors of Order\n"
+
+
+async def test_serve_logs_json_lines_and_an_access_log(tmp_path: Path) -> None:
+    import httpx
+
+    args = ("--log-format", "json", "--access-log", "--log-level", "info", "--data", str(tmp_path / "data"))
+    async with dotdo_serve(tmp_path, *args) as served:
+        async with httpx.AsyncClient(timeout=10) as client:
+            assert (await client.post(f"{served.url}/Counter/visits/increment")).json() == {"value": 1}
+            assert (await client.get(f"{served.url}/Nope/x")).status_code == 404
+        with trio.fail_after(10):
+            while "/Nope/x" not in served.errors():
+                await trio.sleep(0.05)
+        assert await stop(served, signal.SIGTERM) == 0
+    lines = [json.loads(line) for line in served.errors().splitlines() if line.strip()]  # every line is JSON
+    assert all({"time", "level", "logger", "message"} <= set(line) for line in lines)
+    access = [line["message"] for line in lines if line["logger"] == "dotdo.access"]
+    assert any('"POST /Counter/visits/increment HTTP/1.1" 200' in m for m in access)
+    assert any('"GET /Nope/x HTTP/1.1" 404' in m for m in access)
+    assert any(line["logger"] == "dotdo.server" and line["level"] == "info" for line in lines)
+
+
+async def test_the_access_log_is_heard_at_the_default_level(tmp_path: Path) -> None:
+    import httpx
+
+    async with dotdo_serve(tmp_path, "--access-log", "--data", str(tmp_path / "data")) as served:
+        async with httpx.AsyncClient(timeout=10) as client:
+            await client.get(f"{served.url}/Counter/a")
+        with trio.fail_after(10):
+            while "GET /Counter/a" not in served.errors():
+                await trio.sleep(0.05)
+        line = next(line for line in served.errors().splitlines() if "GET /Counter/a" in line)
+        assert " INFO dotdo.access: 127.0.0.1:" in line and '"GET /Counter/a HTTP/1.1" 200 ' in line and line.endswith("us")
+        assert await stop(served, signal.SIGTERM) == 0
