@@ -7,10 +7,15 @@ With several supervisors in one run, use ``supervisor.S`` explicitly.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from dotdo.actors.subscribe import On, on
 from dotdo.runtime.core.context import current_supervisor, current_turn
+from dotdo.runtime.core.ids import ActorId
 from dotdo.runtime.stubs import NamespaceStub
 from dotdo.storage.errors import DotdoError
+
+T = TypeVar("T")
 
 
 def _supervisor() -> object:
@@ -46,6 +51,11 @@ class AmbientS:
 
     def __getitem__(self, namespace: str) -> NamespaceStub:
         return _supervisor().S[namespace]  # type: ignore[attr-defined, no-any-return]
+
+    def get(self, kind: type[T], name_or_id: str | ActorId) -> T:
+        """The stub of one actor of ``kind``, typed as the class (``Namespaces.get``):
+        ``await S.get(Customer, "alice").notify("hi")``, checked by a type checker."""
+        return _supervisor().S.get(kind, name_or_id)  # type: ignore[attr-defined, no-any-return]
 
     def __repr__(self) -> str:
         return "<S: stubs through the current supervisor>"

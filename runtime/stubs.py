@@ -18,10 +18,13 @@ both steps at once; each runs on the actor the previous step returned.
 from __future__ import annotations
 
 from collections.abc import Coroutine, Generator
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 from dotdo.runtime.core import values
 from dotdo.runtime.core.ids import ActorId, id_from_name, id_from_string, new_unique_id, resolve
+
+
+T = TypeVar("T")
 
 
 class Caller(Protocol):
@@ -61,8 +64,23 @@ class Namespaces:
             stub = self._cache[namespace] = NamespaceStub(self._caller, namespace)
         return stub
 
+    def get(self, kind: type[T], name_or_id: str | ActorId) -> T:
+        """The stub of one actor of ``kind`` (its class), typed as the class, so that a
+        type checker holds each call to the class's signatures:
+        ``await S.get(Customer, "alice").notify("hi")``. At run time it is
+        ``S.Customer("alice")``; a pipeline (``S.Customer("a").orders().latest()``) is
+        written that way, untyped. A kind whose namespace is ``get`` is ``S["get"]``."""
+        return cast(T, self[namespace_of(kind)](name_or_id))
+
     def __repr__(self) -> str:
         return f"<S via {self._caller!r}>"
+
+
+def namespace_of(kind: type) -> str:
+    """The namespace of an actor class (what its ``__dotdo_kind__`` says, else its
+    name)."""
+    describe = getattr(kind, "__dotdo_kind__", None)
+    return describe().namespace if describe is not None else kind.__name__  # type: ignore[no-any-return]
 
 
 # Ids derived from names are cached per namespace stub (hashing costs microseconds).

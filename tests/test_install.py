@@ -242,3 +242,31 @@ def test_the_license_file_is_the_declared_license() -> None:
     assert (ROOT / "LICENSE").read_text().splitlines()[0] == f"{declared} License"
     assert f"License :: OSI Approved :: {declared} License" in project["classifiers"]
     assert "Typing :: Typed" in project["classifiers"] and (ROOT / "dotdo" / "py.typed").exists()
+
+
+_TYPED = '''
+from dotdo import DO, S
+
+
+class Customer(DO):
+    async def notify(self, message: str) -> int:
+        return 1
+
+
+async def main() -> None:
+    size: int = await S.get(Customer, "alice").notify("hi")
+    await S.get(Customer, "alice").notify(123)
+    await S.get(Customer, "alice").notfy("hi")
+'''
+
+
+def test_a_type_checker_holds_typed_stubs_to_the_actor_class(installed: Environment, tmp_path: Path) -> None:
+    """``S.get(Customer, name)`` is typed as the class: mypy (over the installed,
+    ``py.typed`` package) accepts the right call and reports the wrong argument and the
+    misspelt method, on their lines."""
+    (tmp_path / "typed_app.py").write_text(_TYPED)
+    command = [str(installed.python), "-m", "mypy", "--cache-dir", str(tmp_path / "cache"), "--no-error-summary", "typed_app.py"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=_clean(), timeout=300)
+    errors = [line for line in done.stdout.splitlines() if ": error:" in line]
+    assert [line.split(":")[1] for line in errors] == ["12", "13"], done.stdout + done.stderr
+    assert 'incompatible type "int"; expected "str"' in errors[0] and '"Customer" has no attribute "notfy"' in errors[1]

@@ -108,3 +108,24 @@ def test_private_names_and_repr() -> None:
         S._anything  # noqa: B018
     assert isinstance(S, AmbientS)
     assert repr(S) == "<S: stubs through the current supervisor>"
+
+
+class Renamed(DO):
+    namespace = "Accounts2"
+
+    async def hello(self) -> str:
+        return f"hello from {self.id.namespace}"
+
+
+async def test_get_is_the_stub_of_a_class_s_actor(tmp_path: Path) -> None:
+    async with Supervisor([Account, Renamed], tmp_path) as sup:
+        assert await S.get(Account, "a").deposit(3) == 3
+        assert await sup.S.get(Account, "a").balance() == 3  # the same actor as S.Account("a")
+        assert S.get(Account, "a").id == S.Account("a").id
+        assert await S.get(Renamed, "x").hello() == "hello from Accounts2"  # its namespace, not its name
+
+        class Unserved(DO):
+            pass
+
+        with pytest.raises(ActorNotFound, match="no actor kind 'Unserved'"):
+            S.get(Unserved, "a")
