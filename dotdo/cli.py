@@ -93,7 +93,34 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         sub = commands.add_parser(command, help=summary, description=description)
         if named is None or named == command:
             add_arguments(sub)
+            if command == "serve" and argv is not None:
+                _read_config(sub, argv)
     return parser
+
+
+def _read_config(serve: argparse.ArgumentParser, argv: Sequence[str]) -> None:
+    """serve's defaults from ``--config PATH``, or ``./dotdo.toml`` when there is one
+    (``dotdo.config_file``); the command line still wins."""
+    from pathlib import Path
+
+    from dotdo.config_file import FILE, ConfigError, serve_defaults
+
+    path: Path | None = None
+    for index, arg in enumerate(argv):
+        if arg == "--config" and index + 1 < len(argv):
+            path = Path(argv[index + 1])
+        elif arg.startswith("--config="):
+            path = Path(arg.split("=", 1)[1])
+    if path is None:
+        if not Path(FILE).is_file():
+            return
+        path = Path(FILE)
+    elif not path.is_file():
+        serve.error(f"--config {path}: no such file")
+    try:
+        serve.set_defaults(**serve_defaults(serve, path))
+    except ConfigError as exc:
+        serve.error(str(exc))
 
 
 def _version() -> str:
@@ -156,6 +183,10 @@ def _serve_arguments(serve: argparse.ArgumentParser) -> None:
     from dotdo.storage.options import Durability
 
     serve.add_argument("modules", nargs="*", metavar="MODULE", help="dotted module name or path to a .py file")
+    serve.add_argument(
+        "--config", metavar="PATH",
+        help="a TOML file whose [serve] table gives these options' defaults (default: ./dotdo.toml when there is one)",
+    )  # fmt: skip
     serve.add_argument("--data", type=Path, default=Path("dotdo-data"), help="data directory (default: ./dotdo-data)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=_port, default=8787, help="HTTP port; 0 picks a free one (default: 8787)")

@@ -514,3 +514,45 @@ async def test_the_access_log_is_heard_at_the_default_level(tmp_path: Path) -> N
         line = next(line for line in served.errors().splitlines() if "GET /Counter/a" in line)
         assert " INFO dotdo.access: 127.0.0.1:" in line and '"GET /Counter/a HTTP/1.1" 200 ' in line and line.endswith("us")
         assert await stop(served, signal.SIGTERM) == 0
+
+
+def test_serve_takes_its_defaults_from_dotdo_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dotdo.toml").write_text(
+        '[serve]\nmodules = ["app.py"]\nworkers = 1\ndata = "var/dotdo"\nidle-timeout = "2m"\nhistory = "7d"\n'
+        'access_log = true\nenv = { REGION = "eu", DEBUG = true }\nlog-format = "json"\n'
+    )
+    args = build_parser(["serve"]).parse_args(["serve"])
+    assert args.modules == ["app.py"] and args.workers == 1 and args.data == Path("var/dotdo")
+    assert args.idle_timeout == 120.0 and args.history == 7 * 86400.0 and args.access_log and args.log_format == "json"
+    assert args.env == [("REGION", "eu"), ("DEBUG", "true")]
+    argv = ["serve", "other.py", "--idle-timeout", "30"]  # the command line wins
+    args = build_parser(argv).parse_args(argv)
+    assert args.modules == ["other.py"] and args.idle_timeout == 30.0 and args.workers == 1
+    (tmp_path / "elsewhere.toml").write_text('[serve]\nport = 9000\n')
+    argv = ["serve", "--config", "elsewhere.toml"]
+    assert build_parser(argv).parse_args(argv).port == 9000
+    with pytest.raises(SystemExit):
+        build_parser(["serve", "--config", "missing.toml"])
+    assert "--config missing.toml: no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[serve]\nidle-timeout = \"soon\"\n", "dotdo.toml: [serve] idle-timeout: not a duration"),
+        ("[serve]\nworkerz = 2\n", "dotdo.toml: unknown option 'workerz' in [serve] (known: "),
+        ("[serve]\nlog-format = \"xml\"\n", "dotdo.toml: [serve] log-format: must be one of text, json"),
+        ("[serve]\naccess-log = \"yes\"\n", "dotdo.toml: [serve] access-log: must be true or false"),
+        ("[serve\n", "dotdo.toml: "),
+        ("[client]\nurl = 1\n", "dotdo.toml: unknown table 'client'"),
+    ],
+)
+def test_a_bad_dotdo_toml_stops_serve_naming_what_is_wrong(
+    text: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dotdo.toml").write_text(text)
+    with pytest.raises(SystemExit) as info:
+        build_parser(["serve"])
+    assert info.value.code == 2 and message in capsys.readouterr().err
