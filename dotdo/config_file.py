@@ -14,9 +14,10 @@ wins::
     access-log = true
     env = { REGION = "eu" }
 
-Each value goes through the same checks as on the command line (a duration is
-``"2m"`` or ``120``); an unknown option or a bad value stops the server before it
-starts, naming the file and the option.
+The table stands for the command line it spells out, and serve's own parser reads
+it: each value goes through the same checks as on the command line (a duration is
+``"2m"`` or ``120``, a flag ``true``); an unknown option or a bad value stops the
+server before it starts, naming the file and the option.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ class ConfigError(Exception):
 
 
 def serve_defaults(parser: argparse.ArgumentParser, path: Path) -> dict[str, Any]:
-    """The defaults the ``[serve]`` table of ``path`` gives ``parser`` (serve's), each
-    converted and checked as its command-line option would be.
+    """The defaults the ``[serve]`` table of ``path`` gives ``parser`` (serve's): the
+    table is turned into the command line it stands for and parsed by ``parser``, so
+    each value is converted and checked as its option would be.
 
     Raises:
         ConfigError: The file is not TOML, has no usable table, names an unknown
@@ -46,49 +48,49 @@ def serve_defaults(parser: argparse.ArgumentParser, path: Path) -> dict[str, Any
         document = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    table = document.get(TABLE, {})
-    if not isinstance(table, dict):
-        raise ConfigError(f"{path}: [{TABLE}] must be a table of options")
     unknown = set(document) - {TABLE}
     if unknown:
         raise ConfigError(f"{path}: unknown table {sorted(unknown)[0]!r} (only [{TABLE}] is read)")
-    # argparse lists a parser's options only in this attribute (it has no public way).
-    actions = {action.dest: action for action in parser._actions if action.dest not in ("help", "config")}
-    defaults: dict[str, Any] = {}
+    table = document.get(TABLE, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [{TABLE}] must be a table of options")
+    words: list[str] = []
     for key, value in table.items():
-        dest = key.replace("-", "_")
-        action = actions.get(dest)
-        if action is None:
-            known = ", ".join(sorted(d.replace("_", "-") for d in actions))
-            raise ConfigError(f"{path}: unknown option {key!r} in [{TABLE}] (known: {known})")
         try:
-            defaults[dest] = _converted(action, value)
-        except (argparse.ArgumentTypeError, ValueError, TypeError) as exc:
+            words += _words(key, value)
+        except TypeError as exc:
             raise ConfigError(f"{path}: [{TABLE}] {key}: {exc}") from None
-    return defaults
+    exits, parser.exit_on_error = parser.exit_on_error, False
+    try:
+        given, extra = parser.parse_known_args(words)
+        base, _ = parser.parse_known_args([])
+    except argparse.ArgumentError as exc:
+        raise ConfigError(f"{path}: [{TABLE}] {exc}") from None
+    finally:
+        parser.exit_on_error = exits
+    if extra:
+        option = next((word for word in extra if word.startswith("--")), extra[0])
+        raise ConfigError(f"{path}: unknown option {option.lstrip('-').split('=')[0]!r} in [{TABLE}] (see dotdo serve --help)")
+    return {dest: value for dest, value in vars(given).items() if value != getattr(base, dest)}
 
 
-def _converted(action: argparse.Action, value: Any) -> Any:
-    if action.nargs == 0:  # a flag (store_true: const True)
-        if not isinstance(value, bool):
-            raise TypeError(f"must be true or false, not {value!r}")
-        return value if action.const is True else not value
-    if action.dest == "env":
+def _words(key: str, value: Any) -> list[str]:
+    """The command-line words of one option of the table."""
+    if key == "modules":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise TypeError("must be a list of module names or paths")
+        return list(value)
+    option = "--" + key.replace("_", "-")
+    if key == "env":
         if not isinstance(value, dict) or not all(isinstance(v, (str, int, float, bool)) for v in value.values()):
             raise TypeError("must be a table of KEY = value")
-        return [(str(k), str(v).lower() if isinstance(v, bool) else str(v)) for k, v in value.items()]
-    if action.nargs in ("*", "+"):
-        if not isinstance(value, list):
-            raise TypeError(f"must be a list, not {value!r}")
-        return [_one(action, item) for item in value]
-    return _one(action, value)
-
-
-def _one(action: argparse.Action, value: Any) -> Any:
+        return [word for k, v in value.items() for word in ("--env", f"{k}={_text(v)}")]
+    if isinstance(value, bool):
+        return [option] if value else []  # a flag (false: the default); another option says it wants a value
     if isinstance(value, (dict, list)):
         raise TypeError(f"must be a single value, not {value!r}")
-    text = str(value).lower() if isinstance(value, bool) else str(value)
-    converted = action.type(text) if callable(action.type) else text  # type: ignore[operator]
-    if action.choices is not None and converted not in action.choices:
-        raise ValueError(f"must be one of {', '.join(map(str, action.choices))}, not {value!r}")
-    return converted
+    return [f"{option}={_text(value)}"]  # one word: a flag given a value is refused, never taken for a module
+
+
+def _text(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)

@@ -540,12 +540,14 @@ def test_serve_takes_its_defaults_from_dotdo_toml(tmp_path: Path, monkeypatch: p
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[serve]\nidle-timeout = \"soon\"\n", "dotdo.toml: [serve] idle-timeout: not a duration"),
-        ("[serve]\nworkerz = 2\n", "dotdo.toml: unknown option 'workerz' in [serve] (known: "),
-        ("[serve]\nlog-format = \"xml\"\n", "dotdo.toml: [serve] log-format: must be one of text, json"),
-        ("[serve]\naccess-log = \"yes\"\n", "dotdo.toml: [serve] access-log: must be true or false"),
+        ("[serve]\nidle-timeout = \"soon\"\n", "dotdo.toml: [serve] argument --idle-timeout: not a duration"),
+        ("[serve]\nworkerz = 2\n", "dotdo.toml: unknown option 'workerz' in [serve] (see dotdo serve --help)"),
+        ("[serve]\nlog-format = \"xml\"\n", "dotdo.toml: [serve] argument --log-format: invalid choice: 'xml'"),
+        ("[serve]\naccess-log = \"yes\"\n", "dotdo.toml: [serve] argument --access-log: ignored explicit argument 'yes'"),
         ("[serve\n", "dotdo.toml: "),
         ("[client]\nurl = 1\n", "dotdo.toml: unknown table 'client'"),
+        ("[serve]\nport = true\n", "dotdo.toml: [serve] argument --port: expected one argument"),
+        ("[serve]\nenv = 3\n", "dotdo.toml: [serve] env: must be a table of KEY = value"),
     ],
 )
 def test_a_bad_dotdo_toml_stops_serve_naming_what_is_wrong(
