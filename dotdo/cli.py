@@ -564,11 +564,11 @@ def _hint_text(args: argparse.Namespace) -> None:
     """After a refused call: say which arguments went as JSON values other than text,
     in case the method wanted text."""
     sent = [*args.args, *(v for _, v in args.kw)]
-    typed = [a for a in sent if not isinstance(_json_or_text(a), str)]
+    typed = [(a, value) for a in sent if not isinstance(value := _json_or_text(a), str)]
     if typed:
-        listed = ", ".join(f"{a} ({type(_json_or_text(a)).__name__})" for a in typed)
+        listed = ", ".join(f"{a} ({type(value).__name__})" for a, value in typed)
         print(
-            f"note: sent as JSON values, not text: {listed}; for text, quote them as JSON ('\"{typed[0]}\"') or give --text",
+            f"note: sent as JSON values, not text: {listed}; for text, quote them as JSON ('\"{typed[0][0]}\"') or give --text",
             file=sys.stderr,
         )
 

@@ -144,9 +144,6 @@ class ReadTimed:
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self.stream.send_all(data)
 
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.stream.wait_send_all_might_not_block()
-
     async def send_eof(self) -> None:
         await self.stream.send_eof()
 

@@ -13,7 +13,7 @@ slows only itself; a client that lets 16 MiB pile up is closed (``MAX_QUEUED``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import trio
 from starlette.websockets import WebSocket as Connection
@@ -22,16 +22,19 @@ from starlette.websockets import WebSocketDisconnect
 from dotdo.connections import Upgraded
 from dotdo.runtime.services.websockets import WebSocket, unframe
 
+if TYPE_CHECKING:
+    from dotdo.runtime.supervisor import Supervisor
+
 YIELD_EVERY = 256
 """Sockets the flusher writes to before it lets other tasks run."""
 
 
 class Flusher:
-    """The writer of every WebSocket served here (see the module); its task runs in
-    ``nursery`` once the first socket is attached."""
+    """The writer of every WebSocket served here (see the module); its task, and those
+    of slow sockets, run in the supervisor's nursery, from the first socket attached."""
 
-    def __init__(self, nursery: trio.Nursery) -> None:
-        self._nursery = nursery
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._sup = supervisor
         self._dirty: list[Outlet] = []
         self._wake = trio.Event()
         self._running = False
@@ -41,7 +44,7 @@ class Flusher:
         that finds the connection broken cancels ``reader`` (the connection's loop)."""
         if not self._running:
             self._running = True
-            self._nursery.start_soon(self._run)
+            self._sup.nursery.start_soon(self._run)
         outlet = Outlet(self, ws, connection, upgraded, reader)
         ws.on_ready = outlet.ready
         outlet.ready(ws)  # what was queued before the socket was open (fetch, on_start)
@@ -62,7 +65,7 @@ class Flusher:
                     await trio.sleep(0)
 
     def hand_off(self, outlet: Outlet, frames: bytes, close: tuple[int, str] | None) -> None:
-        self._nursery.start_soon(outlet._drain, frames, close)
+        self._sup.nursery.start_soon(outlet._drain, frames, close)
 
 
 class Outlet:
@@ -161,11 +164,3 @@ class Outlet:
     def __repr__(self) -> str:
         return f"<Outlet of {self._ws!r}>"
 
-
-def flusher_of(holder: Any) -> Flusher:
-    """The flusher kept on ``holder`` (the app's handlers), made when first asked for,
-    its task in the supervisor's nursery."""
-    flusher = holder.flusher
-    if flusher is None:
-        flusher = holder.flusher = Flusher(holder.supervisor.nursery)
-    return flusher  # type: ignore[no-any-return]

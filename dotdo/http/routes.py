@@ -54,7 +54,7 @@ class Handlers:
         self.max_websockets = max_websockets
         self.websockets = 0
         """WebSocket connections open (or being upgraded) now."""
-        self.flusher: Flusher | None = None
+        self.flusher = Flusher(supervisor)
         """Writes what the actors send to their sockets (``dotdo.http.outlets``)."""
         # Each id named in a URL is checked and hashed once (ActorId is immutable);
         # refusals raise and are not remembered. The cache is the app's own.

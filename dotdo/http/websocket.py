@@ -28,7 +28,6 @@ from starlette.websockets import WebSocket as Connection
 
 from dotdo.errors import DotdoError, Overloaded
 from dotdo.http.fetch import capture, rebuilt, wire_request
-from dotdo.http.outlets import flusher_of
 from dotdo.http.responses import as_response, error_response
 from dotdo.runtime.core.ids import ActorId
 from dotdo.connections import upgraded
@@ -167,7 +166,7 @@ async def _serve(
         connection_of.keep_open()
     end: tuple[int, str] = (1006, "")
     with trio.CancelScope() as reader:
-        outlet = flusher_of(handlers).attach(ws, connection, connection_of, reader)
+        outlet = handlers.flusher.attach(ws, connection, connection_of, reader)
         try:
             while True:
                 received = await connection.receive()

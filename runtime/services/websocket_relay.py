@@ -109,7 +109,6 @@ class Room:
         self.early: dict[int, list[Item]] = {}
         """What arrived for a socket whose open answer has not been seen here yet."""
         self.running = False
-        self.gone = trio.Event()
 
 
 class WebSocketRelay:

@@ -24,7 +24,6 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-
 from dotdo.storage.errors import DotdoError, InvalidInput
 
 from dotdo.runtime.core import values

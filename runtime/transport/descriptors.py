@@ -211,8 +211,10 @@ def raise_soft_limit(extra: int) -> int:
     """Raise this process's soft open-file limit by ``extra`` (at most to its hard
     limit); how many descriptors that gained. Processes it starts inherit the limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or extra <= 0:
-        return extra if soft == resource.RLIM_INFINITY else 0
+    if soft == resource.RLIM_INFINITY:
+        return extra  # no limit to raise
+    if extra <= 0:
+        return 0
     target = soft + extra if hard == resource.RLIM_INFINITY else min(hard, soft + extra)
     if target <= soft:
         return 0
